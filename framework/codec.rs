@@ -1,0 +1,317 @@
+//! Framing: turning a connection's bytes into requests and responses into bytes.
+//!
+//! A [`Codec`] runs on a reactor thread, so it must be cheap and must never block. Every
+//! connection gets its own clone of the codec the server was started with, so a codec may keep
+//! per-connection parsing state.
+
+use std::fmt;
+
+/// Why a codec could not decode a connection's input.
+///
+/// A decode error is a protocol error: the connection gets the codec's
+/// [`error_reply`](Codec::error_reply) (if it writes one), the replies it was already owed,
+/// and then a clean close. No other connection notices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A frame is (or is announced to be) longer than the codec's maximum frame size.
+    FrameTooLarge {
+        /// The frame's size as far as it is known: its announced length, or the bytes
+        /// received so far without the frame ending.
+        size: usize,
+        /// The codec's maximum frame size.
+        max: usize,
+    },
+    /// The bytes do not follow the protocol.
+    Invalid(String),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::FrameTooLarge { size, max } => {
+                write!(f, "frame of {size} bytes exceeds the maximum of {max}")
+            }
+            DecodeError::Invalid(why) => write!(f, "invalid input: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// What the connection does after a response has been encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterReply {
+    /// Keep reading requests (the usual case).
+    KeepOpen,
+    /// This was the last reply: write it and everything before it, then close the connection
+    /// cleanly (for example HTTP's `Connection: close`). Requests decoded after this one are
+    /// dropped without a reply.
+    Close,
+}
+
+/// A decoded request and how many input bytes it used.
+pub type Decoded<R> = (R, usize);
+
+/// Turns a byte stream into requests and responses into bytes.
+///
+/// Runs on a reactor thread: it must be cheap and must never block. Each connection gets
+/// its own clone of the codec the server was started with.
+pub trait Codec: Clone + Send + 'static {
+    /// What [`decode`](Codec::decode) produces and the handler receives.
+    type Request: Send + 'static;
+    /// What the handler returns and [`encode`](Codec::encode) writes.
+    type Response: Send + 'static;
+
+    /// Decodes one request from the front of `input`.
+    ///
+    /// Returns `Ok(Some((request, consumed)))` when `input` starts with a whole request that
+    /// used `consumed` bytes (at least one), `Ok(None)` when more bytes are needed, and an
+    /// error when the input can never become a valid request. `input` holds every byte that
+    /// arrived and was not yet consumed, so a codec need not remember partial frames.
+    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded<Self::Request>>, DecodeError>;
+
+    /// Appends the wire form of `response` to `output`.
+    fn encode(&mut self, response: Self::Response, output: &mut Vec<u8>) -> AfterReply;
+
+    /// Appends the protocol's error reply for `error` to `output`, if the protocol has one.
+    ///
+    /// The default writes nothing: the connection is just closed cleanly.
+    fn error_reply(&mut self, error: &DecodeError, output: &mut Vec<u8>) {
+        let _ = (error, output);
+    }
+}
+
+/// The default maximum frame size of the built-in codecs: 1 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+
+/// Whatever arrived is one request: the echo protocol.
+///
+/// A request is every byte available when the codec is asked, up to the maximum frame
+/// size (default [`DEFAULT_MAX_FRAME`]); a longer burst becomes several requests. The
+/// response is written back as is. This codec never fails.
+#[derive(Debug, Clone)]
+pub struct RawCodec {
+    max_frame: usize,
+}
+
+impl RawCodec {
+    /// A raw codec whose requests are at most [`DEFAULT_MAX_FRAME`] bytes.
+    pub fn new() -> Self {
+        Self::with_max_frame(DEFAULT_MAX_FRAME)
+    }
+
+    /// A raw codec whose requests are at most `max_frame` bytes (at least 1).
+    pub fn with_max_frame(max_frame: usize) -> Self {
+        RawCodec {
+            max_frame: max_frame.max(1),
+        }
+    }
+}
+
+impl Default for RawCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Codec for RawCodec {
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded<Vec<u8>>>, DecodeError> {
+        if input.is_empty() {
+            return Ok(None);
+        }
+        let take = input.len().min(self.max_frame);
+        Ok(Some((input[..take].to_vec(), take)))
+    }
+
+    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+        output.extend_from_slice(&response);
+        AfterReply::KeepOpen
+    }
+}
+
+/// Lines ended by `\n`, with an optional `\r` before it.
+///
+/// A request is the line without its terminator; a response gets `\n` appended. A line
+/// longer than the maximum (default [`DEFAULT_MAX_FRAME`], not counting the terminator)
+/// is a [`DecodeError::FrameTooLarge`], detected as soon as that many bytes arrived
+/// without a newline.
+#[derive(Debug, Clone)]
+pub struct LineCodec {
+    max_line: usize,
+    /// How far the previous call already searched for `\n`, so a long line arriving in
+    /// many small reads is scanned once, not once per read.
+    scanned: usize,
+}
+
+impl LineCodec {
+    /// A line codec accepting lines of up to [`DEFAULT_MAX_FRAME`] bytes.
+    pub fn new() -> Self {
+        Self::with_max_frame(DEFAULT_MAX_FRAME)
+    }
+
+    /// A line codec accepting lines of up to `max_line` bytes.
+    pub fn with_max_frame(max_line: usize) -> Self {
+        LineCodec {
+            max_line,
+            scanned: 0,
+        }
+    }
+}
+
+impl Default for LineCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Codec for LineCodec {
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded<Vec<u8>>>, DecodeError> {
+        let from = self.scanned.min(input.len());
+        match input[from..].iter().position(|&b| b == b'\n') {
+            Some(offset) => {
+                self.scanned = 0;
+                let newline = from + offset;
+                let line = match input[..newline].last() {
+                    Some(b'\r') => &input[..newline - 1],
+                    _ => &input[..newline],
+                };
+                if line.len() > self.max_line {
+                    return Err(DecodeError::FrameTooLarge {
+                        size: line.len(),
+                        max: self.max_line,
+                    });
+                }
+                Ok(Some((line.to_vec(), newline + 1)))
+            }
+            None => {
+                self.scanned = input.len();
+                // One byte of slack: it may be the `\r` of a line that is exactly at the limit.
+                if input.len() > self.max_line + 1 {
+                    return Err(DecodeError::FrameTooLarge {
+                        size: input.len(),
+                        max: self.max_line,
+                    });
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+        output.extend_from_slice(&response);
+        output.push(b'\n');
+        AfterReply::KeepOpen
+    }
+}
+
+/// Frames of a 4-byte big-endian length followed by that many bytes.
+///
+/// A request is the frame's payload; a response is written with its own length prefix. A
+/// length over the maximum (default [`DEFAULT_MAX_FRAME`]) is a
+/// [`DecodeError::FrameTooLarge`] as soon as the prefix arrives, before the payload is
+/// buffered.
+#[derive(Debug, Clone)]
+pub struct LengthPrefixedCodec {
+    max_frame: usize,
+}
+
+impl LengthPrefixedCodec {
+    /// A length-prefixed codec accepting payloads of up to [`DEFAULT_MAX_FRAME`] bytes.
+    pub fn new() -> Self {
+        Self::with_max_frame(DEFAULT_MAX_FRAME)
+    }
+
+    /// A length-prefixed codec accepting payloads of up to `max_frame` bytes (at most
+    /// `u32::MAX`, the largest length the prefix can carry).
+    pub fn with_max_frame(max_frame: usize) -> Self {
+        LengthPrefixedCodec {
+            max_frame: max_frame.min(u32::MAX as usize),
+        }
+    }
+}
+
+impl Default for LengthPrefixedCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const LENGTH_PREFIX: usize = 4;
+
+impl Codec for LengthPrefixedCodec {
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded<Vec<u8>>>, DecodeError> {
+        let Some(prefix) = input.get(..LENGTH_PREFIX) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(prefix.try_into().expect("slice of 4 bytes")) as usize;
+        if len > self.max_frame {
+            return Err(DecodeError::FrameTooLarge {
+                size: len,
+                max: self.max_frame,
+            });
+        }
+        match input.get(LENGTH_PREFIX..LENGTH_PREFIX + len) {
+            Some(payload) => Ok(Some((payload.to_vec(), LENGTH_PREFIX + len))),
+            None => Ok(None),
+        }
+    }
+
+    /// # Panics
+    ///
+    /// If the response is longer than `u32::MAX` bytes, which the prefix cannot express.
+    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+        let len = u32::try_from(response.len()).expect("response longer than u32::MAX bytes");
+        output.extend_from_slice(&len.to_be_bytes());
+        output.extend_from_slice(&response);
+        AfterReply::KeepOpen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_codec_strips_crlf_and_lf() {
+        let mut codec = LineCodec::new();
+        assert_eq!(
+            codec.decode(b"ab\r\ncd\n").unwrap(),
+            Some((b"ab".to_vec(), 4))
+        );
+        assert_eq!(codec.decode(b"cd\n").unwrap(), Some((b"cd".to_vec(), 3)));
+        assert_eq!(codec.decode(b"cd").unwrap(), None);
+    }
+
+    #[test]
+    fn line_codec_rejects_a_line_over_the_limit_before_its_end_arrives() {
+        let mut codec = LineCodec::with_max_frame(4);
+        assert_eq!(codec.decode(b"abcd\r").unwrap(), None);
+        assert_eq!(codec.decode(b"abcd\r\n").unwrap(), Some((b"abcd".to_vec(), 6)));
+        assert!(matches!(
+            codec.decode(b"abcdef"),
+            Err(DecodeError::FrameTooLarge { max: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn length_prefixed_rejects_an_oversized_prefix_without_its_payload() {
+        let mut codec = LengthPrefixedCodec::with_max_frame(8);
+        assert_eq!(
+            codec.decode(&9u32.to_be_bytes()),
+            Err(DecodeError::FrameTooLarge { size: 9, max: 8 })
+        );
+        let mut frame = 3u32.to_be_bytes().to_vec();
+        frame.extend_from_slice(b"abc");
+        assert_eq!(codec.decode(&frame).unwrap(), Some((b"abc".to_vec(), 7)));
+        assert_eq!(codec.decode(&frame[..6]).unwrap(), None);
+    }
+}

@@ -1,0 +1,631 @@
+//! One TCP connection as its reactor sees it: buffers, sequence numbers, and the state
+//! machine that decides when to read, what to write, and how to close cleanly.
+//!
+//! The rule the whole file serves (the seed's four-way close): a FIN from the peer means
+//! "no more requests", never "drop the replies you owe me"; and the server never closes a
+//! socket with unread input in the kernel, because that makes the kernel send a reset.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+use mio::net::TcpStream;
+
+use crate::codec::{AfterReply, Codec, DecodeError};
+use crate::handler::Context;
+use crate::pool::{Job, Reply};
+use crate::reactor::ConnKey;
+use crate::stats::Counters;
+
+/// Per-connection limits, copied from the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub max_in_flight: usize,
+    pub output_high_water: usize,
+    pub read_per_wakeup: usize,
+    pub linger: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub partial_frame_timeout: Option<Duration>,
+    pub write_stall_timeout: Option<Duration>,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug)]
+enum State {
+    /// Reading, decoding, dispatching and writing.
+    Open,
+    /// The peer sent FIN (read returned 0): no more requests will come, but every request
+    /// already received is still served and answered before the server closes.
+    ReadClosed,
+    /// The server decided to end the connection. Replies for requests before `cut` are
+    /// still written, then the reason's error reply (if any); input is read and discarded.
+    Ending {
+        cut: u64,
+        reason: EndReason,
+        then: AfterFlush,
+    },
+    /// Nothing more will be added to the output: write it out, then `then`.
+    Flushing { then: AfterFlush },
+    /// Our FIN is sent (write side shut down); input is read and discarded until the peer's
+    /// FIN or `until`, so the peer reads our last bytes instead of a reset.
+    Lingering { until: Instant },
+    /// Done: the reactor deregisters and drops the socket.
+    Closed,
+}
+
+/// What to do once the output is written out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterFlush {
+    /// The peer has already sent its FIN: close now, our FIN completes the four-way close.
+    Close,
+    /// The peer may still be sending: shut down our write side and linger.
+    Linger,
+}
+
+/// Why the server ends a connection.
+#[derive(Debug)]
+pub(crate) enum EndReason {
+    Protocol(DecodeError),
+    HandlerPanicked,
+    CloseRequested,
+    Timeout(&'static str),
+    ServerShutdown,
+}
+
+/// Whether a readiness event may still have something for us (edge-triggered: after
+/// WouldBlock nothing more comes until the next event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    Ready,
+    Exhausted,
+}
+
+/// What the reactor should do with the connection after driving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Wait for the next event, reply or timer.
+    Wait,
+    /// It stopped reading only because of the per-wake-up cap: drive it again soon.
+    Revisit,
+    /// Deregister and drop it.
+    Close,
+}
+
+/// Bytes with a consumed prefix, so taking from the front does not move the rest.
+#[derive(Debug, Default)]
+struct Buffer {
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+/// Buffers that grew past this are given back to the allocator once they empty, so an idle
+/// connection holds almost no memory.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+impl Buffer {
+    fn pending(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len() - self.start
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.bytes.len() {
+            self.clear();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.start = 0;
+        if self.bytes.capacity() > KEEP_CAPACITY {
+            self.bytes = Vec::new();
+        }
+    }
+
+    /// The vector to append to; the consumed prefix is dropped first when it is at least half.
+    fn tail(&mut self) -> &mut Vec<u8> {
+        if self.start > 0 && self.start >= self.bytes.len() / 2 {
+            self.bytes.drain(..self.start);
+            self.start = 0;
+        }
+        &mut self.bytes
+    }
+}
+
+/// What a connection needs from its reactor while being driven.
+pub(crate) struct Io<'a, Req> {
+    pub jobs: &'a Sender<Job<Req>>,
+    pub reactor: usize,
+    pub counters: &'a Counters,
+    pub limits: &'a Limits,
+    pub scratch: &'a mut [u8],
+    pub now: Instant,
+}
+
+/// One accepted connection.
+pub(crate) struct Connection<C: Codec> {
+    stream: TcpStream,
+    key: ConnKey,
+    ctx: Context,
+    codec: C,
+    state: State,
+    input: Buffer,
+    output: Buffer,
+    /// Sequence number of the next request to dispatch.
+    next_seq: u64,
+    /// Sequence number of the next reply to write; `next_seq - write_seq` are in flight.
+    write_seq: u64,
+    /// Replies that came back before an earlier one; index 0 is `write_seq`.
+    reorder: VecDeque<Option<C::Response>>,
+    /// A decoded request the full job queue refused; reading pauses until it is taken.
+    stalled: Option<Job<C::Request>>,
+    read_readiness: Readiness,
+    write_readiness: Readiness,
+    last_read: Instant,
+    last_write: Instant,
+    /// When the unfinished frame at the front of `input` started arriving.
+    partial_since: Option<Instant>,
+    /// The deadline this connection has in the reactor's timer heap.
+    pub(crate) armed: Option<Instant>,
+    /// Bytes last reported to `Counters::bytes_buffered`.
+    accounted: usize,
+}
+
+impl<C: Codec> Connection<C> {
+    pub fn new(stream: TcpStream, key: ConnKey, ctx: Context, codec: C, now: Instant) -> Self {
+        Connection {
+            stream,
+            key,
+            ctx,
+            codec,
+            state: State::Open,
+            input: Buffer::default(),
+            output: Buffer::default(),
+            next_seq: 0,
+            write_seq: 0,
+            reorder: VecDeque::new(),
+            stalled: None,
+            read_readiness: Readiness::Ready,
+            write_readiness: Readiness::Ready,
+            last_read: now,
+            last_write: now,
+            partial_since: None,
+            armed: None,
+            accounted: 0,
+        }
+    }
+
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    pub fn ctx(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.next_seq
+    }
+
+    fn in_flight(&self) -> usize {
+        (self.next_seq - self.write_seq) as usize
+    }
+
+    /// Bytes this connection holds in its buffers, for the stats.
+    pub fn buffered(&self) -> usize {
+        self.input.len() + self.output.len()
+    }
+
+    pub fn accounted_mut(&mut self) -> &mut usize {
+        &mut self.accounted
+    }
+
+    /// Readiness reported by the poll.
+    pub fn on_event(&mut self, readable: bool, writable: bool) {
+        if readable {
+            self.read_readiness = Readiness::Ready;
+        }
+        if writable {
+            self.write_readiness = Readiness::Ready;
+        }
+    }
+
+    /// A handler finished one of this connection's requests.
+    pub fn on_reply(&mut self, reply: Reply<C::Response>, io: &mut Io<'_, C::Request>) -> Step {
+        let cut = match &self.state {
+            State::Open | State::ReadClosed => u64::MAX,
+            State::Ending { cut, .. } => *cut,
+            _ => 0,
+        };
+        if reply.seq >= cut || reply.seq < self.write_seq {
+            Counters::add(&io.counters.replies_dropped, 1);
+            return self.drive(io);
+        }
+        match reply.outcome {
+            Ok(response) => {
+                let index = (reply.seq - self.write_seq) as usize;
+                if self.reorder.len() <= index {
+                    self.reorder.resize_with(index + 1, || None);
+                }
+                self.reorder[index] = Some(response);
+                self.encode_ready(io.counters);
+            }
+            Err(_) => {
+                Counters::add(&io.counters.replies_dropped, 1);
+                self.end(reply.seq, EndReason::HandlerPanicked);
+            }
+        }
+        self.drive(io)
+    }
+
+    /// Encodes the replies that are next in order.
+    fn encode_ready(&mut self, counters: &Counters) {
+        while let Some(Some(_)) = self.reorder.front() {
+            let response = self.reorder.pop_front().flatten().expect("checked above");
+            let seq = self.write_seq;
+            self.write_seq += 1;
+            Counters::add(&counters.responses, 1);
+            if self.codec.encode(response, self.output.tail()) == AfterReply::Close {
+                self.end(seq + 1, EndReason::CloseRequested);
+                return;
+            }
+        }
+    }
+
+    /// The server ends the connection: replies before `cut` are still owed.
+    pub fn end(&mut self, cut: u64, reason: EndReason) {
+        let then = match self.state {
+            State::Open => AfterFlush::Linger,
+            State::ReadClosed => AfterFlush::Close,
+            State::Ending { cut: earlier, .. } if earlier <= cut => return,
+            State::Ending { then, .. } => then,
+            State::Flushing { .. } | State::Lingering { .. } | State::Closed => return,
+        };
+        match &reason {
+            EndReason::Protocol(e) => log::warn!(
+                "connection {} ({}): protocol error: {e}; closing it",
+                self.ctx.connection_id,
+                self.ctx.peer
+            ),
+            EndReason::Timeout(which) => log::info!(
+                "connection {} ({}): {which} timeout; closing it",
+                self.ctx.connection_id,
+                self.ctx.peer
+            ),
+            _ => {}
+        }
+        self.stalled = None;
+        self.input.clear();
+        self.partial_since = None;
+        self.state = State::Ending { cut, reason, then };
+    }
+
+    /// Makes every possible bit of progress: dispatch, read, encode, write, change state.
+    pub fn drive(&mut self, io: &mut Io<'_, C::Request>) -> Step {
+        self.dispatch_buffered(io);
+        let step = self.read(io);
+        self.advance(io);
+        self.write(io);
+        if matches!(self.state, State::Closed) {
+            Step::Close
+        } else {
+            step
+        }
+    }
+
+    /// Whether reading now is allowed: the state wants input and no limit is reached.
+    fn wants_input(&self, limits: &Limits) -> bool {
+        match self.state {
+            State::Open => {
+                self.stalled.is_none()
+                    && self.in_flight() < limits.max_in_flight
+                    && self.output.len() < limits.output_high_water
+            }
+            // Input is discarded there, to keep the kernel buffer empty for a clean close.
+            State::Ending { .. } | State::Flushing { .. } | State::Lingering { .. } => true,
+            State::ReadClosed | State::Closed => false,
+        }
+    }
+
+    fn takes_requests(&self) -> bool {
+        matches!(self.state, State::Open | State::ReadClosed)
+    }
+
+    /// Reads until WouldBlock, a limit, or the per-wake-up cap.
+    fn read(&mut self, io: &mut Io<'_, C::Request>) -> Step {
+        let mut taken = 0;
+        while self.read_readiness == Readiness::Ready && self.wants_input(io.limits) {
+            if taken >= io.limits.read_per_wakeup {
+                return Step::Revisit;
+            }
+            match self.stream.read(io.scratch) {
+                Ok(0) => {
+                    self.on_peer_eof();
+                    break;
+                }
+                Ok(n) => {
+                    taken += n;
+                    self.last_read = io.now;
+                    if self.takes_requests() {
+                        self.take_input(n, io);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.read_readiness = Readiness::Exhausted;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.fail(e, io.counters);
+                    break;
+                }
+            }
+        }
+        Step::Wait
+    }
+
+    /// Decodes the `n` bytes just read into `io.scratch`, keeping what is left over.
+    fn take_input(&mut self, n: usize, io: &mut Io<'_, C::Request>) {
+        if self.input.is_empty() {
+            // The common case: decode straight from the scratch buffer, copy only leftovers.
+            let scratch = std::mem::take(&mut io.scratch);
+            let used = self.decode_from(&scratch[..n], io);
+            if used < n && self.takes_requests() {
+                self.input.tail().extend_from_slice(&scratch[used..n]);
+            }
+            io.scratch = scratch;
+        } else {
+            self.input.tail().extend_from_slice(&io.scratch[..n]);
+            self.dispatch_buffered(io);
+        }
+        self.track_partial(io.now);
+    }
+
+    /// Dispatches the stalled job, then whatever the input buffer decodes to.
+    fn dispatch_buffered(&mut self, io: &mut Io<'_, C::Request>) {
+        if let Some(job) = self.stalled.take() {
+            if !self.send_job(job, io) {
+                return;
+            }
+        }
+        if self.input.is_empty() || !self.takes_requests() {
+            return;
+        }
+        let input = std::mem::take(&mut self.input);
+        let used = self.decode_from(input.pending(), io);
+        if self.takes_requests() {
+            self.input = input;
+            self.input.consume(used);
+        }
+        self.track_partial(io.now);
+    }
+
+    /// Decodes and dispatches requests from `src` while limits allow; returns bytes used.
+    fn decode_from(&mut self, src: &[u8], io: &mut Io<'_, C::Request>) -> usize {
+        let mut used = 0;
+        while self.stalled.is_none()
+            && self.in_flight() < io.limits.max_in_flight
+            && self.output.len() < io.limits.output_high_water
+        {
+            match self.codec.decode(&src[used..]) {
+                Ok(Some((request, consumed))) => {
+                    debug_assert!(consumed > 0, "a codec must consume what it decodes");
+                    used += consumed.max(1);
+                    let job = Job {
+                        reactor: io.reactor,
+                        key: self.key,
+                        seq: self.next_seq,
+                        request,
+                        ctx: self.ctx,
+                    };
+                    self.next_seq += 1;
+                    Counters::add(&io.counters.requests, 1);
+                    self.send_job(job, io);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    Counters::add(&io.counters.protocol_errors, 1);
+                    self.end(self.next_seq, EndReason::Protocol(error));
+                    break;
+                }
+            }
+        }
+        used
+    }
+
+    /// Hands a job to the pool; a full queue keeps it here and pauses this connection.
+    fn send_job(&mut self, job: Job<C::Request>, io: &mut Io<'_, C::Request>) -> bool {
+        match io.jobs.try_send(job) {
+            Ok(()) => true,
+            Err(TrySendError::Full(job)) => {
+                self.stalled = Some(job);
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                // Only while the server is torn down: there is nobody to answer.
+                self.state = State::Closed;
+                false
+            }
+        }
+    }
+
+    fn track_partial(&mut self, now: Instant) {
+        if self.input.is_empty() {
+            self.partial_since = None;
+        } else if self.partial_since.is_none() {
+            self.partial_since = Some(now);
+        }
+    }
+
+    /// Whether this connection holds a request stalled on a full job queue.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.is_some()
+    }
+
+    fn on_peer_eof(&mut self) {
+        self.read_readiness = Readiness::Exhausted;
+        self.state = match std::mem::replace(&mut self.state, State::Closed) {
+            State::Open => State::ReadClosed,
+            State::Ending { cut, reason, .. } => State::Ending {
+                cut,
+                reason,
+                then: AfterFlush::Close,
+            },
+            State::Flushing { .. } => State::Flushing {
+                then: AfterFlush::Close,
+            },
+            State::ReadClosed | State::Lingering { .. } | State::Closed => State::Closed,
+        };
+    }
+
+    fn fail(&mut self, error: io::Error, counters: &Counters) {
+        Counters::add(&counters.resets, 1);
+        log::info!(
+            "connection {} ({}): {error}; closing it",
+            self.ctx.connection_id,
+            self.ctx.peer
+        );
+        self.state = State::Closed;
+    }
+
+    /// Moves to the next state once the current one has nothing left to wait for.
+    fn advance(&mut self, io: &Io<'_, C::Request>) {
+        if let State::ReadClosed = self.state {
+            let drained = self.stalled.is_none()
+                && self.in_flight() == 0
+                && self.output.len() < io.limits.output_high_water;
+            if drained {
+                if !self.input.is_empty() {
+                    log::debug!(
+                        "connection {} ({}): peer closed with {} bytes of an unfinished request",
+                        self.ctx.connection_id,
+                        self.ctx.peer,
+                        self.input.len()
+                    );
+                    self.input.clear();
+                }
+                self.state = State::Flushing {
+                    then: AfterFlush::Close,
+                };
+            }
+        }
+        if let State::Ending { cut, .. } = self.state {
+            if self.write_seq >= cut {
+                let State::Ending { reason, then, .. } =
+                    std::mem::replace(&mut self.state, State::Closed)
+                else {
+                    unreachable!("matched above")
+                };
+                self.reorder.clear();
+                if let EndReason::Protocol(error) = &reason {
+                    self.codec.error_reply(error, self.output.tail());
+                }
+                self.state = State::Flushing { then };
+            }
+        }
+    }
+
+    /// Writes output until WouldBlock, then finishes a flush.
+    fn write(&mut self, io: &mut Io<'_, C::Request>) {
+        while !self.output.is_empty() && self.write_readiness == Readiness::Ready {
+            match self.stream.write(self.output.pending()) {
+                Ok(0) => {
+                    self.fail(io::ErrorKind::WriteZero.into(), io.counters);
+                    return;
+                }
+                Ok(n) => {
+                    self.output.consume(n);
+                    self.last_write = io.now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.write_readiness = Readiness::Exhausted;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.fail(e, io.counters);
+                    return;
+                }
+            }
+        }
+        if let State::Flushing { then } = self.state {
+            if self.output.is_empty() {
+                self.state = match then {
+                    AfterFlush::Close => State::Closed,
+                    AfterFlush::Linger => {
+                        // Our FIN goes out now; the peer still reads everything before it.
+                        let _ = self.stream.shutdown(Shutdown::Write);
+                        State::Lingering {
+                            until: io.now + io.limits.linger,
+                        }
+                    }
+                };
+                if let State::Lingering { .. } = self.state {
+                    // The peer's FIN may already be in the buffer.
+                    self.read_readiness = Readiness::Ready;
+                    self.read(io);
+                }
+            }
+        }
+    }
+
+    /// The earliest instant at which a timeout would end this connection.
+    pub fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
+        let after = |since: Instant, limit: Option<Duration>| limit.map(|d| since + d);
+        match self.state {
+            State::Lingering { until } => Some(until),
+            State::Closed => None,
+            _ if !self.output.is_empty() => after(self.last_write, limits.write_stall_timeout),
+            _ if self.partial_since.is_some() => after(
+                self.partial_since.expect("checked"),
+                limits.partial_frame_timeout,
+            ),
+            State::Open if self.in_flight() == 0 && self.stalled.is_none() => {
+                after(self.last_read.max(self.last_write), limits.idle_timeout)
+            }
+            _ => None,
+        }
+    }
+
+    /// A timer fired: ends the connection if one of its deadlines has passed.
+    pub fn on_timer(&mut self, io: &mut Io<'_, C::Request>) -> Step {
+        let Some(deadline) = self.next_deadline(io.limits) else {
+            return Step::Wait;
+        };
+        if deadline > io.now {
+            return Step::Wait;
+        }
+        Counters::add(&io.counters.timeouts, 1);
+        match self.state {
+            State::Lingering { .. } => self.state = State::Closed,
+            _ if !self.output.is_empty() => {
+                log::info!(
+                    "connection {} ({}): peer stopped reading (write-stall timeout); closing it",
+                    self.ctx.connection_id,
+                    self.ctx.peer
+                );
+                self.state = State::Closed;
+            }
+            _ if self.partial_since.is_some() => {
+                self.end(self.next_seq, EndReason::Timeout("partial-frame"))
+            }
+            _ => self.end(self.next_seq, EndReason::Timeout("idle")),
+        }
+        self.drive(io)
+    }
+
+    /// The server is shutting down: finish what is in flight, then close.
+    pub fn shut_down(&mut self, io: &mut Io<'_, C::Request>) -> Step {
+        self.end(self.next_seq, EndReason::ServerShutdown);
+        self.drive(io)
+    }
+}

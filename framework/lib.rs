@@ -1,0 +1,62 @@
+//! A blocking multi-threaded TCP server framework for request-response protocols.
+//!
+//! A [mio] reactor owns every socket: it accepts, reads, decodes and writes. A pool of worker
+//! threads runs your [`Handler`], which may block (a database call, a sleep). Requests go to
+//! the pool over a bounded [crossbeam-channel] queue; replies come back to the reactor over
+//! a channel and one coalesced `mio::Waker`, and are written in request order.
+//!
+//! You implement a [`Handler`] (request → response), and a [`Codec`] for framing unless a
+//! built-in one fits: [`RawCodec`] (whatever arrived: echo), [`LineCodec`] and
+//! [`LengthPrefixedCodec`].
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::net::TcpStream;
+//! use reactor_pool::{handler_fn, Builder, Context, LineCodec};
+//!
+//! // A line server that may block in its handler: shouts each line back.
+//! let server = Builder::bind("127.0.0.1:0")
+//!     .workers(4)
+//!     .start(
+//!         LineCodec::new(),
+//!         handler_fn(|line: Vec<u8>, _ctx: &Context| line.to_ascii_uppercase()),
+//!     )?;
+//!
+//! let mut client = TcpStream::connect(server.local_addr())?;
+//! client.write_all(b"Hello,server!\n")?;
+//! let mut reply = [0u8; 14];
+//! client.read_exact(&mut reply)?;
+//! assert_eq!(&reply, b"HELLO,SERVER!\n");
+//!
+//! drop(client);
+//! server.shutdown(); // finishes requests in flight, closes cleanly, joins every thread
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! How a connection ends follows TCP's four-way close: when the peer sends FIN (`read()`
+//! returns 0) every reply it is still owed is written before the server sends its own FIN,
+//! and the server never resets a connection that closed cleanly.
+//!
+//! [mio]: https://docs.rs/mio
+//! [crossbeam-channel]: https://docs.rs/crossbeam-channel
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod acceptor;
+mod codec;
+mod connection;
+mod handler;
+mod pool;
+mod reactor;
+mod server;
+mod stats;
+mod sys;
+
+pub use codec::{
+    AfterReply, Codec, DecodeError, Decoded, LengthPrefixedCodec, LineCodec, RawCodec,
+    DEFAULT_MAX_FRAME,
+};
+pub use handler::{handler_fn, Context, Handler, HandlerFn};
+pub use server::{Builder, ServerHandle, ShutdownTrigger};
+pub use stats::Stats;

@@ -1,0 +1,152 @@
+//! The worker pool: threads that take jobs from one bounded queue, run the handler (which may
+//! block) and post the response to the reactor that owns the connection.
+
+use std::any::Any;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::handler::{Context, Handler};
+use crate::reactor::{ConnKey, Inbound, Mailbox};
+use crate::stats::Counters;
+
+/// One request on its way to a worker.
+pub(crate) struct Job<Req> {
+    /// Index of the reactor that owns the connection, where the reply goes.
+    pub reactor: usize,
+    pub key: ConnKey,
+    /// Position of the request on its connection; replies are written in this order.
+    pub seq: u64,
+    pub request: Req,
+    pub ctx: Context,
+}
+
+/// A handler's answer, on its way back to the reactor.
+pub(crate) struct Reply<Resp> {
+    pub key: ConnKey,
+    pub seq: u64,
+    /// `Err` when the handler panicked: the connection is closed.
+    pub outcome: Result<Resp, HandlerPanicked>,
+}
+
+/// The handler panicked while serving a request.
+#[derive(Debug)]
+pub(crate) struct HandlerPanicked;
+
+/// Running worker threads; dropped senders of `exited` tell when they have all stopped.
+pub(crate) struct Pool {
+    workers: Vec<JoinHandle<()>>,
+    exited: Receiver<()>,
+}
+
+/// What every worker shares.
+pub(crate) struct WorkerShared<H: Handler> {
+    pub handler: Arc<H>,
+    pub jobs: Receiver<Job<H::Request>>,
+    pub mailboxes: Arc<[Mailbox<H::Response>]>,
+    pub counters: Arc<Counters>,
+    pub slow_handler: Duration,
+}
+
+impl<H: Handler> Clone for WorkerShared<H> {
+    fn clone(&self) -> Self {
+        WorkerShared {
+            handler: Arc::clone(&self.handler),
+            jobs: self.jobs.clone(),
+            mailboxes: Arc::clone(&self.mailboxes),
+            counters: Arc::clone(&self.counters),
+            slow_handler: self.slow_handler,
+        }
+    }
+}
+
+impl Pool {
+    /// Starts `count` workers. They run until every sender of the job queue is dropped and
+    /// the queue is empty.
+    pub fn spawn<H: Handler>(count: usize, shared: WorkerShared<H>) -> io::Result<Pool> {
+        let (exit_guard, exited) = crossbeam_channel::bounded::<()>(0);
+        let mut workers = Vec::with_capacity(count);
+        for i in 0..count {
+            let shared = shared.clone();
+            let guard = exit_guard.clone();
+            let worker = thread::Builder::new()
+                .name(format!("reactor-pool-worker-{i}"))
+                .spawn(move || run_worker(shared, guard))?;
+            workers.push(worker);
+        }
+        Ok(Pool { workers, exited })
+    }
+
+    /// Waits until every worker has stopped or `deadline` passes. Returns how many workers
+    /// were still running (blocked in a handler) at the deadline; those are left detached.
+    pub fn join(self, deadline: Instant) -> usize {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.exited.recv_timeout(left) {
+                Ok(()) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    return self.workers.iter().filter(|w| !w.is_finished()).count();
+                }
+            }
+        }
+        for worker in self.workers {
+            // A worker never panics (handler panics are caught), so join cannot fail.
+            let _ = worker.join();
+        }
+        0
+    }
+}
+
+fn run_worker<H: Handler>(shared: WorkerShared<H>, _exit_guard: Sender<()>) {
+    for job in shared.jobs.iter() {
+        let Job {
+            reactor,
+            key,
+            seq,
+            request,
+            ctx,
+        } = job;
+        let started = Instant::now();
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            shared.handler.call(request, &ctx)
+        }));
+        let took = started.elapsed();
+        if took >= shared.slow_handler {
+            Counters::add(&shared.counters.slow_handlers, 1);
+            log::warn!(
+                "handler for connection {} ({}) ran for {:?}",
+                ctx.connection_id,
+                ctx.peer,
+                took
+            );
+        }
+        let outcome = outcome.map_err(|payload| {
+            Counters::add(&shared.counters.panics, 1);
+            log::error!(
+                "handler panicked on connection {} ({}): {}; closing that connection",
+                ctx.connection_id,
+                ctx.peer,
+                panic_message(&*payload)
+            );
+            HandlerPanicked
+        });
+        // The reactor is gone only when the server is shutting down past its deadline:
+        // nobody waits for this reply any more.
+        let _ = shared.mailboxes[reactor].send(Inbound::Reply(Reply { key, seq, outcome }));
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}

@@ -1,0 +1,95 @@
+//! Live counters, shared by every thread of a server as plain atomics.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// The server's counters, updated with relaxed atomics as things happen.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub connections_accepted: AtomicU64,
+    pub connections_closed: AtomicU64,
+    pub requests: AtomicU64,
+    pub responses: AtomicU64,
+    pub bytes_buffered: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub panics: AtomicU64,
+    pub slow_handlers: AtomicU64,
+    pub accept_errors: AtomicU64,
+    pub resets: AtomicU64,
+    pub replies_dropped: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Relaxed);
+    }
+
+    pub fn snapshot(&self, job_queue_depth: usize) -> Stats {
+        let accepted = self.connections_accepted.load(Relaxed);
+        let closed = self.connections_closed.load(Relaxed);
+        let requests = self.requests.load(Relaxed);
+        let responses = self.responses.load(Relaxed);
+        let replies_dropped = self.replies_dropped.load(Relaxed);
+        Stats {
+            connections_open: accepted.saturating_sub(closed),
+            connections_accepted: accepted,
+            connections_closed: closed,
+            requests,
+            responses,
+            in_flight: requests.saturating_sub(responses + replies_dropped),
+            job_queue_depth: job_queue_depth as u64,
+            bytes_buffered: self.bytes_buffered.load(Relaxed),
+            protocol_errors: self.protocol_errors.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            panics: self.panics.load(Relaxed),
+            slow_handlers: self.slow_handlers.load(Relaxed),
+            accept_errors: self.accept_errors.load(Relaxed),
+            resets: self.resets.load(Relaxed),
+            replies_dropped,
+        }
+    }
+}
+
+/// A snapshot of a server's counters, from [`ServerHandle::stats`](crate::ServerHandle::stats).
+///
+/// Each field is read on its own, so a snapshot taken while the server is busy may be off by
+/// a request or two between fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections open now.
+    pub connections_open: u64,
+    /// Connections accepted since the server started.
+    pub connections_accepted: u64,
+    /// Connections closed since the server started, for whatever reason.
+    pub connections_closed: u64,
+    /// Requests decoded and handed to the pool.
+    pub requests: u64,
+    /// Responses encoded into a connection's output.
+    pub responses: u64,
+    /// Requests handed to the pool whose response is not yet written out or dropped.
+    pub in_flight: u64,
+    /// Requests waiting in the job queue for a worker.
+    pub job_queue_depth: u64,
+    /// Bytes held in connections' input and output buffers.
+    pub bytes_buffered: u64,
+    /// Connections ended by a decode error.
+    pub protocol_errors: u64,
+    /// Connections closed by a timeout (idle, partial frame, write stall, drain deadline).
+    pub timeouts: u64,
+    /// Handler calls that panicked.
+    pub panics: u64,
+    /// Handler calls that ran longer than the slow-handler threshold.
+    pub slow_handlers: u64,
+    /// `accept()` calls that failed.
+    pub accept_errors: u64,
+    /// Connections the peer reset or that failed with an I/O error.
+    pub resets: u64,
+    /// Responses dropped unwritten: their connection had closed or was ending, or the
+    /// handler panicked.
+    pub replies_dropped: u64,
+}
