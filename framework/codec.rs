@@ -295,7 +295,10 @@ mod tests {
     fn line_codec_rejects_a_line_over_the_limit_before_its_end_arrives() {
         let mut codec = LineCodec::with_max_frame(4);
         assert_eq!(codec.decode(b"abcd\r").unwrap(), None);
-        assert_eq!(codec.decode(b"abcd\r\n").unwrap(), Some((b"abcd".to_vec(), 6)));
+        assert_eq!(
+            codec.decode(b"abcd\r\n").unwrap(),
+            Some((b"abcd".to_vec(), 6))
+        );
         assert!(matches!(
             codec.decode(b"abcdef"),
             Err(DecodeError::FrameTooLarge { max: 4, .. })

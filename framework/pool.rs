@@ -67,14 +67,18 @@ impl<H: Handler> Clone for WorkerShared<H> {
 impl Pool {
     /// Starts `count` workers. They run until every sender of the job queue is dropped and
     /// the queue is empty.
-    pub fn spawn<H: Handler>(count: usize, shared: WorkerShared<H>) -> io::Result<Pool> {
+    pub fn spawn<H: Handler>(
+        count: usize,
+        thread_name: &str,
+        shared: WorkerShared<H>,
+    ) -> io::Result<Pool> {
         let (exit_guard, exited) = crossbeam_channel::bounded::<()>(0);
         let mut workers = Vec::with_capacity(count);
         for i in 0..count {
             let shared = shared.clone();
             let guard = exit_guard.clone();
             let worker = thread::Builder::new()
-                .name(format!("reactor-pool-worker-{i}"))
+                .name(format!("{thread_name}-worker-{i}"))
                 .spawn(move || run_worker(shared, guard))?;
             workers.push(worker);
         }
@@ -112,9 +116,7 @@ fn run_worker<H: Handler>(shared: WorkerShared<H>, _exit_guard: Sender<()>) {
             ctx,
         } = job;
         let started = Instant::now();
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-            shared.handler.call(request, &ctx)
-        }));
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| shared.handler.call(request, &ctx)));
         let took = started.elapsed();
         if took >= shared.slow_handler {
             Counters::add(&shared.counters.slow_handlers, 1);

@@ -258,7 +258,11 @@ impl<C: Codec> Reactor<C> {
             generation: self.slots[slot as usize].generation,
         };
         let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self.poll.registry().register(&mut stream, key.token(), interest) {
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, key.token(), interest)
+        {
             log::error!("cannot register connection from {}: {e}", ctx.peer);
             self.free.push(slot);
             self.counters_closed();
@@ -353,9 +357,15 @@ impl<C: Codec> Reactor<C> {
         let buffered = conn.buffered();
         let accounted = conn.accounted_mut();
         if buffered > *accounted {
-            Counters::add(&self.counters.bytes_buffered, (buffered - *accounted) as u64);
+            Counters::add(
+                &self.counters.bytes_buffered,
+                (buffered - *accounted) as u64,
+            );
         } else {
-            Counters::sub(&self.counters.bytes_buffered, (*accounted - buffered) as u64);
+            Counters::sub(
+                &self.counters.bytes_buffered,
+                (*accounted - buffered) as u64,
+            );
         }
         *accounted = buffered;
         match step {

@@ -47,6 +47,7 @@ pub struct Builder {
     slow_handler: Duration,
     shutdown_timeout: Duration,
     connection_log_level: log::Level,
+    thread_name: String,
     limits: Limits,
 }
 
@@ -67,6 +68,7 @@ impl Builder {
             slow_handler: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(10),
             connection_log_level: log::Level::Debug,
+            thread_name: "reactor-pool".into(),
             limits: Limits {
                 max_in_flight: 32,
                 output_high_water: 256 * 1024,
@@ -204,6 +206,13 @@ impl Builder {
         self
     }
 
+    /// Prefix of the server's thread names: `{prefix}-acceptor`, `{prefix}-reactor-N`,
+    /// `{prefix}-worker-N`. Default: `reactor-pool`. (Linux shows the first 15 bytes.)
+    pub fn thread_name(mut self, prefix: impl Into<String>) -> Self {
+        self.thread_name = prefix.into();
+        self
+    }
+
     fn listener(&mut self) -> io::Result<StdListener> {
         match std::mem::replace(&mut self.listen, Listen::Addr(Ok(Vec::new()))) {
             Listen::Listener(listener) => Ok(listener),
@@ -232,7 +241,8 @@ impl Builder {
         let listener = mio::net::TcpListener::from_std(std_listener);
 
         let counters = Arc::new(Counters::default());
-        let (acceptor, gate) = Acceptor::new(listener, self.max_connections, Arc::clone(&counters))?;
+        let (acceptor, gate) =
+            Acceptor::new(listener, self.max_connections, Arc::clone(&counters))?;
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(self.job_queue_capacity);
         let mut reactors = Vec::with_capacity(self.reactors);
         let mut mailboxes = Vec::with_capacity(self.reactors);
@@ -259,6 +269,7 @@ impl Builder {
 
         let pool = Pool::spawn(
             self.workers,
+            &self.thread_name,
             WorkerShared {
                 handler: Arc::new(handler),
                 jobs: jobs_rx.clone(),
@@ -271,13 +282,13 @@ impl Builder {
         for (index, reactor) in reactors.into_iter().enumerate() {
             reactor_threads.push(
                 thread::Builder::new()
-                    .name(format!("reactor-pool-reactor-{index}"))
+                    .name(format!("{}-reactor-{index}", self.thread_name))
                     .spawn(move || reactor.run())?,
             );
         }
         let acceptor_mailboxes = Arc::clone(&mailboxes);
         let acceptor_thread = thread::Builder::new()
-            .name("reactor-pool-acceptor".into())
+            .name(format!("{}-acceptor", self.thread_name))
             .spawn(move || acceptor.run(acceptor_mailboxes))?;
 
         let (trigger_tx, triggered) = crossbeam_channel::bounded(1);
@@ -420,7 +431,9 @@ impl ServerHandle {
     pub fn shutdown(self) {
         let stuck = self.threads.stop();
         if stuck > 0 {
-            log::warn!("shutdown: {stuck} workers still in a handler past the deadline; left running");
+            log::warn!(
+                "shutdown: {stuck} workers still in a handler past the deadline; left running"
+            );
         }
         log::debug!("server on {} stopped", self.local_addr);
     }
