@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! cargo run --release --example echo_server -- [--addr 127.0.0.1:20000] [--workers N]
+//!     [--max-connections N] [--idle-timeout-secs N] [--stats-secs N]
 //! ```
+//!
+//! `--idle-timeout-secs 0` disables the idle timeout; `--stats-secs N` logs the server's
+//! counters every N seconds.
 //!
 //! Logs (env_logger, `info` unless RUST_LOG says otherwise) the listening address, each
 //! accepted peer, and each close with the connection's request count. SIGINT or SIGTERM
@@ -10,6 +14,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use reactor_pool::{handler_fn, Builder, Context, RawCodec};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -32,6 +37,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .opt_value_from_str("--addr")?
         .unwrap_or_else(|| "127.0.0.1:20000".parse().expect("valid default"));
     let workers: Option<usize> = args.opt_value_from_str("--workers")?;
+    let max_connections: Option<usize> = args.opt_value_from_str("--max-connections")?;
+    let idle_timeout_secs: Option<u64> = args.opt_value_from_str("--idle-timeout-secs")?;
+    let stats_secs: Option<u64> = args.opt_value_from_str("--stats-secs")?;
     let rest = args.finish();
     if !rest.is_empty() {
         return Err(format!("unknown arguments: {rest:?}").into());
@@ -40,6 +48,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = Builder::bind(addr).connection_log_level(log::Level::Info);
     if let Some(n) = workers {
         builder = builder.workers(n);
+    }
+    if let Some(n) = max_connections {
+        builder = builder.max_connections(n);
+    }
+    if let Some(secs) = idle_timeout_secs {
+        builder = builder.idle_timeout((secs > 0).then(|| Duration::from_secs(secs)));
     }
     let echo = handler_fn(|request: Vec<u8>, _ctx: &Context| request);
     let server = builder.start(RawCodec::new(), echo)?;
@@ -53,7 +67,23 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             trigger.fire();
         }
     });
+    let (stop_stats, stats_stopped) = crossbeam_channel::bounded::<()>(0);
+    let stats_thread = stats_secs.filter(|&secs| secs > 0).map(|secs| {
+        let server = server.stats_reader();
+        std::thread::spawn(move || {
+            // Wakes every `secs` until the sender is dropped at shutdown.
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                stats_stopped.recv_timeout(Duration::from_secs(secs))
+            {
+                log::info!("stats: {:?}", server.stats());
+            }
+        })
+    });
     server.join();
+    drop(stop_stats);
+    if let Some(thread) = stats_thread {
+        let _ = thread.join();
+    }
     log::info!("echo server stopped");
     Ok(())
 }

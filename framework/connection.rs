@@ -22,6 +22,7 @@ use crate::stats::Counters;
 /// Per-connection limits, copied from the builder.
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
+    pub max_frame: usize,
     pub max_in_flight: usize,
     pub output_high_water: usize,
     pub read_per_wakeup: usize,
@@ -150,6 +151,8 @@ pub(crate) struct Io<'a, Req> {
     pub limits: &'a Limits,
     pub scratch: &'a mut [u8],
     pub now: Instant,
+    /// Set while the server shuts down: nothing lingers past it.
+    pub drain_deadline: Option<Instant>,
 }
 
 /// One accepted connection.
@@ -167,6 +170,10 @@ pub(crate) struct Connection<C: Codec> {
     write_seq: u64,
     /// Replies that came back before an earlier one; index 0 is `write_seq`.
     reorder: VecDeque<Option<C::Response>>,
+    /// Input bytes of each request in flight, oldest first: a stand-in for the size of the
+    /// replies still to come, so output stays near the high-water mark.
+    request_sizes: VecDeque<usize>,
+    in_flight_bytes: usize,
     /// A decoded request the full job queue refused; reading pauses until it is taken.
     stalled: Option<Job<C::Request>>,
     read_readiness: Readiness,
@@ -194,6 +201,8 @@ impl<C: Codec> Connection<C> {
             next_seq: 0,
             write_seq: 0,
             reorder: VecDeque::new(),
+            request_sizes: VecDeque::new(),
+            in_flight_bytes: 0,
             stalled: None,
             read_readiness: Readiness::Ready,
             write_readiness: Readiness::Ready,
@@ -275,6 +284,7 @@ impl<C: Codec> Connection<C> {
             let response = self.reorder.pop_front().flatten().expect("checked above");
             let seq = self.write_seq;
             self.write_seq += 1;
+            self.in_flight_bytes -= self.request_sizes.pop_front().unwrap_or(0);
             Counters::add(&counters.responses, 1);
             if self.codec.encode(response, self.output.tail()) == AfterReply::Close {
                 self.end(seq + 1, EndReason::CloseRequested);
@@ -324,14 +334,18 @@ impl<C: Codec> Connection<C> {
         }
     }
 
+    /// Whether another request may be dispatched: no stalled job, fewer than the in-flight
+    /// limit, and output plus replies to come under the high-water mark.
+    fn has_room(&self, limits: &Limits) -> bool {
+        self.stalled.is_none()
+            && self.in_flight() < limits.max_in_flight
+            && self.output.len() + self.in_flight_bytes < limits.output_high_water
+    }
+
     /// Whether reading now is allowed: the state wants input and no limit is reached.
     fn wants_input(&self, limits: &Limits) -> bool {
         match self.state {
-            State::Open => {
-                self.stalled.is_none()
-                    && self.in_flight() < limits.max_in_flight
-                    && self.output.len() < limits.output_high_water
-            }
+            State::Open => self.has_room(limits),
             // Input is discarded there, to keep the kernel buffer empty for a clean close.
             State::Ending { .. } | State::Flushing { .. } | State::Lingering { .. } => true,
             State::ReadClosed | State::Closed => false,
@@ -413,14 +427,14 @@ impl<C: Codec> Connection<C> {
     /// Decodes and dispatches requests from `src` while limits allow; returns bytes used.
     fn decode_from(&mut self, src: &[u8], io: &mut Io<'_, C::Request>) -> usize {
         let mut used = 0;
-        while self.stalled.is_none()
-            && self.in_flight() < io.limits.max_in_flight
-            && self.output.len() < io.limits.output_high_water
-        {
+        while self.has_room(io.limits) {
             match self.codec.decode(&src[used..]) {
                 Ok(Some((request, consumed))) => {
                     debug_assert!(consumed > 0, "a codec must consume what it decodes");
-                    used += consumed.max(1);
+                    let consumed = consumed.clamp(1, src.len() - used);
+                    used += consumed;
+                    self.request_sizes.push_back(consumed);
+                    self.in_flight_bytes += consumed;
                     let job = Job {
                         reactor: io.reactor,
                         key: self.key,
@@ -431,6 +445,16 @@ impl<C: Codec> Connection<C> {
                     self.next_seq += 1;
                     Counters::add(&io.counters.requests, 1);
                     self.send_job(job, io);
+                }
+                Ok(None) if src.len() - used > io.limits.max_frame => {
+                    // The codec keeps waiting, but no request may be this large.
+                    let error = DecodeError::FrameTooLarge {
+                        size: src.len() - used,
+                        max: io.limits.max_frame,
+                    };
+                    Counters::add(&io.counters.protocol_errors, 1);
+                    self.end(self.next_seq, EndReason::Protocol(error));
+                    break;
                 }
                 Ok(None) => break,
                 Err(error) => {
@@ -501,9 +525,7 @@ impl<C: Codec> Connection<C> {
     /// Moves to the next state once the current one has nothing left to wait for.
     fn advance(&mut self, io: &Io<'_, C::Request>) {
         if let State::ReadClosed = self.state {
-            let drained = self.stalled.is_none()
-                && self.in_flight() == 0
-                && self.output.len() < io.limits.output_high_water;
+            let drained = self.in_flight() == 0 && self.has_room(io.limits);
             if drained {
                 if !self.input.is_empty() {
                     log::debug!(
@@ -564,8 +586,9 @@ impl<C: Codec> Connection<C> {
                     AfterFlush::Linger => {
                         // Our FIN goes out now; the peer still reads everything before it.
                         let _ = self.stream.shutdown(Shutdown::Write);
+                        let until = io.now + io.limits.linger;
                         State::Lingering {
-                            until: io.now + io.limits.linger,
+                            until: io.drain_deadline.map_or(until, |d| d.min(until)),
                         }
                     }
                 };

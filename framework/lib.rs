@@ -58,5 +58,10 @@ pub use codec::{
     DEFAULT_MAX_FRAME,
 };
 pub use handler::{handler_fn, Context, Handler, HandlerFn};
-pub use server::{Builder, ServerHandle, ShutdownTrigger};
+pub use server::{Builder, ServerHandle, ShutdownTrigger, StatsReader};
 pub use stats::Stats;
+
+/// The README's Rust examples compile as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

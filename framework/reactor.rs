@@ -351,6 +351,7 @@ impl<C: Codec> Reactor<C> {
             limits: &self.limits,
             scratch: &mut self.scratch,
             now: Instant::now(),
+            drain_deadline: self.draining,
         };
         let step = f(conn, &mut io);
         // Keep the stats' buffered-bytes gauge current.

@@ -13,6 +13,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::acceptor::{AcceptGate, Acceptor};
 use crate::codec::Codec;
+#[cfg(doc)]
+use crate::codec::DecodeError;
 use crate::connection::Limits;
 use crate::handler::Handler;
 use crate::pool::{Job, Pool, WorkerShared};
@@ -70,6 +72,7 @@ impl Builder {
             connection_log_level: log::Level::Debug,
             thread_name: "reactor-pool".into(),
             limits: Limits {
+                max_frame: 1 << 20,
                 max_in_flight: 32,
                 output_high_water: 256 * 1024,
                 read_per_wakeup: 256 * 1024,
@@ -122,6 +125,15 @@ impl Builder {
         self
     }
 
+    /// The most bytes of one request a connection buffers: input beyond this without the
+    /// codec producing a request is a [`DecodeError::FrameTooLarge`] protocol error. This
+    /// bounds memory whatever the codec; the built-in codecs also check their own maximum.
+    /// Default: 1 MiB.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.limits.max_frame = bytes.max(1);
+        self
+    }
+
     /// Requests of one connection handed to the pool and not yet answered. At the limit the
     /// server stops reading that connection until a reply is written. Default: 32.
     pub fn max_in_flight_per_connection(mut self, n: usize) -> Self {
@@ -137,7 +149,9 @@ impl Builder {
     }
 
     /// Unwritten output above which a connection is not read (its peer is not reading its
-    /// replies). Default: 256 KiB.
+    /// replies). Requests in flight count with their input size, standing in for the
+    /// replies still to come, so a connection's output stays under this mark plus one read.
+    /// Default: 256 KiB.
     pub fn output_high_water(mut self, bytes: usize) -> Self {
         self.limits.output_high_water = bytes.max(1);
         self
@@ -293,9 +307,13 @@ impl Builder {
 
         let (trigger_tx, triggered) = crossbeam_channel::bounded(1);
         log::debug!("listening on {local_addr}");
+        let queue = jobs_rx.clone();
         Ok(ServerHandle {
             local_addr,
-            counters,
+            stats: StatsReader {
+                counters,
+                queue_depth: Arc::new(move || queue.len()),
+            },
             threads: Box::new(Threads {
                 gate,
                 acceptor: acceptor_thread,
@@ -344,7 +362,6 @@ impl fmt::Debug for Builder {
 
 /// The threads of a running server, behind a trait object so the handle is not generic.
 trait Running: Send {
-    fn queue_depth(&self) -> usize;
     /// Stops accepting, drains, closes and joins; returns workers still stuck in a handler.
     fn stop(self: Box<Self>) -> usize;
 }
@@ -359,11 +376,27 @@ struct Threads<Req, Resp> {
     timeout: Duration,
 }
 
-impl<Req: Send, Resp: Send> Running for Threads<Req, Resp> {
-    fn queue_depth(&self) -> usize {
-        self.jobs.len()
-    }
+/// Reads a running server's counters from any thread; from [`ServerHandle::stats_reader`].
+#[derive(Clone)]
+pub struct StatsReader {
+    counters: Arc<Counters>,
+    queue_depth: Arc<dyn Fn() -> usize + Send + Sync>,
+}
 
+impl StatsReader {
+    /// A snapshot of the server's live counters.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot((self.queue_depth)())
+    }
+}
+
+impl fmt::Debug for StatsReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatsReader").finish_non_exhaustive()
+    }
+}
+
+impl<Req: Send, Resp: Send> Running for Threads<Req, Resp> {
     fn stop(self: Box<Self>) -> usize {
         let Threads {
             gate,
@@ -396,7 +429,7 @@ impl<Req: Send, Resp: Send> Running for Threads<Req, Resp> {
 /// Dropping the handle leaves the server running in the background until the process exits.
 pub struct ServerHandle {
     local_addr: SocketAddr,
-    counters: Arc<Counters>,
+    stats: StatsReader,
     threads: Box<dyn Running>,
     trigger: ShutdownTrigger,
     triggered: Receiver<()>,
@@ -410,7 +443,12 @@ impl ServerHandle {
 
     /// A snapshot of the server's live counters.
     pub fn stats(&self) -> Stats {
-        self.counters.snapshot(self.threads.queue_depth())
+        self.stats.stats()
+    }
+
+    /// A cloneable reader of the counters, for a thread that reports them.
+    pub fn stats_reader(&self) -> StatsReader {
+        self.stats.clone()
     }
 
     /// A cloneable trigger that makes [`join`](ServerHandle::join) shut the server down; for a
