@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, TrySendError};
 use mio::net::TcpStream;
 
+use crate::buffer::Buffer;
 use crate::codec::{AfterReply, Codec, DecodeError};
 use crate::handler::Context;
 use crate::pool::{Job, Reply};
@@ -92,55 +93,6 @@ pub(crate) enum Step {
     Revisit,
     /// Deregister and drop it.
     Close,
-}
-
-/// Bytes with a consumed prefix, so taking from the front does not move the rest.
-#[derive(Debug, Default)]
-struct Buffer {
-    bytes: Vec<u8>,
-    start: usize,
-}
-
-/// Buffers that grew past this are given back to the allocator once they empty, so an idle
-/// connection holds almost no memory.
-const KEEP_CAPACITY: usize = 64 * 1024;
-
-impl Buffer {
-    fn pending(&self) -> &[u8] {
-        &self.bytes[self.start..]
-    }
-
-    fn len(&self) -> usize {
-        self.bytes.len() - self.start
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.bytes.len() {
-            self.clear();
-        }
-    }
-
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.start = 0;
-        if self.bytes.capacity() > KEEP_CAPACITY {
-            self.bytes = Vec::new();
-        }
-    }
-
-    /// The vector to append to; the consumed prefix is dropped first when it is at least half.
-    fn tail(&mut self) -> &mut Vec<u8> {
-        if self.start > 0 && self.start >= self.bytes.len() / 2 {
-            self.bytes.drain(..self.start);
-            self.start = 0;
-        }
-        &mut self.bytes
-    }
 }
 
 /// What a connection needs from its reactor while being driven.
@@ -268,7 +220,7 @@ impl<C: Codec> Connection<C> {
                     self.reorder.resize_with(index + 1, || None);
                 }
                 self.reorder[index] = Some(response);
-                self.encode_ready(io.counters);
+                self.encode_ready(io.counters, io.now);
             }
             Err(_) => {
                 Counters::add(&io.counters.replies_dropped, 1);
@@ -279,7 +231,11 @@ impl<C: Codec> Connection<C> {
     }
 
     /// Encodes the replies that are next in order.
-    fn encode_ready(&mut self, counters: &Counters) {
+    fn encode_ready(&mut self, counters: &Counters, now: Instant) {
+        if self.output.is_empty() {
+            // The write-stall clock starts when there is something to write.
+            self.last_write = now;
+        }
         while let Some(Some(_)) = self.reorder.front() {
             let response = self.reorder.pop_front().flatten().expect("checked above");
             let seq = self.write_seq;
@@ -323,14 +279,24 @@ impl<C: Codec> Connection<C> {
 
     /// Makes every possible bit of progress: dispatch, read, encode, write, change state.
     pub fn drive(&mut self, io: &mut Io<'_, C::Request>) -> Step {
-        self.dispatch_buffered(io);
-        let step = self.read(io);
-        self.advance(io);
-        self.write(io);
-        if matches!(self.state, State::Closed) {
-            Step::Close
-        } else {
-            step
+        let mut budget = io.limits.read_per_wakeup;
+        loop {
+            self.dispatch_buffered(io);
+            let step = self.read(io, &mut budget);
+            self.advance(io);
+            let written = self.write(io);
+            if matches!(self.state, State::Closed) {
+                return Step::Close;
+            }
+            // Writing may have made room to read again, and edge-triggered readiness will
+            // not announce bytes that were already waiting: go round while that is so.
+            let again = written > 0
+                && step == Step::Wait
+                && self.read_readiness == Readiness::Ready
+                && self.wants_input(io.limits);
+            if !again {
+                return step;
+            }
         }
     }
 
@@ -356,11 +322,10 @@ impl<C: Codec> Connection<C> {
         matches!(self.state, State::Open | State::ReadClosed)
     }
 
-    /// Reads until WouldBlock, a limit, or the per-wake-up cap.
-    fn read(&mut self, io: &mut Io<'_, C::Request>) -> Step {
-        let mut taken = 0;
+    /// Reads until WouldBlock, a limit, or the end of this wake-up's `budget` of bytes.
+    fn read(&mut self, io: &mut Io<'_, C::Request>, budget: &mut usize) -> Step {
         while self.read_readiness == Readiness::Ready && self.wants_input(io.limits) {
-            if taken >= io.limits.read_per_wakeup {
+            if *budget == 0 {
                 return Step::Revisit;
             }
             match self.stream.read(io.scratch) {
@@ -369,7 +334,7 @@ impl<C: Codec> Connection<C> {
                     break;
                 }
                 Ok(n) => {
-                    taken += n;
+                    *budget = budget.saturating_sub(n);
                     self.last_read = io.now;
                     if self.takes_requests() {
                         self.take_input(n, io);
@@ -398,11 +363,11 @@ impl<C: Codec> Connection<C> {
                 self.input.tail().extend_from_slice(&scratch[used..n]);
             }
             io.scratch = scratch;
+            self.track_partial(io.now, used > 0);
         } else {
             self.input.tail().extend_from_slice(&io.scratch[..n]);
             self.dispatch_buffered(io);
         }
-        self.track_partial(io.now);
     }
 
     /// Dispatches the stalled job, then whatever the input buffer decodes to.
@@ -421,7 +386,7 @@ impl<C: Codec> Connection<C> {
             self.input = input;
             self.input.consume(used);
         }
-        self.track_partial(io.now);
+        self.track_partial(io.now, used > 0);
     }
 
     /// Decodes and dispatches requests from `src` while limits allow; returns bytes used.
@@ -483,10 +448,12 @@ impl<C: Codec> Connection<C> {
         }
     }
 
-    fn track_partial(&mut self, now: Instant) {
+    /// Keeps `partial_since` at the instant the unfinished request at the front of the input
+    /// started: reset when a request was decoded (`progressed`), cleared when input is empty.
+    fn track_partial(&mut self, now: Instant, progressed: bool) {
         if self.input.is_empty() {
             self.partial_since = None;
-        } else if self.partial_since.is_none() {
+        } else if progressed || self.partial_since.is_none() {
             self.partial_since = Some(now);
         }
     }
@@ -557,17 +524,19 @@ impl<C: Codec> Connection<C> {
         }
     }
 
-    /// Writes output until WouldBlock, then finishes a flush.
-    fn write(&mut self, io: &mut Io<'_, C::Request>) {
+    /// Writes output until WouldBlock, then finishes a flush. Returns the bytes written.
+    fn write(&mut self, io: &mut Io<'_, C::Request>) -> usize {
+        let mut written = 0;
         while !self.output.is_empty() && self.write_readiness == Readiness::Ready {
             match self.stream.write(self.output.pending()) {
                 Ok(0) => {
                     self.fail(io::ErrorKind::WriteZero.into(), io.counters);
-                    return;
+                    return written;
                 }
                 Ok(n) => {
                     self.output.consume(n);
                     self.last_write = io.now;
+                    written += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.write_readiness = Readiness::Exhausted;
@@ -575,7 +544,7 @@ impl<C: Codec> Connection<C> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.fail(e, io.counters);
-                    return;
+                    return written;
                 }
             }
         }
@@ -595,26 +564,29 @@ impl<C: Codec> Connection<C> {
                 if let State::Lingering { .. } = self.state {
                     // The peer's FIN may already be in the buffer.
                     self.read_readiness = Readiness::Ready;
-                    self.read(io);
+                    self.read(io, &mut io.limits.read_per_wakeup.clone());
                 }
             }
         }
+        written
     }
 
     /// The earliest instant at which a timeout would end this connection.
     pub fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
         let after = |since: Instant, limit: Option<Duration>| limit.map(|d| since + d);
+        // Requests in flight or stalled mean the server, not the peer, is the one to wait for.
+        let waiting_on_peer = self.in_flight() == 0 && self.stalled.is_none();
         match self.state {
             State::Lingering { until } => Some(until),
             State::Closed => None,
             _ if !self.output.is_empty() => after(self.last_write, limits.write_stall_timeout),
-            _ if self.partial_since.is_some() => after(
-                self.partial_since.expect("checked"),
-                limits.partial_frame_timeout,
-            ),
-            State::Open if self.in_flight() == 0 && self.stalled.is_none() => {
-                after(self.last_read.max(self.last_write), limits.idle_timeout)
-            }
+            State::Open | State::ReadClosed if waiting_on_peer => match self.partial_since {
+                Some(since) => after(since, limits.partial_frame_timeout),
+                None if matches!(self.state, State::Open) => {
+                    after(self.last_read.max(self.last_write), limits.idle_timeout)
+                }
+                None => None,
+            },
             _ => None,
         }
     }

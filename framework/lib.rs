@@ -44,6 +44,7 @@
 #![forbid(unsafe_code)]
 
 mod acceptor;
+mod buffer;
 mod codec;
 mod connection;
 mod handler;

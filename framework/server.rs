@@ -419,7 +419,7 @@ impl<Req: Send, Resp: Send> Running for Threads<Req, Resp> {
             let _ = reactor.join();
         }
         // Jobs still queued have no connection left to answer: skip them.
-        drop(jobs);
+        while jobs.try_recv().is_ok() {}
         pool.join(deadline)
     }
 }
