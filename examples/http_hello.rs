@@ -1,0 +1,266 @@
+//! A small HTTP/1.1 server: keep-alive, pipelining, bodies by Content-Length, and the error
+//! replies a real client expects. Parsing is httparse's; framing and the rules are the codec's.
+//!
+//! ```text
+//! cargo run --release --example http_hello -- [--addr 127.0.0.1:8080] [--workers N]
+//! curl -v http://127.0.0.1:8080/
+//! wrk -t2 -c100 -d5s http://127.0.0.1:8080/
+//! ab -k -n 10000 -c 50 http://127.0.0.1:8080/
+//! ```
+//!
+//! Routes: `GET /` (and `HEAD /`) → 200 `Hello, world!`; `POST /echo` → 200 with the request
+//! body; any other path → 404; any other method → 405. A malformed request → 400, headers
+//! over the limit → 431, a body over the limit → 413, chunked bodies → 501; each is followed
+//! by a clean close.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use reactor_pool::{AfterReply, Builder, Codec, Context, DecodeError, Decoded, Handler};
+
+/// Bytes of request line plus headers accepted before answering 431.
+const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Headers accepted before answering 431.
+const MAX_HEADERS: usize = 64;
+/// Request body bytes accepted before answering 413.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// One parsed request.
+#[derive(Debug)]
+struct Request {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+}
+
+/// What the handler answers.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+/// How a request wants its connection treated, remembered in request order so `encode`
+/// (which gets responses in that same order) can honour it.
+#[derive(Debug, Clone, Copy)]
+struct ReplyShape {
+    /// HTTP/1.0 (status line and keep-alive rules differ).
+    http10: bool,
+    close: bool,
+    head: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct HttpCodec {
+    pending: VecDeque<ReplyShape>,
+    /// The status of the error reply for the decode error just returned.
+    error_status: u16,
+}
+
+impl HttpCodec {
+    fn reject(&mut self, status: u16, why: &str) -> DecodeError {
+        self.error_status = status;
+        DecodeError::Invalid(format!("{status} {}: {why}", reason(status)))
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        _ => "Unknown",
+    }
+}
+
+fn header_is(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn write_head(out: &mut Vec<u8>, http10: bool, status: u16, content_type: &str, len: usize) {
+    let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    out.extend_from_slice(
+        format!(
+            "{version} {status} {}\r\nServer: reactor-pool\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\n",
+            reason(status)
+        )
+        .as_bytes(),
+    );
+}
+
+impl Codec for HttpCodec {
+    type Request = Request;
+    type Response = Response;
+
+    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded<Request>>, DecodeError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        let head_len = match parsed.parse(input) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if input.len() > MAX_HEADER_BYTES => {
+                return Err(self.reject(431, "headers too long"));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(self.reject(431, "too many headers"))
+            }
+            Err(e) => return Err(self.reject(400, &e.to_string())),
+        };
+        if head_len > MAX_HEADER_BYTES {
+            return Err(self.reject(431, "headers too long"));
+        }
+        let http10 = parsed.version == Some(0);
+        let mut close = http10;
+        let mut body_len = 0usize;
+        for header in parsed.headers.iter() {
+            if header.name.eq_ignore_ascii_case("content-length") {
+                body_len = std::str::from_utf8(header.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| self.reject(400, "bad Content-Length"))?;
+            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(self.reject(501, "Transfer-Encoding is not supported"));
+            } else if header.name.eq_ignore_ascii_case("connection") {
+                if header_is(header.value, "close") {
+                    close = true;
+                } else if header_is(header.value, "keep-alive") {
+                    close = false;
+                }
+            }
+        }
+        if body_len > MAX_BODY {
+            return Err(self.reject(413, "body too large"));
+        }
+        let Some(body) = input.get(head_len..head_len + body_len) else {
+            return Ok(None);
+        };
+        let method = parsed.method.unwrap_or_default().to_string();
+        self.pending.push_back(ReplyShape {
+            http10,
+            close,
+            head: method == "HEAD",
+        });
+        let request = Request {
+            method,
+            path: parsed.path.unwrap_or_default().to_string(),
+            body: body.to_vec(),
+        };
+        Ok(Some((request, head_len + body_len)))
+    }
+
+    fn encode(&mut self, response: Response, out: &mut Vec<u8>) -> AfterReply {
+        let shape = self.pending.pop_front().unwrap_or(ReplyShape {
+            http10: false,
+            close: true,
+            head: false,
+        });
+        write_head(
+            out,
+            shape.http10,
+            response.status,
+            response.content_type,
+            response.body.len(),
+        );
+        if shape.close {
+            out.extend_from_slice(b"Connection: close\r\n\r\n");
+        } else if shape.http10 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n\r\n");
+        } else {
+            out.extend_from_slice(b"\r\n");
+        }
+        if !shape.head {
+            out.extend_from_slice(&response.body);
+        }
+        if shape.close {
+            AfterReply::Close
+        } else {
+            AfterReply::KeepOpen
+        }
+    }
+
+    fn error_reply(&mut self, error: &DecodeError, out: &mut Vec<u8>) {
+        let status = match error {
+            DecodeError::FrameTooLarge { .. } => 431,
+            DecodeError::Invalid(_) => self.error_status,
+        };
+        let body = format!("{}\n", reason(status));
+        write_head(out, false, status, "text/plain", body.len());
+        out.extend_from_slice(b"Connection: close\r\n\r\n");
+        out.extend_from_slice(body.as_bytes());
+    }
+}
+
+struct Hello;
+
+impl Handler for Hello {
+    type Request = Request;
+    type Response = Response;
+
+    fn call(&self, request: Request, _ctx: &Context) -> Response {
+        let text = |status: u16, body: &str| Response {
+            status,
+            content_type: "text/plain",
+            body: body.as_bytes().to_vec(),
+        };
+        match (request.method.as_str(), request.path.as_str()) {
+            ("GET" | "HEAD", "/") => text(200, "Hello, world!"),
+            ("POST", "/echo") => Response {
+                status: 200,
+                content_type: "application/octet-stream",
+                body: request.body,
+            },
+            (_, "/" | "/echo") => text(405, "Method Not Allowed\n"),
+            _ => text(404, "Not Found\n"),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let run = || -> Result<(), Box<dyn std::error::Error>> {
+        let mut args = pico_args::Arguments::from_env();
+        let addr: SocketAddr = args
+            .opt_value_from_str("--addr")?
+            .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid default"));
+        let workers: Option<usize> = args.opt_value_from_str("--workers")?;
+        let rest = args.finish();
+        if !rest.is_empty() {
+            return Err(format!("unknown arguments: {rest:?}").into());
+        }
+        let mut builder = Builder::bind(addr)
+            .max_frame_size(MAX_HEADER_BYTES + MAX_BODY)
+            .max_connections(19_000);
+        if let Some(n) = workers {
+            builder = builder.workers(n);
+        }
+        let server = builder.start(HttpCodec::default(), Hello)?;
+        log::info!("http_hello listening on http://{}/", server.local_addr());
+        let trigger = server.shutdown_trigger();
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                trigger.fire();
+            }
+        });
+        server.join();
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
