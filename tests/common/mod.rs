@@ -1,0 +1,152 @@
+//! Helpers shared by the integration tests: clients with timeouts, waiting on conditions
+//! (never sleeping for correctness), and a look at the process's thread names.
+//!
+//! Every test file compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+use std::fmt::Debug;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use reactor_pool::{handler_fn, Context, Handler, ServerHandle, Stats};
+
+/// Read and write timeout of every client socket: a bug makes a test fail, not hang.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long to wait for a condition before declaring a hang. Only hangs hit it.
+pub const WAIT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Turns on `RUST_LOG`-driven logging for a test (harmless when called twice).
+pub fn init_logging() {
+    let _ = env_logger::builder().is_test(true).try_init();
+}
+
+/// An echo handler for byte codecs.
+pub fn echo() -> impl Handler<Request = Vec<u8>, Response = Vec<u8>> {
+    handler_fn(|request: Vec<u8>, _ctx: &Context| request)
+}
+
+/// Connects to `addr` with read and write timeouts and `TCP_NODELAY`.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("set_read_timeout");
+    stream
+        .set_write_timeout(Some(IO_TIMEOUT))
+        .expect("set_write_timeout");
+    stream.set_nodelay(true).expect("set_nodelay");
+    stream
+}
+
+/// Writes all of `bytes`, panicking with context on error.
+pub fn send(stream: &mut TcpStream, bytes: &[u8]) {
+    stream
+        .write_all(bytes)
+        .unwrap_or_else(|e| panic!("writing {} bytes: {e}", bytes.len()));
+}
+
+/// Reads exactly `n` bytes, panicking with what arrived so far on error or early EOF.
+pub fn read_exactly(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        match stream.read(&mut buf[got..]) {
+            Ok(0) => panic!(
+                "EOF after {got} of {n} bytes; got {:?}",
+                String::from_utf8_lossy(&buf[..got])
+            ),
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!(
+                "read error after {got} of {n} bytes: {e}; got {:?}",
+                String::from_utf8_lossy(&buf[..got])
+            ),
+        }
+    }
+    buf
+}
+
+/// Reads until EOF. A reset (or a read timeout) comes back as an error.
+pub fn read_to_eof(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Polls `probe` until it returns `Some`, panicking after [`WAIT_DEADLINE`] with `what`.
+pub fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT_DEADLINE;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT_DEADLINE:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Polls the server's stats until `condition` holds; returns the snapshot that satisfied it.
+pub fn wait_for_stats(
+    server: &ServerHandle,
+    what: &str,
+    condition: impl Fn(&Stats) -> bool,
+) -> Stats {
+    let deadline = Instant::now() + WAIT_DEADLINE;
+    loop {
+        let stats = server.stats();
+        if condition(&stats) {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT_DEADLINE:?} waiting for {what}; last stats: {stats:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Names (`comm`, at most 15 bytes on Linux) of this process's threads that start with
+/// `prefix`.
+pub fn threads_named(prefix: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let tasks = std::fs::read_dir("/proc/self/task").expect("read /proc/self/task");
+    for task in tasks.flatten() {
+        // A thread may exit between listing and reading: skip it.
+        if let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) {
+            let comm = comm.trim_end_matches('\n');
+            if comm.starts_with(prefix) {
+                names.push(comm.to_owned());
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
+/// Asserts two byte strings are equal, reporting the first difference rather than
+/// printing megabytes.
+pub fn assert_same_bytes(actual: &[u8], expected: &[u8], what: &str) {
+    if let Some(at) = actual.iter().zip(expected).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: first difference at byte {at} of {} (got {} bytes): got {:?}, expected {:?}",
+            expected.len(),
+            actual.len(),
+            excerpt(actual, at),
+            excerpt(expected, at)
+        );
+    }
+    assert_eq!(
+        actual.len(),
+        expected.len(),
+        "{what}: lengths differ (the shorter is a prefix of the other)"
+    );
+}
+
+fn excerpt(bytes: &[u8], at: usize) -> impl Debug + '_ {
+    &bytes[at..bytes.len().min(at + 16)]
+}
