@@ -114,16 +114,17 @@ impl Codec for RespCodec {
                 return Ok(None);
             }
             if input[start] != b'*' {
-                // An inline command, as typed into nc or telnet.
-                let Some((line, next)) = line_at(input, start).or_else(|| {
-                    let nl = input[start..].iter().position(|&b| b == b'\n')?;
-                    Some((&input[start..start + nl], start + nl + 1))
-                }) else {
+                // An inline command, as typed into nc or telnet: up to `\n`, `\r` optional.
+                let Some(newline) = input[start..].iter().position(|&b| b == b'\n') else {
                     if input.len() - start > MAX_INLINE {
                         return Err(protocol("too big inline request"));
                     }
                     return Ok(None);
                 };
+                let next = start + newline + 1;
+                let line = input[start..start + newline]
+                    .strip_suffix(b"\r")
+                    .unwrap_or(&input[start..start + newline]);
                 let args: Vec<Vec<u8>> = line
                     .split(|b| b.is_ascii_whitespace())
                     .filter(|word| !word.is_empty())

@@ -150,3 +150,84 @@ pub fn assert_same_bytes(actual: &[u8], expected: &[u8], what: &str) {
 fn excerpt(bytes: &[u8], at: usize) -> impl Debug + '_ {
     &bytes[at..bytes.len().min(at + 16)]
 }
+
+/// One of this package's example binaries, running as a child process; killed on drop.
+pub struct Example {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The path of example `name`, which `cargo test` builds next to the test binaries.
+pub fn example_path(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test binary> -> target/<profile>/examples/<name>
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary in target/<profile>/deps")
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// Starts example `name` with `args` (which should bind port 0) and waits for its log line
+/// `... listening on ADDR`, whose last word gives the address (an `http://` prefix and a
+/// trailing `/` are ignored).
+pub fn start_example(name: &str, args: &[&str]) -> Example {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(example_path(name))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let mut lines = io::BufReader::new(stderr).lines();
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Some((_, rest)) = line.split_once("listening on ") {
+                let word = rest.split_whitespace().next().unwrap_or_default();
+                let addr = word.trim_start_matches("http://").trim_end_matches('/');
+                let _ = tx.send(addr.parse::<SocketAddr>().ok());
+                break;
+            }
+        }
+        // Keep draining so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let addr = rx
+        .recv_timeout(WAIT_DEADLINE)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("{name} did not log its listening address"));
+    Example { child, addr }
+}
+
+/// Runs an external client program to completion, returning its stdout and stderr; panics
+/// with a hint when the program is not installed.
+pub fn run_client(program: &str, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}); .ci/run installs it with apt-get"));
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
