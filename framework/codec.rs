@@ -127,7 +127,12 @@ impl Codec for RawCodec {
     }
 
     fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
-        output.extend_from_slice(&response);
+        if output.is_empty() {
+            // Hand the response's own buffer over instead of copying it.
+            *output = response;
+        } else {
+            output.extend_from_slice(&response);
+        }
         AfterReply::KeepOpen
     }
 }

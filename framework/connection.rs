@@ -76,11 +76,16 @@ pub(crate) enum EndReason {
     ServerShutdown,
 }
 
-/// Whether a readiness event may still have something for us (edge-triggered: after
-/// WouldBlock nothing more comes until the next event).
+/// Whether a readiness event may still have something for us. Readiness is edge-triggered:
+/// once the socket is drained nothing more is announced until new data (or room) arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Readiness {
+    /// There may be more: a short read or write means the socket is drained.
     Ready,
+    /// The poll also reported the peer's FIN: read until `read()` returns 0, however short
+    /// the reads, because no further event will announce that end of stream.
+    ReadyToEof,
+    /// Drained: wait for the next event.
     Exhausted,
 }
 
@@ -192,9 +197,11 @@ impl<C: Codec> Connection<C> {
         &mut self.accounted
     }
 
-    /// Readiness reported by the poll.
-    pub fn on_event(&mut self, readable: bool, writable: bool) {
-        if readable {
+    /// Readiness reported by the poll; `read_closed` when it also reported the peer's FIN.
+    pub fn on_event(&mut self, readable: bool, read_closed: bool, writable: bool) {
+        if read_closed {
+            self.read_readiness = Readiness::ReadyToEof;
+        } else if readable && self.read_readiness == Readiness::Exhausted {
             self.read_readiness = Readiness::Ready;
         }
         if writable {
@@ -292,7 +299,7 @@ impl<C: Codec> Connection<C> {
             // not announce bytes that were already waiting: go round while that is so.
             let again = written > 0
                 && step == Step::Wait
-                && self.read_readiness == Readiness::Ready
+                && self.read_readiness != Readiness::Exhausted
                 && self.wants_input(io.limits);
             if !again {
                 return step;
@@ -324,7 +331,7 @@ impl<C: Codec> Connection<C> {
 
     /// Reads until WouldBlock, a limit, or the end of this wake-up's `budget` of bytes.
     fn read(&mut self, io: &mut Io<'_, C::Request>, budget: &mut usize) -> Step {
-        while self.read_readiness == Readiness::Ready && self.wants_input(io.limits) {
+        while self.read_readiness != Readiness::Exhausted && self.wants_input(io.limits) {
             if *budget == 0 {
                 return Step::Revisit;
             }
@@ -335,6 +342,11 @@ impl<C: Codec> Connection<C> {
                 }
                 Ok(n) => {
                     *budget = budget.saturating_sub(n);
+                    if n < io.scratch.len() && self.read_readiness == Readiness::Ready {
+                        // A short read drained the socket: skip the read that would only
+                        // say WouldBlock. New data raises a new edge.
+                        self.read_readiness = Readiness::Exhausted;
+                    }
                     self.last_read = io.now;
                     if self.takes_requests() {
                         self.take_input(n, io);
@@ -534,6 +546,10 @@ impl<C: Codec> Connection<C> {
                     return written;
                 }
                 Ok(n) => {
+                    if n < self.output.len() {
+                        // A short write filled the socket buffer: wait for room.
+                        self.write_readiness = Readiness::Exhausted;
+                    }
                     self.output.consume(n);
                     self.last_write = io.now;
                     written += n;
@@ -563,7 +579,7 @@ impl<C: Codec> Connection<C> {
                 };
                 if let State::Lingering { .. } = self.state {
                     // The peer's FIN may already be in the buffer.
-                    self.read_readiness = Readiness::Ready;
+                    self.read_readiness = Readiness::ReadyToEof;
                     self.read(io, &mut io.limits.read_per_wakeup.clone());
                 }
             }

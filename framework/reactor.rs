@@ -176,10 +176,12 @@ impl<C: Codec> Reactor<C> {
                     continue;
                 }
                 let key = ConnKey::from_token(event.token());
-                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                let readable = event.is_readable();
+                // An error is reported by the next read or write; make sure one happens.
+                let read_closed = event.is_read_closed() || event.is_error();
                 let writable = event.is_writable() || event.is_write_closed() || event.is_error();
                 self.with_conn(key, |conn, io| {
-                    conn.on_event(readable, writable);
+                    conn.on_event(readable, read_closed, writable);
                     conn.drive(io)
                 });
             }
