@@ -1,0 +1,387 @@
+//! Throughput benchmark: reactor-pool's echo server against a thread-per-connection server
+//! and a tokio server, each in its own process, under a closed-loop load generator.
+//!
+//! ```text
+//! cargo bench --bench throughput               # full run, about 5-10 minutes on 2 cores
+//! cargo bench --bench throughput -- --quick    # smoke run, under a minute (CI)
+//! cargo bench --bench throughput -- --filter "c100 " --runs 1 --duration 2
+//! cargo bench --bench throughput -- --list     # the scenario / server pairs
+//! ```
+//!
+//! Output: a table on stdout, a progress line per run on stderr, and `report.json`,
+//! `report.md` and `throughput.svg` in `$CARGO_TARGET_DIR/bench` (default `target/bench`).
+//!
+//! **Processes.** The same binary is the server: the bench re-executes itself with the
+//! hidden `--serve KIND ...` arguments (`servers.rs`), so each server's CPU time, memory,
+//! threads and descriptors are its own; the parent reads them from /proc (`runner.rs`).
+//!
+//! **Thread budget** (`--threads`, default 2 for a 2-core machine): tokio gets that many
+//! worker threads; reactor-pool gets `--reactors` (default 1) reactor thread, which does all
+//! socket I/O, plus `--workers` (default: the budget) workers that run the echo handler, and
+//! its acceptor thread; the thread-per-connection server has no budget by design (one
+//! thread per connection, 64 KiB stacks). In the blocking workload (1 ms sleep per request,
+//! 256 connections) reactor-pool has 64 workers and tokio runs the sleep in `spawn_blocking`
+//! with at most 64 blocking threads, so both are bounded by the ideal 64 / 1 ms = 64,000
+//! req/s; the thread-per-connection server sleeps in its 256 connection threads and is not.
+//!
+//! **Load** (`loadgen.rs`): closed loop, `--client-threads` (default 2) mio event loops,
+//! every echoed byte checked. Client sockets bind to 127.0.0.2, 127.0.0.3, ... before they
+//! connect: one source address per 1,000 connections, at least 4, so no address comes near
+//! its ephemeral ports even with earlier runs' sockets in TIME_WAIT (and the runner stops
+//! the server before the clients close, which leaves TIME_WAIT on the server side anyway).
+//! Every socket is on 127.0.0.0/8.
+//!
+//! **Figures**: req/s counts requests (messages of the scenario's size) whose whole echo
+//! came back correct in the measured window; MB/s is that times the message size (payload
+//! counted once, 10^6 bytes); latency is from queuing a request to its last echoed byte.
+//! With `--runs N` the run with the median req/s is reported (all runs are in the JSON).
+//! "bg CPU s" is what the rest of the machine used meanwhile: on a shared machine, read
+//! the figures next to it.
+
+mod chart;
+mod loadgen;
+mod report;
+mod runner;
+mod servers;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use loadgen::LoadConfig;
+use report::{Outcome, Report, Scenario, Settings};
+use servers::{Kind, ServeArgs};
+
+/// Workers (reactor-pool) and blocking threads (tokio) in the blocking workload.
+const BLOCKING_WORKERS: usize = 64;
+/// The blocking workload's handler sleep.
+const BLOCKING_SLEEP_US: u64 = 1000;
+/// Enough connections to keep 64 workers busy with a request always waiting.
+const BLOCKING_CONNECTIONS: usize = 256;
+
+const HELP: &str = "\
+throughput: reactor-pool vs thread-per-connection vs tokio, echo over loopback
+
+USAGE: cargo bench --bench throughput -- [OPTIONS]
+
+OPTIONS:
+  --quick               smoke run: small matrix, 1 s per run, 1 run (under a minute)
+  --duration SECS       measured seconds per run [quick 1, full 5]
+  --warmup SECS         warm-up seconds per run [quick 0.3, full 1]
+  --runs N              runs per scenario and server; the median is reported [quick 1, full 3]
+  --filter TEXT         only scenario/server pairs whose \"SCENARIO / SERVER\" contains TEXT
+  --threads N           server thread budget: tokio worker threads, reactor-pool echo
+                        workers unless --workers [2]
+  --reactors N          reactor-pool reactor threads [1]
+  --workers N           reactor-pool worker threads in the echo scenarios [--threads]
+  --client-threads N    load generator threads [2]
+  --stack-kib N         stack of each thread-per-connection thread [64]
+  --list                print the scenarios and exit
+  -h, --help            this text
+";
+
+/// Options of the bench (parent) mode.
+#[derive(Debug, Clone)]
+struct Options {
+    quick: bool,
+    duration: Duration,
+    warmup: Duration,
+    runs: usize,
+    filter: Option<String>,
+    threads: usize,
+    reactors: usize,
+    workers: usize,
+    client_threads: usize,
+    stack_kib: usize,
+    list: bool,
+}
+
+fn main() -> ExitCode {
+    let mut args = pico_args::Arguments::from_env();
+    if args.contains(["-h", "--help"]) {
+        print!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
+    // cargo passes --bench to harness = false benches.
+    let _ = args.contains("--bench");
+    let result = match args.opt_value_from_str::<_, String>("--serve") {
+        Ok(Some(kind)) => serve_mode(&kind, args),
+        Ok(None) => parse_options(args).and_then(|opts| bench_mode(&opts)),
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("throughput: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
+}
+
+fn reject_leftovers(args: pico_args::Arguments) -> Result<(), String> {
+    let rest = args.finish();
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("unexpected arguments {rest:?}; see --help"))
+    }
+}
+
+fn secs(value: f64, name: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value).map_err(|_| format!("{name}: {value} is not a duration"))
+}
+
+fn parse_options(mut args: pico_args::Arguments) -> Result<Options, String> {
+    let e = |e: pico_args::Error| e.to_string();
+    let quick = args.contains("--quick");
+    let duration: Option<f64> = args.opt_value_from_str("--duration").map_err(e)?;
+    let warmup: Option<f64> = args.opt_value_from_str("--warmup").map_err(e)?;
+    let runs: Option<usize> = args.opt_value_from_str("--runs").map_err(e)?;
+    let filter: Option<String> = args.opt_value_from_str("--filter").map_err(e)?;
+    let threads: usize = args
+        .opt_value_from_str("--threads")
+        .map_err(e)?
+        .unwrap_or(2);
+    let reactors: usize = args
+        .opt_value_from_str("--reactors")
+        .map_err(e)?
+        .unwrap_or(1);
+    let workers: Option<usize> = args.opt_value_from_str("--workers").map_err(e)?;
+    let client_threads = args.opt_value_from_str("--client-threads").map_err(e)?;
+    let stack_kib = args.opt_value_from_str("--stack-kib").map_err(e)?;
+    let list = args.contains("--list");
+    reject_leftovers(args)?;
+    Ok(Options {
+        quick,
+        duration: secs(
+            duration.unwrap_or(if quick { 1.0 } else { 5.0 }),
+            "--duration",
+        )?,
+        warmup: secs(warmup.unwrap_or(if quick { 0.3 } else { 1.0 }), "--warmup")?,
+        runs: runs.unwrap_or(if quick { 1 } else { 3 }).max(1),
+        filter,
+        threads: threads.max(1),
+        reactors: reactors.max(1),
+        workers: workers.unwrap_or(threads).max(1),
+        client_threads: client_threads.unwrap_or(2usize).max(1),
+        stack_kib: stack_kib.unwrap_or(64usize).max(16),
+        list,
+    })
+}
+
+fn serve_mode(kind: &str, mut args: pico_args::Arguments) -> Result<(), String> {
+    let e = |e: pico_args::Error| e.to_string();
+    let kind = Kind::parse(kind).ok_or_else(|| format!("unknown server kind {kind:?}"))?;
+    let addr: SocketAddr = args.value_from_str("--addr").map_err(e)?;
+    let serve = ServeArgs {
+        kind,
+        addr,
+        threads: args.value_from_str("--threads").map_err(e)?,
+        reactors: args.value_from_str("--reactors").map_err(e)?,
+        workers: args.value_from_str("--workers").map_err(e)?,
+        blocking: args.value_from_str("--blocking").map_err(e)?,
+        sleep: Duration::from_micros(args.value_from_str("--sleep-us").map_err(e)?),
+        stack_kib: args.value_from_str("--stack-kib").map_err(e)?,
+        max_lifetime: Duration::from_secs(args.value_from_str("--max-lifetime").map_err(e)?),
+    };
+    reject_leftovers(args)?;
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = env_logger::try_init();
+    }
+    servers::serve(&serve).map_err(|e| format!("{} server: {e}", kind.name()))?;
+    // Nothing to clean up: the OS closes every socket.
+    std::process::exit(0)
+}
+
+/// The scenarios of a mode, in the order they run.
+fn matrix(quick: bool) -> Vec<Scenario> {
+    let blocking = Scenario::blocking(BLOCKING_CONNECTIONS, BLOCKING_SLEEP_US, BLOCKING_WORKERS);
+    if quick {
+        return vec![
+            Scenario::echo(1, 64, 1),
+            Scenario::echo(100, 64, 1),
+            Scenario::echo(1000, 64, 1),
+            Scenario::echo(100, 4096, 1),
+            Scenario::echo(100, 64, 16),
+            blocking,
+        ];
+    }
+    vec![
+        Scenario::echo(1, 64, 1),
+        Scenario::echo(100, 64, 1),
+        Scenario::echo(1000, 64, 1),
+        Scenario::echo(10_000, 64, 1),
+        Scenario::echo(100, 4096, 1),
+        Scenario::echo(100, 64, 16),
+        blocking,
+    ]
+}
+
+fn label(scenario: &Scenario, kind: Kind) -> String {
+    format!("{} / {}", scenario.name, kind.name())
+}
+
+fn serve_args(opts: &Options, scenario: &Scenario, kind: Kind) -> ServeArgs {
+    let blocking = scenario.sleep_us > 0;
+    ServeArgs {
+        kind,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        threads: opts.threads,
+        reactors: opts.reactors,
+        workers: if blocking {
+            scenario.blocking_workers
+        } else {
+            opts.workers
+        },
+        blocking: BLOCKING_WORKERS,
+        sleep: Duration::from_micros(scenario.sleep_us),
+        stack_kib: opts.stack_kib,
+        // A safety net only: the parent stops the child long before.
+        max_lifetime: opts.duration + opts.warmup + Duration::from_secs(120),
+    }
+}
+
+fn bench_mode(opts: &Options) -> Result<(), String> {
+    let started = Instant::now();
+    let fd_limit = raise_fd_limit();
+    let plan: Vec<(Scenario, Vec<Kind>)> = matrix(opts.quick)
+        .into_iter()
+        .map(|s| {
+            let kinds = Kind::ALL
+                .into_iter()
+                .filter(|&k| {
+                    opts.filter
+                        .as_ref()
+                        .is_none_or(|f| label(&s, k).contains(f))
+                })
+                .collect::<Vec<_>>();
+            (s, kinds)
+        })
+        .filter(|(_, kinds)| !kinds.is_empty())
+        .collect();
+    if opts.list {
+        for (s, kinds) in &plan {
+            for &k in kinds {
+                println!("{}", label(s, k));
+            }
+        }
+        return Ok(());
+    }
+    if plan.is_empty() {
+        return Err(format!("no scenario matches {:?}; see --list", opts.filter));
+    }
+    let total: usize = plan.iter().map(|(_, k)| k.len() * opts.runs).sum();
+    eprintln!(
+        "throughput: {} mode, {total} runs of {:?} (+{:?} warm-up), fd limit {fd_limit}",
+        if opts.quick { "quick" } else { "full" },
+        opts.duration,
+        opts.warmup
+    );
+    let mut outcomes = Vec::new();
+    let mut done = 0;
+    for (scenario, kinds) in &plan {
+        if scenario.connections as u64 + 64 > fd_limit {
+            eprintln!(
+                "warning: {} connections exceed the fd limit {fd_limit}; expect connect errors",
+                scenario.connections
+            );
+        }
+        let mut runs: Vec<(Vec<runner::RunMetrics>, Vec<String>)> =
+            vec![(Vec::new(), Vec::new()); kinds.len()];
+        // Runs of different servers alternate, so a noisy moment does not hit one server only.
+        for run in 0..opts.runs {
+            for (i, &kind) in kinds.iter().enumerate() {
+                done += 1;
+                let t = Instant::now();
+                let load = LoadConfig {
+                    target: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    connections: scenario.connections,
+                    message_size: scenario.message_size,
+                    depth: scenario.depth,
+                    warmup: opts.warmup,
+                    duration: opts.duration,
+                    threads: opts.client_threads,
+                };
+                let prefix = format!(
+                    "[{done:>3}/{total}] {:<40} run {}/{}",
+                    label(scenario, kind),
+                    run + 1,
+                    opts.runs
+                );
+                match runner::run_once(&serve_args(opts, scenario, kind), &load) {
+                    Ok(m) => {
+                        eprintln!(
+                            "{prefix}: {:>8.0} req/s  p99 {:>6} us  errors {}  CPU s: srv {:.2} cli {:.2} bg {:.2}  ({:.1} s)",
+                            m.req_per_s,
+                            m.p99_us,
+                            m.errors,
+                            m.server_cpu_s,
+                            m.client_cpu_s,
+                            m.background_cpu_s,
+                            t.elapsed().as_secs_f64()
+                        );
+                        runs[i].0.push(m);
+                    }
+                    Err(e) => {
+                        eprintln!("{prefix}: FAILED: {e}");
+                        runs[i].1.push(e.to_string());
+                    }
+                }
+            }
+        }
+        for (&kind, (metrics, failed)) in kinds.iter().zip(runs) {
+            outcomes.push(Outcome::new(scenario, kind.name(), metrics, failed));
+        }
+    }
+    report::set_tokio_ratios(&mut outcomes);
+    let report = Report {
+        settings: Settings {
+            mode: if opts.quick { "quick" } else { "full" }.into(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            duration_s: opts.duration.as_secs_f64(),
+            warmup_s: opts.warmup.as_secs_f64(),
+            runs: opts.runs,
+            client_threads: opts.client_threads,
+            server_threads: opts.threads,
+            reactors: opts.reactors,
+            echo_workers: opts.workers,
+            blocking_workers: BLOCKING_WORKERS,
+            thread_stack_kib: opts.stack_kib,
+            filter: opts.filter.clone(),
+        },
+        generated_unix_s: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        wall_s: started.elapsed().as_secs_f64(),
+        outcomes,
+    };
+    print!("{}", report::table(&report.outcomes));
+    let dir = target_dir().join("bench");
+    report::write_files(&dir, &report).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let svg = dir.join("throughput.svg");
+    match chart::draw(&svg, &report.outcomes) {
+        Ok(true) => eprintln!("wrote {}", svg.display()),
+        Ok(false) => eprintln!("no connection-sweep scenario ran: no chart"),
+        Err(e) => eprintln!("{e}"),
+    }
+    eprintln!(
+        "wrote {} and report.md; took {:.1} s",
+        dir.join("report.json").display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `$CARGO_TARGET_DIR` if set, else this package's `target/`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+    }
+}

@@ -1,0 +1,271 @@
+//! One measured run: start a server in its own process, drive load at it, read the server's
+//! CPU time and peak memory from /proc, stop it.
+
+use std::fs;
+use std::io::{self, BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::loadgen::{self, ErrorCounts, Event, LoadConfig};
+use crate::servers::ServeArgs;
+
+/// How long a child may take to print its address.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a child may take to exit after SIGTERM before it is killed.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Clock ticks per second of /proc/<pid>/stat's utime and stime. Linux fixes USER_HZ at 100
+/// in its user-space ABI on every architecture this bench runs on.
+const USER_HZ: f64 = 100.0;
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunMetrics {
+    pub requests: u64,
+    pub measured_s: f64,
+    pub req_per_s: f64,
+    /// Echoed payload, counted once (the wire carries it twice), in 10^6 bytes per second.
+    pub mb_per_s: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub errors: u64,
+    pub error_kinds: ErrorCounts,
+    /// utime + stime of the server process during the measured window.
+    pub server_cpu_s: f64,
+    /// The server process's peak resident set (VmHWM) at the end of the run.
+    pub server_peak_rss_kib: u64,
+    /// The server's threads at the end of the measured window.
+    pub server_threads: u64,
+    /// The server's open file descriptors at the end of the measured window.
+    pub server_fds: u64,
+    /// utime + stime of this (load generator) process during the measured window.
+    pub client_cpu_s: f64,
+    /// CPU time the machine spent on anything else during the measured window: other
+    /// processes, interrupts, and time stolen by the hypervisor. A noise indicator: on a
+    /// quiet machine it is close to zero.
+    pub background_cpu_s: f64,
+}
+
+/// A server child process.
+pub struct ServerProcess {
+    child: Child,
+    /// Held open: the child exits when it reads EOF here.
+    stdin: Option<ChildStdin>,
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Re-executes this bench binary in server mode and waits for its address.
+    pub fn spawn(args: &ServeArgs) -> io::Result<ServerProcess> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .args(args.to_args())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = tx.send(reader.read_line(&mut line).map(|_| line));
+            // Keep reading (and discarding) so the child never blocks on a full pipe.
+            let mut sink = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut sink), Ok(n) if n > 0) {
+                sink.clear();
+            }
+        });
+        let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => return Err(fail_spawn(child, e.to_string())),
+            Err(_) => return Err(fail_spawn(child, "no address printed in time".into())),
+        };
+        let addr: SocketAddr = match line.trim().parse() {
+            Ok(addr) => addr,
+            Err(_) => return Err(fail_spawn(child, format!("bad first line {line:?}"))),
+        };
+        Ok(ServerProcess { child, stdin, addr })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's utime + stime so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(&format!("/proc/{}/stat", self.pid())).unwrap_or(f64::NAN)
+    }
+
+    /// (peak RSS in KiB, threads) from /proc/<pid>/status.
+    pub fn memory_and_threads(&self) -> (u64, u64) {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        (
+            status_field(&status, "VmHWM:").unwrap_or(0),
+            status_field(&status, "Threads:").unwrap_or(0),
+        )
+    }
+
+    pub fn open_fds(&self) -> u64 {
+        fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count() as u64)
+    }
+
+    /// SIGTERM, then wait; SIGKILL if it has not exited within [`EXIT_TIMEOUT`].
+    pub fn stop(mut self) {
+        let _ = terminate(&self.child);
+        drop(self.stdin.take());
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fail_spawn(mut child: Child, why: String) -> io::Error {
+    let _ = child.kill();
+    let _ = child.wait();
+    io::Error::other(format!("server child: {why}"))
+}
+
+/// Sends SIGTERM to `child`.
+///
+/// Contract: `child` is a process this process spawned and has not yet reaped (`Child` is
+/// only reaped by `wait`/`try_wait`, which `stop` calls after this), so its pid cannot have
+/// been reused by an unrelated process. kill(2) takes no pointers and touches no memory of
+/// ours; the only obligation is that pid, which the borrow of an unreaped `Child` upholds.
+fn terminate(child: &Child) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(child.id()).map_err(io::Error::other)?;
+    // SAFETY: see the contract above; kill has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// utime + stime, in seconds, from a /proc/<pid>/stat file.
+fn cpu_seconds(path: &str) -> Option<f64> {
+    let stat = fs::read_to_string(path).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
+}
+
+/// CPU time (busy, stolen) of the whole machine so far, in seconds, from /proc/stat.
+fn machine_cpu() -> (f64, f64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap_or(0.0))
+        .collect();
+    let at = |i: usize| ticks.get(i).copied().unwrap_or(0.0) / USER_HZ;
+    // user nice system idle iowait irq softirq steal
+    (at(0) + at(1) + at(2) + at(5) + at(6), at(7))
+}
+
+/// A sample of the CPU counters a run compares: server, this process, the machine.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuSample {
+    server: f64,
+    client: f64,
+    machine_busy: f64,
+    machine_steal: f64,
+}
+
+impl CpuSample {
+    fn take(server: &ServerProcess) -> CpuSample {
+        let (machine_busy, machine_steal) = machine_cpu();
+        CpuSample {
+            server: server.cpu_seconds(),
+            client: cpu_seconds("/proc/self/stat").unwrap_or(f64::NAN),
+            machine_busy,
+            machine_steal,
+        }
+    }
+}
+
+fn status_field(status: &str, name: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(name))?;
+    line[name.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Runs `load` against a fresh server started with `serve`.
+pub fn run_once(serve: &ServeArgs, load: &LoadConfig) -> io::Result<RunMetrics> {
+    let server = ServerProcess::spawn(serve)?;
+    let load = LoadConfig {
+        target: server.addr,
+        ..load.clone()
+    };
+    let mut cpu_start = CpuSample::default();
+    let mut cpu_end = CpuSample::default();
+    let mut threads_fds = (0, 0);
+    let mut peak_rss = 0;
+    let mut server = Some(server);
+    let result = loadgen::run(&load, |event| {
+        let Some(srv) = server.as_ref() else { return };
+        match event {
+            Event::MeasureStarted => cpu_start = CpuSample::take(srv),
+            Event::MeasureEnded => {
+                cpu_end = CpuSample::take(srv);
+                threads_fds = (srv.memory_and_threads().1, srv.open_fds());
+            }
+            Event::Drained => {
+                peak_rss = srv.memory_and_threads().0;
+                // Stopped before the client closes its side, so TIME_WAIT is the server's.
+                if let Some(srv) = server.take() {
+                    srv.stop();
+                }
+            }
+        }
+    });
+    if let Some(srv) = server.take() {
+        srv.stop();
+    }
+    let result = result?;
+    let secs = result.measured.as_secs_f64().max(1e-9);
+    let q = |quantile: f64| result.latency_us.value_at_quantile(quantile);
+    let req_per_s = result.completed as f64 / secs;
+    Ok(RunMetrics {
+        requests: result.completed,
+        measured_s: secs,
+        req_per_s,
+        mb_per_s: req_per_s * load.message_size as f64 / 1e6,
+        p50_us: q(0.50),
+        p99_us: q(0.99),
+        p999_us: q(0.999),
+        max_us: result.latency_us.max(),
+        errors: result.errors.total(),
+        error_kinds: result.errors,
+        server_cpu_s: cpu_end.server - cpu_start.server,
+        server_peak_rss_kib: peak_rss,
+        server_threads: threads_fds.0,
+        server_fds: threads_fds.1,
+        client_cpu_s: cpu_end.client - cpu_start.client,
+        background_cpu_s: ((cpu_end.machine_busy - cpu_start.machine_busy)
+            - (cpu_end.server - cpu_start.server)
+            - (cpu_end.client - cpu_start.client)
+            + (cpu_end.machine_steal - cpu_start.machine_steal))
+            .max(0.0),
+    })
+}
