@@ -196,8 +196,10 @@ impl Codec for LineCodec {
             }
             None => {
                 self.scanned = input.len();
-                // One byte of slack: it may be the `\r` of a line that is exactly at the limit.
-                if input.len() > self.max_line + 1 {
+                // Past the limit, only the `\r` of a line exactly at the limit may wait.
+                let may_end_at_limit =
+                    input.len() == self.max_line + 1 && input.last() == Some(&b'\r');
+                if input.len() > self.max_line && !may_end_at_limit {
                     return Err(DecodeError::FrameTooLarge {
                         size: input.len(),
                         max: self.max_line,
@@ -307,6 +309,15 @@ mod tests {
         assert!(matches!(
             codec.decode(b"abcdef"),
             Err(DecodeError::FrameTooLarge { max: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn line_one_byte_over_the_limit_that_is_not_cr_is_rejected_at_once() {
+        let mut codec = LineCodec::with_max_frame(4);
+        assert!(matches!(
+            codec.decode(b"abcde"),
+            Err(DecodeError::FrameTooLarge { size: 5, max: 4 })
         ));
     }
 

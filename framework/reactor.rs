@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,9 +70,11 @@ impl<Resp> Mailbox<Resp> {
     /// Posts a message; fails only when the reactor has exited.
     pub fn send(&self, message: Inbound<Resp>) -> Result<(), Inbound<Resp>> {
         self.tx.send(message).map_err(|e| e.into_inner())?;
-        // The reactor clears the flag before it drains the inbox, so a message sent after
-        // that drain started either is drained or sets the flag again and wakes it.
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+        // The reactor keeps the flag set while it is awake and drains its inbox on every
+        // turn; it clears the flag just before it sleeps and then drains once more. With a
+        // fence on both sides, a message that last drain missed sees the flag cleared here.
+        fence(Ordering::SeqCst);
+        if !self.wake_pending.swap(true, Ordering::SeqCst) {
             if let Err(e) = self.waker.wake() {
                 log::error!("cannot wake reactor: {e}");
             }
@@ -109,6 +111,8 @@ pub(crate) struct Reactor<C: Codec> {
     scratch: Vec<u8>,
     log_level: log::Level,
     draining: Option<Instant>,
+    /// The time this turn of the loop started: one clock read per turn, not per connection.
+    now: Instant,
 }
 
 /// What a reactor needs to be built; see [`Reactor::new`].
@@ -153,6 +157,7 @@ impl<C: Codec> Reactor<C> {
             scratch: vec![0; parts.read_buffer.max(1)],
             log_level: parts.log_level,
             draining: None,
+            now: Instant::now(),
         };
         Ok((reactor, mailbox))
     }
@@ -161,18 +166,28 @@ impl<C: Codec> Reactor<C> {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            let mut timeout = self.poll_timeout();
+            if timeout != Some(Duration::ZERO) {
+                // About to sleep: from now on a reply must wake us.
+                self.wake_pending.store(false, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+                if self.drain_inbox() {
+                    timeout = Some(Duration::ZERO);
+                }
+            }
+            let polled = self.poll.poll(&mut events, timeout);
+            // Awake: replies are picked up below without a wake-up each.
+            self.wake_pending.store(true, Ordering::SeqCst);
+            self.now = Instant::now();
+            if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("reactor {}: poll failed: {e}", self.index);
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 continue;
             }
-            let mut woken = false;
             for event in events.iter() {
                 if event.token() == WAKER {
-                    woken = true;
                     continue;
                 }
                 let key = ConnKey::from_token(event.token());
@@ -185,9 +200,7 @@ impl<C: Codec> Reactor<C> {
                     conn.drive(io)
                 });
             }
-            if woken {
-                self.drain_inbox();
-            }
+            self.drain_inbox();
             for key in std::mem::take(&mut self.revisit) {
                 self.with_conn(key, |conn, io| conn.drive(io));
             }
@@ -197,7 +210,7 @@ impl<C: Codec> Reactor<C> {
                 if self.live == 0 {
                     break;
                 }
-                if Instant::now() >= deadline {
+                if self.now >= deadline {
                     self.force_close_all();
                     break;
                 }
@@ -223,9 +236,11 @@ impl<C: Codec> Reactor<C> {
         timeout.map(|t| t + Duration::from_micros(500))
     }
 
-    fn drain_inbox(&mut self) {
-        self.wake_pending.store(false, Ordering::Release);
+    /// Handles every message waiting in the inbox; returns whether there was any.
+    fn drain_inbox(&mut self) -> bool {
+        let mut any = false;
         while let Ok(message) = self.inbox.try_recv() {
+            any = true;
             match message {
                 Inbound::Reply(reply) => {
                     let key = reply.key;
@@ -242,6 +257,7 @@ impl<C: Codec> Reactor<C> {
                 Inbound::Shutdown { deadline } => self.begin_shutdown(deadline),
             }
         }
+        any
     }
 
     fn add_connection(&mut self, mut stream: TcpStream, ctx: Context) {
@@ -276,7 +292,7 @@ impl<C: Codec> Reactor<C> {
             ctx.connection_id,
             ctx.peer
         );
-        let conn = Connection::new(stream, key, ctx, self.codec.clone(), Instant::now());
+        let conn = Connection::new(stream, key, ctx, self.codec.clone(), self.now);
         self.slots[slot as usize].conn = Some(conn);
         self.live += 1;
         if self.draining.is_some() {
@@ -314,7 +330,7 @@ impl<C: Codec> Reactor<C> {
     }
 
     fn fire_timers(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         while let Some(Reverse((at, slot, generation))) = self.timers.peek().copied() {
             if at > now {
                 break;
@@ -352,7 +368,7 @@ impl<C: Codec> Reactor<C> {
             counters: &self.counters,
             limits: &self.limits,
             scratch: &mut self.scratch,
-            now: Instant::now(),
+            now: self.now,
             drain_deadline: self.draining,
         };
         let step = f(conn, &mut io);
