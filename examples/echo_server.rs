@@ -55,12 +55,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(secs) = idle_timeout_secs {
         builder = builder.idle_timeout((secs > 0).then(|| Duration::from_secs(secs)));
     }
+    // Installed before the server starts, so a signal sent as soon as it listens is handled.
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let echo = handler_fn(|request: Vec<u8>, _ctx: &Context| request);
     let server = builder.start(RawCodec::new(), echo)?;
     log::info!("echo server listening on {}", server.local_addr());
 
     let trigger = server.shutdown_trigger();
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
             log::info!("signal {signal}: shutting down");

@@ -241,13 +241,14 @@ fn main() -> ExitCode {
         if let Some(n) = workers {
             builder = builder.workers(n);
         }
-        let server = builder.start(HttpCodec::default(), Hello)?;
-        log::info!("http_hello listening on http://{}/", server.local_addr());
-        let trigger = server.shutdown_trigger();
+        // Installed before the server starts, so a signal sent as soon as it listens is handled.
         let mut signals = signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGTERM,
         ])?;
+        let server = builder.start(HttpCodec::default(), Hello)?;
+        log::info!("http_hello listening on http://{}/", server.local_addr());
+        let trigger = server.shutdown_trigger();
         std::thread::spawn(move || {
             if signals.forever().next().is_some() {
                 trigger.fire();

@@ -393,6 +393,11 @@ fn main() -> ExitCode {
         if let Some(n) = workers {
             builder = builder.workers(n);
         }
+        // Installed before the server starts, so a signal sent as soon as it listens is handled.
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
         let server = builder.start(
             RespCodec,
             Kv {
@@ -401,10 +406,6 @@ fn main() -> ExitCode {
         )?;
         log::info!("kv_server listening on {}", server.local_addr());
         let trigger = server.shutdown_trigger();
-        let mut signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-        ])?;
         std::thread::spawn(move || {
             if signals.forever().next().is_some() {
                 trigger.fire();

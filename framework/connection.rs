@@ -257,7 +257,11 @@ impl<C: Codec> Connection<C> {
     }
 
     /// The server ends the connection: replies before `cut` are still owed.
-    pub fn end(&mut self, cut: u64, reason: EndReason) {
+    pub fn end(&mut self, mut cut: u64, reason: EndReason) {
+        if let Some(job) = &self.stalled {
+            // The pool never took it: no reply will come for it or anything after it.
+            cut = cut.min(job.seq);
+        }
         let then = match self.state {
             State::Open => AfterFlush::Linger,
             State::ReadClosed => AfterFlush::Close,
@@ -420,7 +424,6 @@ impl<C: Codec> Connection<C> {
                         ctx: self.ctx,
                     };
                     self.next_seq += 1;
-                    Counters::add(&io.counters.requests, 1);
                     self.send_job(job, io);
                 }
                 Ok(None) if src.len() - used > io.limits.max_frame => {
@@ -447,7 +450,12 @@ impl<C: Codec> Connection<C> {
     /// Hands a job to the pool; a full queue keeps it here and pauses this connection.
     fn send_job(&mut self, job: Job<C::Request>, io: &mut Io<'_, C::Request>) -> bool {
         match io.jobs.try_send(job) {
-            Ok(()) => true,
+            Ok(()) => {
+                // Counted when the pool has it, so a stalled request dropped with its
+                // connection never shows as in flight.
+                Counters::add(&io.counters.requests, 1);
+                true
+            }
             Err(TrySendError::Full(job)) => {
                 self.stalled = Some(job);
                 false
@@ -615,9 +623,16 @@ impl<C: Codec> Connection<C> {
         if deadline > io.now {
             return Step::Wait;
         }
-        Counters::add(&io.counters.timeouts, 1);
         match self.state {
-            State::Lingering { .. } => self.state = State::Closed,
+            // The end of a lingering close, not a timeout of the connection: it was
+            // counted under the reason it was ended for.
+            State::Lingering { .. } => {
+                self.state = State::Closed;
+                return Step::Close;
+            }
+            _ => Counters::add(&io.counters.timeouts, 1),
+        }
+        match self.state {
             _ if !self.output.is_empty() => {
                 log::info!(
                     "connection {} ({}): peer stopped reading (write-stall timeout); closing it",
