@@ -1,16 +1,24 @@
-//! The closed-loop load generator: client threads, each with its own mio event loop, keep
-//! `depth` requests outstanding on each of their connections and check every echoed byte.
+//! The load generator: client threads, each with its own mio event loop ([`crate::client`]),
+//! keep `depth` requests outstanding on each of their connections and check every echoed
+//! byte. With a `think` time a connection instead pauses that long after each reply before
+//! its next request (the hold scenario: many connections, mostly idle).
 //!
 //! A run goes through four phases, driven by [`run`] on the calling thread:
 //!
-//! 1. **connect**: each thread opens its share of the connections, at most
-//!    [`MAX_PENDING_CONNECTS`] in progress at a time so the server's listen backlog never
-//!    overflows (an overflow costs a one-second SYN retransmission). Each socket binds to one
-//!    of several source addresses (`127.0.0.2`, `127.0.0.3`, ...) before it connects; see
-//!    [`source_addresses`].
+//! 1. **connect**: each thread opens its share of the connections, with at most
+//!    [`pending_connects`] in progress at a time over all threads, so the server's listen
+//!    backlog never overflows (an overflow costs a one-second SYN retransmission). A
+//!    connection is in progress until its first reply, since the kernel completes a connect
+//!    before the server accepts it. Each connection sends its first request as soon as it
+//!    is established, think time or not. Each socket binds to one of several source addresses (`127.0.0.2`,
+//!    `127.0.0.3`, ...) before it connects; see [`source_addresses`].
 //! 2. **warm-up**: requests flow but are not counted, for the warm-up time and until every
-//!    connection has had at least one reply (or failed), within [`WARMUP_CAP`].
-//! 3. **measure**: completions are counted and their latency is recorded.
+//!    connection has had at least one reply (or failed), within [`WARMUP_CAP`]. With a think
+//!    time, the request after a connection's first reply goes out at a random offset in
+//!    `[0, think)`, and every later one `think` after the previous reply, so the requests of
+//!    thousands of connections are spread evenly over time instead of arriving in waves.
+//! 3. **measure**: completions are counted and their latency is recorded, and so is each
+//!    connection's first reply in the window (a connection with none is an error).
 //! 4. **drain**: no new request is sent; replies still owed are awaited for at most
 //!    [`DRAIN_CAP`], and whatever is still unanswered then counts as an error.
 //!
@@ -18,26 +26,29 @@
 //! [`Event::Drained`]: the runner reads the server's figures and stops the server first, so
 //! the server's side of each connection, not ours, is left in TIME_WAIT.
 
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
 use rand::RngCore;
 use serde::Serialize;
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-/// Connections one client thread has in the middle of connecting at once.
-pub const MAX_PENDING_CONNECTS: usize = 256;
+use crate::client::Client;
+
+/// Connections in progress at once over all client threads, as a fraction of the server's
+/// listen backlog: half of it, so the backlog is never more than half full with our
+/// connects.
+const PENDING_PER_BACKLOG: usize = 2;
+/// The fewest connections in progress at once, whatever the backlog.
+const MIN_PENDING_CONNECTS: usize = 16;
 /// A connection not established after this long counts as a failed connect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest warm-up when some connection has not had its first reply yet.
+/// Longest warm-up (beyond the think time) when some connection has not had its first
+/// reply yet.
 pub const WARMUP_CAP: Duration = Duration::from_secs(15);
 /// Longest wait for the replies still owed once the measured window ends.
 pub const DRAIN_CAP: Duration = Duration::from_secs(5);
@@ -46,13 +57,13 @@ const CONNECTIONS_PER_SOURCE: usize = 1000;
 const MIN_SOURCES: usize = 4;
 const MAX_SOURCES: usize = 64;
 /// Longest time a client thread's poll sleeps, so it notices phase changes promptly.
-const POLL_TICK: Duration = Duration::from_millis(5);
+pub const POLL_TICK: Duration = Duration::from_millis(5);
 /// Size of the random pattern every message is cut from.
-const PATTERN_LEN: usize = 1 << 16;
+pub const PATTERN_LEN: usize = 1 << 16;
 
-const WARMUP: u8 = 0;
-const MEASURE: u8 = 1;
-const DRAIN: u8 = 2;
+pub const WARMUP: u8 = 0;
+pub const MEASURE: u8 = 1;
+pub const DRAIN: u8 = 2;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -61,6 +72,9 @@ pub struct LoadConfig {
     pub connections: usize,
     pub message_size: usize,
     pub depth: usize,
+    /// Pause between a reply and the connection's next request; zero is a closed loop
+    /// (the next request goes out as soon as a reply is in).
+    pub think: Duration,
     pub warmup: Duration,
     pub duration: Duration,
     pub threads: usize,
@@ -87,18 +101,22 @@ pub struct ErrorCounts {
     pub mismatch: u64,
     /// Requests never answered: outstanding at the end of the drain or on a lost connection.
     pub unanswered: u64,
+    /// Established connections, still open at the end, that had no correct reply during
+    /// the measured window (starved).
+    pub unserved: u64,
 }
 
 impl ErrorCounts {
     pub fn total(&self) -> u64 {
-        self.connect + self.lost + self.mismatch + self.unanswered
+        self.connect + self.lost + self.mismatch + self.unanswered + self.unserved
     }
 
-    fn add(&mut self, other: &ErrorCounts) {
+    pub fn add(&mut self, other: &ErrorCounts) {
         self.connect += other.connect;
         self.lost += other.lost;
         self.mismatch += other.mismatch;
         self.unanswered += other.unanswered;
+        self.unserved += other.unserved;
     }
 }
 
@@ -109,8 +127,17 @@ pub struct LoadResult {
     pub completed: u64,
     /// The measured window's real length.
     pub measured: Duration,
+    /// From the start of the run until every connection was established or had failed.
+    pub connect_time: Duration,
     /// Latency of each completed request in microseconds, send to last reply byte.
     pub latency_us: Histogram<u64>,
+    /// With a think time: how late each request of the measured window went out after its
+    /// due time, in microseconds (the load generator's own lag: poll granularity and load).
+    pub send_lag_us: Histogram<u64>,
+    /// Connections established.
+    pub established: u64,
+    /// Connections that had at least one correct reply during the measured window.
+    pub served: u64,
     pub errors: ErrorCounts,
 }
 
@@ -128,18 +155,36 @@ pub fn source_addresses(connections: usize) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-struct Shared {
-    phase: AtomicU8,
-    /// Connections that are established or failed.
-    connects_done: AtomicUsize,
-    /// Connections that had a first reply or failed.
-    settled: AtomicUsize,
+/// How many connections may be in progress at once over all client threads: half the
+/// backlog the servers ask for, or of `net.core.somaxconn` if the kernel caps it lower.
+pub fn pending_connects() -> usize {
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(usize::MAX);
+    let backlog = usize::try_from(crate::servers::BACKLOG)
+        .unwrap_or(0)
+        .min(somaxconn);
+    (backlog / PENDING_PER_BACKLOG).max(MIN_PENDING_CONNECTS)
 }
 
-struct ThreadResult {
-    completed: u64,
-    latency_us: Histogram<u64>,
-    errors: ErrorCounts,
+/// State the client threads and the driving thread share.
+pub struct Shared {
+    pub phase: AtomicU8,
+    /// Connections that are established or failed.
+    pub connects_done: AtomicUsize,
+    /// Connections that had a first reply or failed.
+    pub settled: AtomicUsize,
+}
+
+/// What one client thread measured.
+pub struct ThreadResult {
+    pub completed: u64,
+    pub latency_us: Histogram<u64>,
+    pub send_lag_us: Histogram<u64>,
+    pub established: u64,
+    pub served: u64,
+    pub errors: ErrorCounts,
 }
 
 /// Runs one load test against `cfg.target`, calling `on_event` at each phase boundary.
@@ -148,6 +193,7 @@ pub fn run(cfg: &LoadConfig, mut on_event: impl FnMut(Event)) -> io::Result<Load
         let why = format!("{}: the bench only connects to loopback", cfg.target);
         return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
     }
+    let started = Instant::now();
     let mut pattern = vec![0u8; PATTERN_LEN + cfg.message_size];
     rand::thread_rng().fill_bytes(&mut pattern);
     let pattern: Arc<[u8]> = pattern.into();
@@ -158,15 +204,29 @@ pub fn run(cfg: &LoadConfig, mut on_event: impl FnMut(Event)) -> io::Result<Load
         settled: AtomicUsize::new(0),
     });
     let threads = cfg.threads.clamp(1, cfg.connections.max(1));
+    let pending_per_thread = (pending_connects() / threads).max(1);
     // Every thread gives up on its own at this point, whatever happens here.
-    let hard_deadline =
-        Instant::now() + CONNECT_TIMEOUT * 2 + cfg.warmup + WARMUP_CAP + cfg.duration + DRAIN_CAP;
+    let hard_deadline = Instant::now()
+        + CONNECT_TIMEOUT * 2
+        + cfg.warmup
+        + cfg.think
+        + WARMUP_CAP
+        + cfg.duration
+        + DRAIN_CAP;
     let (results_tx, results_rx) = mpsc::channel();
     let mut releases = Vec::with_capacity(threads);
     let mut handles = Vec::with_capacity(threads);
     for t in 0..threads {
         let ids: Vec<usize> = (t..cfg.connections).step_by(threads).collect();
-        let client = Client::new(cfg, ids, &sources, &pattern, &shared, hard_deadline)?;
+        let client = Client::new(
+            cfg,
+            ids,
+            pending_per_thread,
+            &sources,
+            &pattern,
+            &shared,
+            hard_deadline,
+        )?;
         let results_tx = results_tx.clone();
         let (release_tx, release_rx) = mpsc::channel::<()>();
         releases.push(release_tx);
@@ -183,19 +243,23 @@ pub fn run(cfg: &LoadConfig, mut on_event: impl FnMut(Event)) -> io::Result<Load
     }
     drop(results_tx);
 
-    wait_for_warmup(cfg, &shared, hard_deadline);
+    let connect_time = wait_for_warmup(cfg, &shared, hard_deadline) - started;
     shared.phase.store(MEASURE, Ordering::Release);
-    let started = Instant::now();
+    let measure_start = Instant::now();
     on_event(Event::MeasureStarted);
     thread::sleep(cfg.duration);
     shared.phase.store(DRAIN, Ordering::Release);
-    let measured = started.elapsed();
+    let measured = measure_start.elapsed();
     on_event(Event::MeasureEnded);
 
     let mut result = LoadResult {
         completed: 0,
         measured,
+        connect_time,
         latency_us: new_histogram(),
+        send_lag_us: new_histogram(),
+        established: 0,
+        served: 0,
         errors: ErrorCounts::default(),
     };
     for _ in 0..threads {
@@ -204,6 +268,9 @@ pub fn run(cfg: &LoadConfig, mut on_event: impl FnMut(Event)) -> io::Result<Load
             Ok(part) => {
                 result.completed += part.completed;
                 let _ = result.latency_us.add(&part.latency_us);
+                let _ = result.send_lag_us.add(&part.send_lag_us);
+                result.established += part.established;
+                result.served += part.served;
                 result.errors.add(&part.errors);
             }
             Err(_) => break,
@@ -217,13 +284,14 @@ pub fn run(cfg: &LoadConfig, mut on_event: impl FnMut(Event)) -> io::Result<Load
     Ok(result)
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Waits until every connection is established and has had a reply (or failed) and the
-/// warm-up time has passed since the last connect, within the caps.
-fn wait_for_warmup(cfg: &LoadConfig, shared: &Shared, hard_deadline: Instant) {
+/// warm-up time has passed since the last connect, within the caps. Returns when the last
+/// connect ended (or the connect phase timed out).
+fn wait_for_warmup(cfg: &LoadConfig, shared: &Shared, hard_deadline: Instant) -> Instant {
     let connect_deadline = Instant::now() + CONNECT_TIMEOUT * 2;
     while shared.connects_done.load(Ordering::Acquire) < cfg.connections
         && Instant::now() < connect_deadline
@@ -232,369 +300,13 @@ fn wait_for_warmup(cfg: &LoadConfig, shared: &Shared, hard_deadline: Instant) {
     }
     let connected = Instant::now();
     let warm_until = connected + cfg.warmup;
-    let cap = (connected + cfg.warmup + WARMUP_CAP).min(hard_deadline);
+    let cap = (connected + cfg.warmup + cfg.think + WARMUP_CAP).min(hard_deadline);
     loop {
         let now = Instant::now();
         let settled = shared.settled.load(Ordering::Acquire) >= cfg.connections;
         if (now >= warm_until && settled) || now >= cap {
-            return;
+            return connected;
         }
         thread::sleep(POLL_TICK);
-    }
-}
-
-/// A request sent and not yet fully answered.
-struct Pending {
-    /// Where its bytes start in the pattern.
-    offset: usize,
-    sent: Instant,
-}
-
-enum ConnState {
-    Connecting { since: Instant },
-    Open,
-    Dead,
-}
-
-struct Conn {
-    stream: TcpStream,
-    state: ConnState,
-    out: Vec<u8>,
-    out_pos: usize,
-    pending: VecDeque<Pending>,
-    /// Bytes of the front pending request's reply received so far.
-    recv_off: usize,
-    /// Whether any byte of the front reply so far was wrong.
-    front_bad: bool,
-    replied: bool,
-    rng: u64,
-}
-
-/// One client thread and its connections; the index in `conns` is the mio token.
-struct Client {
-    poll: Poll,
-    conns: Vec<Conn>,
-    /// Global connection ids still to open, in order.
-    to_open: VecDeque<usize>,
-    connecting: usize,
-    target: SocketAddr,
-    sources: Vec<Ipv4Addr>,
-    pattern: Arc<[u8]>,
-    size: usize,
-    depth: usize,
-    shared: Arc<Shared>,
-    hard_deadline: Instant,
-    completed: u64,
-    latency_us: Histogram<u64>,
-    errors: ErrorCounts,
-    outstanding: usize,
-    scratch: Vec<u8>,
-}
-
-impl Client {
-    fn new(
-        cfg: &LoadConfig,
-        ids: Vec<usize>,
-        sources: &[Ipv4Addr],
-        pattern: &Arc<[u8]>,
-        shared: &Arc<Shared>,
-        hard_deadline: Instant,
-    ) -> io::Result<Client> {
-        Ok(Client {
-            poll: Poll::new()?,
-            conns: Vec::with_capacity(ids.len()),
-            to_open: ids.into(),
-            connecting: 0,
-            target: cfg.target,
-            sources: sources.to_vec(),
-            pattern: Arc::clone(pattern),
-            size: cfg.message_size.max(1),
-            depth: cfg.depth.max(1),
-            shared: Arc::clone(shared),
-            hard_deadline,
-            completed: 0,
-            latency_us: new_histogram(),
-            errors: ErrorCounts::default(),
-            outstanding: 0,
-            scratch: vec![0; 64 * 1024],
-        })
-    }
-
-    /// Runs the phases; returns itself so the caller decides when the sockets close.
-    fn run(mut self, results: &mpsc::Sender<ThreadResult>) -> Self {
-        let mut events = Events::with_capacity(1024);
-        let mut drain_deadline: Option<Instant> = None;
-        loop {
-            self.open_more();
-            if let Err(e) = self.poll.poll(&mut events, Some(POLL_TICK)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    break;
-                }
-            }
-            for event in events.iter() {
-                self.on_event(event.token().0);
-            }
-            let now = Instant::now();
-            self.expire_connects(now);
-            if self.shared.phase.load(Ordering::Acquire) == DRAIN && drain_deadline.is_none() {
-                drain_deadline = Some((now + DRAIN_CAP).min(self.hard_deadline));
-            }
-            let drained = drain_deadline.is_some() && self.outstanding == 0;
-            if drained || drain_deadline.is_some_and(|d| now >= d) || now >= self.hard_deadline {
-                break;
-            }
-        }
-        self.errors.unanswered += self.outstanding as u64;
-        self.errors.connect += self.to_open.len() as u64;
-        let _ = results.send(ThreadResult {
-            completed: self.completed,
-            latency_us: std::mem::replace(&mut self.latency_us, new_histogram()),
-            errors: self.errors,
-        });
-        self
-    }
-
-    fn open_more(&mut self) {
-        while self.connecting < MAX_PENDING_CONNECTS {
-            let Some(id) = self.to_open.pop_front() else {
-                return;
-            };
-            let source = self.sources[id % self.sources.len()];
-            match self.start_connect(source, self.conns.len()) {
-                Ok(stream) => {
-                    self.connecting += 1;
-                    self.conns.push(Conn {
-                        stream,
-                        state: ConnState::Connecting {
-                            since: Instant::now(),
-                        },
-                        out: Vec::new(),
-                        out_pos: 0,
-                        pending: VecDeque::with_capacity(self.depth),
-                        recv_off: 0,
-                        front_bad: false,
-                        replied: false,
-                        rng: (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                    });
-                }
-                Err(_) => {
-                    self.errors.connect += 1;
-                    self.settle_one(true);
-                }
-            }
-        }
-    }
-
-    fn start_connect(&self, source: Ipv4Addr, token: usize) -> io::Result<TcpStream> {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_nonblocking(true)?;
-        socket.set_nodelay(true)?;
-        socket.bind(&SockAddr::from(SocketAddrV4::new(source, 0)))?;
-        match socket.connect(&SockAddr::from(self.target)) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-        let mut stream = TcpStream::from_std(socket.into());
-        self.poll.registry().register(
-            &mut stream,
-            Token(token),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        Ok(stream)
-    }
-
-    /// A connection attempt ended; a `failed` one also counts as settled (it will never
-    /// have a first reply to wait for).
-    fn settle_one(&self, failed: bool) {
-        self.shared.connects_done.fetch_add(1, Ordering::AcqRel);
-        if failed {
-            self.shared.settled.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
-    fn expire_connects(&mut self, now: Instant) {
-        if self.connecting == 0 {
-            return;
-        }
-        for token in 0..self.conns.len() {
-            if let ConnState::Connecting { since } = self.conns[token].state {
-                if now.duration_since(since) >= CONNECT_TIMEOUT {
-                    self.errors.connect += 1;
-                    self.connecting -= 1;
-                    self.kill(token);
-                    self.settle_one(true);
-                }
-            }
-        }
-    }
-
-    fn on_event(&mut self, token: usize) {
-        match self.conns[token].state {
-            ConnState::Dead => {}
-            ConnState::Connecting { .. } => self.finish_connect(token),
-            ConnState::Open => {
-                self.read(token);
-                self.write(token);
-            }
-        }
-    }
-
-    fn finish_connect(&mut self, token: usize) {
-        let conn = &mut self.conns[token];
-        let failed = match conn.stream.take_error() {
-            Ok(Some(_)) | Err(_) => true,
-            Ok(None) => match conn.stream.peer_addr() {
-                Ok(_) => false,
-                // Not connected yet: a spurious wake-up; wait for the next event.
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                Err(_) => true,
-            },
-        };
-        self.connecting -= 1;
-        if failed {
-            self.errors.connect += 1;
-            self.kill(token);
-            self.settle_one(true);
-            return;
-        }
-        self.conns[token].state = ConnState::Open;
-        self.settle_one(false);
-        let now = Instant::now();
-        for _ in 0..self.depth {
-            self.enqueue(token, now);
-        }
-        self.write(token);
-        // Readiness is edge-triggered: a reply may already be waiting.
-        self.read(token);
-    }
-
-    /// Queues one new request on the connection.
-    fn enqueue(&mut self, token: usize, now: Instant) {
-        let size = self.size;
-        let conn = &mut self.conns[token];
-        // xorshift64: a different slice of the pattern for every request.
-        conn.rng ^= conn.rng << 13;
-        conn.rng ^= conn.rng >> 7;
-        conn.rng ^= conn.rng << 17;
-        let offset = (conn.rng % PATTERN_LEN as u64) as usize;
-        if conn.out_pos == conn.out.len() {
-            conn.out.clear();
-            conn.out_pos = 0;
-        }
-        conn.out
-            .extend_from_slice(&self.pattern[offset..offset + size]);
-        conn.pending.push_back(Pending { offset, sent: now });
-        self.outstanding += 1;
-    }
-
-    fn write(&mut self, token: usize) {
-        loop {
-            let conn = &mut self.conns[token];
-            if conn.out_pos == conn.out.len() {
-                return;
-            }
-            match conn.stream.write(&conn.out[conn.out_pos..]) {
-                Ok(0) => return self.lose(token),
-                Ok(n) => conn.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.lose(token),
-            }
-        }
-    }
-
-    fn read(&mut self, token: usize) {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        loop {
-            if !matches!(self.conns[token].state, ConnState::Open) {
-                break;
-            }
-            match self.conns[token].stream.read(&mut scratch) {
-                Ok(0) => {
-                    self.lose(token);
-                    break;
-                }
-                Ok(n) => self.take_reply_bytes(token, &scratch[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.lose(token);
-                    break;
-                }
-            }
-        }
-        self.scratch = scratch;
-    }
-
-    /// Checks received bytes against the requests outstanding, completing requests.
-    fn take_reply_bytes(&mut self, token: usize, mut data: &[u8]) {
-        let size = self.size;
-        let mut now: Option<Instant> = None;
-        while !data.is_empty() {
-            let conn = &mut self.conns[token];
-            let Some(front) = conn.pending.front() else {
-                // Bytes nobody asked for.
-                self.errors.mismatch += 1;
-                return;
-            };
-            let expected = &self.pattern[front.offset + conn.recv_off..front.offset + size];
-            let take = expected.len().min(data.len());
-            if data[..take] != expected[..take] {
-                conn.front_bad = true;
-            }
-            conn.recv_off += take;
-            data = &data[take..];
-            if conn.recv_off < size {
-                continue;
-            }
-            let done = conn.pending.pop_front().expect("checked above");
-            let bad = std::mem::take(&mut conn.front_bad);
-            conn.recv_off = 0;
-            self.outstanding -= 1;
-            if !std::mem::replace(&mut conn.replied, true) {
-                self.shared.settled.fetch_add(1, Ordering::AcqRel);
-            }
-            let at = *now.get_or_insert_with(Instant::now);
-            let phase = self.shared.phase.load(Ordering::Relaxed);
-            if bad {
-                self.errors.mismatch += 1;
-            } else if phase == MEASURE {
-                self.completed += 1;
-                let us = at.duration_since(done.sent).as_micros();
-                self.latency_us
-                    .saturating_record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
-            }
-            if phase != DRAIN {
-                self.enqueue(token, at);
-            }
-        }
-        self.write(token);
-    }
-
-    /// An established connection failed: its outstanding requests will never be answered.
-    fn lose(&mut self, token: usize) {
-        let conn = &mut self.conns[token];
-        if !matches!(conn.state, ConnState::Open) {
-            return;
-        }
-        self.errors.lost += 1;
-        let unanswered = conn.pending.len();
-        self.errors.unanswered += unanswered as u64;
-        self.outstanding -= unanswered;
-        conn.pending.clear();
-        if !conn.replied {
-            conn.replied = true;
-            self.shared.settled.fetch_add(1, Ordering::AcqRel);
-        }
-        self.kill(token);
-    }
-
-    fn kill(&mut self, token: usize) {
-        let conn = &mut self.conns[token];
-        conn.state = ConnState::Dead;
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        conn.out = Vec::new();
-        conn.out_pos = 0;
     }
 }

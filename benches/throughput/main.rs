@@ -24,12 +24,24 @@
 //! with at most 64 blocking threads, so both are bounded by the ideal 64 / 1 ms = 64,000
 //! req/s; the thread-per-connection server sleeps in its 256 connection threads and is not.
 //!
-//! **Load** (`loadgen.rs`): closed loop, `--client-threads` (default 2) mio event loops,
+//! **Load** (`loadgen.rs`, `client.rs`): closed loop (or a think time between a reply and
+//! the next request: hold), `--client-threads` (default 2) mio event loops,
 //! every echoed byte checked. Client sockets bind to 127.0.0.2, 127.0.0.3, ... before they
 //! connect: one source address per 1,000 connections, at least 4, so no address comes near
 //! its ephemeral ports even with earlier runs' sockets in TIME_WAIT (and the runner stops
 //! the server before the clients close, which leaves TIME_WAIT on the server side anyway).
 //! Every socket is on 127.0.0.0/8.
+//!
+//! **Hold** (`hold c19000 ...`): as many connections as one server process can hold (the
+//! fd limit is 20,000 per process, and the load generator and each server are processes of
+//! their own), each sending a 64 B ping, waiting for its echo, then thinking 2 s before the
+//! next one, the first pause cut to a random fraction so pings are spread evenly; measured
+//! for 10 s, so every connection pings at least four times. Reported in a table of its own:
+//! connections established and served (had an echo in the window), latency, and the
+//! server's idle and peak RSS and RSS per connection. Quick mode holds 2,000 connections
+//! with a 250 ms think time instead. thread-per-conn runs it only up to
+//! [`THREADS_HOLD_MAX`] connections: 19,000 threads would take most of this machine's pid
+//! space (pid_max 32,768), shared with everything else running on it.
 //!
 //! **Figures**: req/s counts requests (messages of the scenario's size) whose whole echo
 //! came back correct in the measured window; MB/s is that times the message size (payload
@@ -39,9 +51,11 @@
 //! the figures next to it.
 
 mod chart;
+mod client;
 mod loadgen;
 mod report;
 mod runner;
+mod schedule;
 mod servers;
 
 use std::net::SocketAddr;
@@ -59,6 +73,12 @@ const BLOCKING_WORKERS: usize = 64;
 const BLOCKING_SLEEP_US: u64 = 1000;
 /// Enough connections to keep 64 workers busy with a request always waiting.
 const BLOCKING_CONNECTIONS: usize = 256;
+/// The hold scenario, full mode: connections, think time, measured seconds.
+const HOLD: (usize, u64, f64) = (19_000, 2000, 10.0);
+/// The hold scenario, quick mode.
+const HOLD_QUICK: (usize, u64, f64) = (2_000, 250, 1.0);
+/// The most connections thread-per-conn holds (one thread each) in a hold scenario.
+const THREADS_HOLD_MAX: usize = 5_000;
 
 const HELP: &str = "\
 throughput: reactor-pool vs thread-per-connection vs tokio, echo over loopback
@@ -67,7 +87,8 @@ USAGE: cargo bench --bench throughput -- [OPTIONS]
 
 OPTIONS:
   --quick               smoke run: small matrix, 1 s per run, 1 run (under a minute)
-  --duration SECS       measured seconds per run [quick 1, full 5]
+  --duration SECS       measured seconds per run [quick 1, full 5]; the hold scenario
+                        measures at least 10 s in full mode (2.5 think times in quick)
   --warmup SECS         warm-up seconds per run [quick 0.3, full 1]
   --runs N              runs per scenario and server; the median is reported [quick 1, full 3]
   --filter TEXT         only scenario/server pairs whose \"SCENARIO / SERVER\" contains TEXT
@@ -203,6 +224,7 @@ fn serve_mode(kind: &str, mut args: pico_args::Arguments) -> Result<(), String> 
 fn matrix(quick: bool) -> Vec<Scenario> {
     let blocking = Scenario::blocking(BLOCKING_CONNECTIONS, BLOCKING_SLEEP_US, BLOCKING_WORKERS);
     if quick {
+        let (connections, think_ms, duration_s) = HOLD_QUICK;
         return vec![
             Scenario::echo(1, 64, 1),
             Scenario::echo(100, 64, 1),
@@ -210,8 +232,10 @@ fn matrix(quick: bool) -> Vec<Scenario> {
             Scenario::echo(100, 4096, 1),
             Scenario::echo(100, 64, 16),
             blocking,
+            Scenario::hold(connections, think_ms, duration_s),
         ];
     }
+    let (connections, think_ms, duration_s) = HOLD;
     vec![
         Scenario::echo(1, 64, 1),
         Scenario::echo(100, 64, 1),
@@ -220,7 +244,19 @@ fn matrix(quick: bool) -> Vec<Scenario> {
         Scenario::echo(100, 4096, 1),
         Scenario::echo(100, 64, 16),
         blocking,
+        Scenario::hold(connections, think_ms, duration_s),
     ]
+}
+
+/// Whether `kind` runs `scenario`.
+fn runs(scenario: &Scenario, kind: Kind) -> bool {
+    !(kind == Kind::Threads && scenario.is_hold() && scenario.connections > THREADS_HOLD_MAX)
+}
+
+/// The measured window of a run of `scenario`.
+fn duration(opts: &Options, scenario: &Scenario) -> Duration {
+    opts.duration
+        .max(Duration::from_secs_f64(scenario.min_duration_s))
 }
 
 fn label(scenario: &Scenario, kind: Kind) -> String {
@@ -243,7 +279,10 @@ fn serve_args(opts: &Options, scenario: &Scenario, kind: Kind) -> ServeArgs {
         sleep: Duration::from_micros(scenario.sleep_us),
         stack_kib: opts.stack_kib,
         // A safety net only: the parent stops the child long before.
-        max_lifetime: opts.duration + opts.warmup + Duration::from_secs(120),
+        max_lifetime: duration(opts, scenario)
+            + opts.warmup
+            + Duration::from_millis(scenario.think_ms)
+            + Duration::from_secs(120),
     }
 }
 
@@ -256,9 +295,11 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
             let kinds = Kind::ALL
                 .into_iter()
                 .filter(|&k| {
-                    opts.filter
-                        .as_ref()
-                        .is_none_or(|f| label(&s, k).contains(f))
+                    runs(&s, k)
+                        && opts
+                            .filter
+                            .as_ref()
+                            .is_none_or(|f| label(&s, k).contains(f))
                 })
                 .collect::<Vec<_>>();
             (s, kinds)
@@ -277,6 +318,14 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
         return Err(format!("no scenario matches {:?}; see --list", opts.filter));
     }
     let total: usize = plan.iter().map(|(_, k)| k.len() * opts.runs).sum();
+    for (s, _) in &plan {
+        let threads = label(s, Kind::Threads);
+        if !runs(s, Kind::Threads) && opts.filter.as_ref().is_none_or(|f| threads.contains(f)) {
+            eprintln!(
+                "note: skipping {threads}: over {THREADS_HOLD_MAX} connections (one thread each)"
+            );
+        }
+    }
     eprintln!(
         "throughput: {} mode, {total} runs of {:?} (+{:?} warm-up), fd limit {fd_limit}",
         if opts.quick { "quick" } else { "full" },
@@ -304,8 +353,9 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
                     connections: scenario.connections,
                     message_size: scenario.message_size,
                     depth: scenario.depth,
+                    think: Duration::from_millis(scenario.think_ms),
                     warmup: opts.warmup,
-                    duration: opts.duration,
+                    duration: duration(opts, scenario),
                     threads: opts.client_threads,
                 };
                 let prefix = format!(
@@ -316,8 +366,20 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
                 );
                 match runner::run_once(&serve_args(opts, scenario, kind), &load) {
                     Ok(m) => {
+                        let hold = if scenario.is_hold() {
+                            format!(
+                                "  conns {} served {} (connect {:.2} s)  RSS {:.1} MiB, {:.2} KiB/conn",
+                                m.connections,
+                                m.served,
+                                m.connect_s,
+                                m.server_peak_rss_kib as f64 / 1024.0,
+                                m.rss_per_conn_kib
+                            )
+                        } else {
+                            String::new()
+                        };
                         eprintln!(
-                            "{prefix}: {:>8.0} req/s  p99 {:>6} us  errors {}  CPU s: srv {:.2} cli {:.2} bg {:.2}  ({:.1} s)",
+                            "{prefix}: {:>8.0} req/s  p99 {:>6} us  errors {}  CPU s: srv {:.2} cli {:.2} bg {:.2}{hold}  ({:.1} s)",
                             m.req_per_s,
                             m.p99_us,
                             m.errors,
@@ -326,6 +388,12 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
                             m.background_cpu_s,
                             t.elapsed().as_secs_f64()
                         );
+                        if m.listen_overflows > 0 {
+                            eprintln!(
+                                "{prefix}: warning: {} listen queue overflows on this machine during the run",
+                                m.listen_overflows
+                            );
+                        }
                         runs[i].0.push(m);
                     }
                     Err(e) => {

@@ -23,6 +23,12 @@ pub struct Scenario {
     /// Threads allowed to block in the handler (reactor-pool workers, tokio's blocking
     /// threads) in the blocking workload; 0 for plain echo.
     pub blocking_workers: usize,
+    /// Pause between a reply and the connection's next request, milliseconds; 0 for a
+    /// closed loop. Non-zero in the hold scenario.
+    pub think_ms: u64,
+    /// The measured window is at least this long whatever `--duration` says (the hold
+    /// scenario: every connection pings at least twice).
+    pub min_duration_s: f64,
 }
 
 impl Scenario {
@@ -34,6 +40,8 @@ impl Scenario {
             depth,
             sleep_us: 0,
             blocking_workers: 0,
+            think_ms: 0,
+            min_duration_s: 0.0,
         }
     }
 
@@ -45,7 +53,34 @@ impl Scenario {
             depth: 1,
             sleep_us,
             blocking_workers: workers,
+            think_ms: 0,
+            min_duration_s: 0.0,
         }
+    }
+
+    /// Many mostly idle connections: each sends a 64 B ping, waits for its echo, thinks
+    /// `think_ms`, and so on, for at least `duration_s` (and at least 2.5 think times, so
+    /// every connection pings at least twice in the window).
+    pub fn hold(connections: usize, think_ms: u64, duration_s: f64) -> Scenario {
+        let think = if think_ms % 1000 == 0 {
+            format!("{}s", think_ms / 1000)
+        } else {
+            format!("{think_ms}ms")
+        };
+        Scenario {
+            name: format!("hold c{connections} 64B think{think}"),
+            connections,
+            message_size: 64,
+            depth: 1,
+            sleep_us: 0,
+            blocking_workers: 0,
+            think_ms,
+            min_duration_s: duration_s.max(2.5 * think_ms as f64 / 1000.0),
+        }
+    }
+
+    pub fn is_hold(&self) -> bool {
+        self.think_ms > 0
     }
 
     /// `workers / sleep`: what a pool of that many threads each sleeping per request allows.
@@ -55,7 +90,7 @@ impl Scenario {
 
     /// Whether this scenario is a point of the connection sweep drawn in the chart.
     pub fn in_sweep(&self) -> bool {
-        self.sleep_us == 0 && self.message_size == 64 && self.depth == 1
+        self.sleep_us == 0 && self.think_ms == 0 && self.message_size == 64 && self.depth == 1
     }
 }
 
@@ -178,13 +213,46 @@ const HEADERS: [&str; 15] = [
     "of ideal",
 ];
 
+/// The columns of the hold scenarios' table.
+const HOLD_HEADERS: [&str; 17] = [
+    "scenario",
+    "server",
+    "conns",
+    "served",
+    "connect s",
+    "req/s",
+    "p50 us",
+    "p99 us",
+    "p999 us",
+    "errors",
+    "srv CPU s",
+    "bg CPU s",
+    "idle RSS MiB",
+    "peak RSS MiB",
+    "RSS/conn KiB",
+    "srv thr",
+    "cli lag p99 us",
+];
+
 fn ratio(r: Option<f64>) -> String {
     r.map_or("-".into(), |r| format!("{r:.2}"))
 }
 
-fn row(o: &Outcome) -> [String; 15] {
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+fn errors(o: &Outcome) -> String {
+    if o.failed_runs.is_empty() {
+        o.errors_all_runs.to_string()
+    } else {
+        format!("{} +{} failed runs", o.errors_all_runs, o.failed_runs.len())
+    }
+}
+
+fn row(o: &Outcome) -> Vec<String> {
     let m = &o.median;
-    [
+    vec![
         o.scenario.name.clone(),
         o.server.clone(),
         format!("{:.0}", m.req_per_s),
@@ -192,33 +260,74 @@ fn row(o: &Outcome) -> [String; 15] {
         m.p50_us.to_string(),
         m.p99_us.to_string(),
         m.p999_us.to_string(),
-        if o.failed_runs.is_empty() {
-            o.errors_all_runs.to_string()
-        } else {
-            format!("{} +{} failed runs", o.errors_all_runs, o.failed_runs.len())
-        },
+        errors(o),
         format!("{:.2}", m.server_cpu_s),
         format!("{:.2}", m.client_cpu_s),
         format!("{:.2}", m.background_cpu_s),
-        format!("{:.1}", m.server_peak_rss_kib as f64 / 1024.0),
+        mib(m.server_peak_rss_kib),
         m.server_threads.to_string(),
         ratio(o.vs_tokio),
         ratio(o.of_ideal),
     ]
 }
 
-/// The plain-text table printed on stdout.
+fn hold_row(o: &Outcome) -> Vec<String> {
+    let m = &o.median;
+    vec![
+        o.scenario.name.clone(),
+        o.server.clone(),
+        m.connections.to_string(),
+        m.served.to_string(),
+        format!("{:.2}", m.connect_s),
+        format!("{:.0}", m.req_per_s),
+        m.p50_us.to_string(),
+        m.p99_us.to_string(),
+        m.p999_us.to_string(),
+        errors(o),
+        format!("{:.2}", m.server_cpu_s),
+        format!("{:.2}", m.background_cpu_s),
+        mib(m.server_idle_rss_kib),
+        mib(m.server_peak_rss_kib),
+        format!("{:.2}", m.rss_per_conn_kib),
+        m.server_threads.to_string(),
+        m.send_lag_p99_us.to_string(),
+    ]
+}
+
+/// The closed-loop outcomes (main table) and the hold ones, with their rows.
+fn tables(outcomes: &[Outcome]) -> [(&'static [&'static str], Vec<Vec<String>>); 2] {
+    let main = outcomes.iter().filter(|o| !o.scenario.is_hold()).map(row);
+    let hold = outcomes
+        .iter()
+        .filter(|o| o.scenario.is_hold())
+        .map(hold_row);
+    [(&HEADERS, main.collect()), (&HOLD_HEADERS, hold.collect())]
+}
+
+/// The plain-text tables printed on stdout: closed loop, then hold (each only if it ran).
 pub fn table(outcomes: &[Outcome]) -> String {
-    let rows: Vec<[String; 15]> = outcomes.iter().map(row).collect();
-    let mut widths = HEADERS.map(str::len);
-    for r in &rows {
+    let mut out = String::new();
+    for (headers, rows) in tables(outcomes) {
+        if rows.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        text_table(headers, &rows, &mut out);
+    }
+    out
+}
+
+fn text_table(headers: &[&str], rows: &[Vec<String>], out: &mut String) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.len());
         }
     }
-    let mut out = String::new();
     let line = |cells: &[String], out: &mut String| {
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+        for (i, (cell, &w)) in cells.iter().zip(&widths).enumerate() {
             let sep = if i == 0 { "" } else { "  " };
             // Text columns left-aligned, numbers right-aligned.
             if i < 2 {
@@ -229,17 +338,28 @@ pub fn table(outcomes: &[Outcome]) -> String {
         }
         out.push('\n');
     };
-    line(&HEADERS.map(String::from), &mut out);
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    line(&header, out);
     let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
     out.push_str(&"-".repeat(total));
     out.push('\n');
-    for r in &rows {
-        line(r, &mut out);
+    for r in rows {
+        line(r, out);
     }
-    out
 }
 
-/// report.md: the settings, the table, and what each column means.
+fn markdown_table(headers: &[&str], rows: &[Vec<String>], md: &mut String) {
+    let _ = writeln!(md, "| {} |", headers.join(" | "));
+    let align: String = (0..headers.len())
+        .map(|i| if i < 2 { "---|" } else { "---:|" })
+        .collect();
+    let _ = writeln!(md, "|{align}");
+    for r in rows {
+        let _ = writeln!(md, "| {} |", r.join(" | "));
+    }
+}
+
+/// report.md: the settings, the tables, and what each column means.
 pub fn markdown(report: &Report) -> String {
     let s = &report.settings;
     let mut md = String::new();
@@ -265,37 +385,64 @@ pub fn markdown(report: &Report) -> String {
     if let Some(filter) = &s.filter {
         let _ = writeln!(md, "Scenarios filtered by `{filter}`.\n");
     }
-    let _ = writeln!(md, "| {} |", HEADERS.join(" | "));
-    let _ = writeln!(
-        md,
-        "|{}",
-        HEADERS
-            .iter()
-            .enumerate()
-            .map(|(i, _)| if i < 2 { "---|" } else { "---:|" })
-            .collect::<String>()
-    );
-    for o in &report.outcomes {
-        let _ = writeln!(md, "| {} |", row(o).join(" | "));
+    let [(headers, rows), (hold_headers, hold_rows)] = tables(&report.outcomes);
+    if !rows.is_empty() {
+        markdown_table(headers, &rows, &mut md);
+        md.push_str(
+            "\n- **req/s**: requests whose whole echo came back, byte for byte correct, during \
+             the measured window, per second. A request is one message of the scenario's size.\n\
+             - **MB/s**: echoed payload in 10^6 bytes per second, counted once (req/s × message \
+             size); the loopback carries it twice, once each way.\n\
+             - **p50/p99/p999**: latency from queuing a request to receiving the last byte of \
+             its echo, in microseconds, over every request of the measured window (all threads \
+             merged).\n\
+             - **errors**: failed connects + connections lost + mismatched replies + requests \
+             never answered + connections that had no reply in the whole measured window, \
+             summed over all runs.\n\
+             - **srv CPU s**: the server process's user + system CPU time during the measured \
+             window (of the median run); **srv RSS MiB**: its peak resident set (VmHWM); \
+             **srv thr**: its threads; **cli CPU s**: the load generator's CPU time; **bg CPU \
+             s**: CPU time the machine spent on anything else in that window (other processes, \
+             hypervisor steal): the noise.\n\
+             - **vs tokio**: median req/s over tokio's in the same scenario; **of ideal**: over \
+             `workers / sleep` (the blocking workload; the thread-per-connection server is not \
+             bound by it: every connection has its own sleeping thread).\n",
+        );
     }
-    md.push_str(
-        "\n- **req/s**: requests whose whole echo came back, byte for byte correct, during the \
-         measured window, per second. A request is one message of the scenario's size.\n\
-         - **MB/s**: echoed payload in 10^6 bytes per second, counted once (req/s × message \
-         size); the loopback carries it twice, once each way.\n\
-         - **p50/p99/p999**: latency from queuing a request to receiving the last byte of its \
-         echo, in microseconds, over every request of the measured window (all threads merged).\n\
-         - **errors**: failed connects + connections lost + mismatched replies + requests never \
-         answered, summed over all runs.\n\
-         - **srv CPU s**: the server process's user + system CPU time during the measured \
-         window (of the median run); **srv RSS MiB**: its peak resident set (VmHWM); \
-         **srv thr**: its threads; **cli CPU s**: the load generator's CPU time; **bg CPU s**: \
-         CPU time the machine spent on anything else in that window (other processes, \
-         hypervisor steal): the noise.\n\
-         - **vs tokio**: median req/s over tokio's in the same scenario; **of ideal**: over \
-         `workers / sleep` (the blocking workload; the thread-per-connection server is not \
-         bound by it: every connection has its own sleeping thread).\n",
-    );
+    if !hold_rows.is_empty() {
+        let mut windows: Vec<String> = report
+            .outcomes
+            .iter()
+            .filter(|o| o.scenario.is_hold())
+            .map(|o| format!("{:.1}", o.median.measured_s))
+            .collect();
+        windows.dedup();
+        let _ = writeln!(
+            md,
+            "\n## Hold: many mostly idle connections\n\n\
+             Each connection sends a 64 B ping, waits for its echo, then thinks (the scenario's \
+             think time) before the next one. Its first ping goes out as soon as it is \
+             established (the echo proves the server accepted it, which paces the connects), \
+             the second at a random point of the first think period, so pings are spread \
+             evenly over time. Measured window: {} s (at least 2.5 think times, so every \
+             connection pings at least twice in it).\n",
+            windows.join(" / ")
+        );
+        markdown_table(hold_headers, &hold_rows, &mut md);
+        md.push_str(
+            "\n- **conns**: connections established; **served**: connections that had at \
+             least one correct echo in the measured window (a connection with none counts as \
+             an error); **connect s**: from the start of the load until every connection was \
+             established (or had failed).\n\
+             - **idle RSS MiB**: the server's resident set (VmRSS) right after it started, with \
+             no connection; **peak RSS MiB**: its peak (VmHWM) over the run; **RSS/conn KiB**: \
+             (peak - idle) / conns: the user-space memory one connection costs the server \
+             (kernel socket buffers are not in it).\n\
+             - **cli lag p99 us**: how late the load generator sent pings after their due time \
+             (its own poll granularity and load), 99th percentile; the latencies start at the \
+             actual send.\n",
+        );
+    }
     let _ = writeln!(md, "\nPer-run req/s:\n");
     for o in &report.outcomes {
         let runs: Vec<String> = o

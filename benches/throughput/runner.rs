@@ -18,6 +18,8 @@ use crate::servers::ServeArgs;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a child may take to exit after SIGTERM before it is killed.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a fresh child runs before its idle memory is read, so its threads have started.
+const IDLE_SETTLE: Duration = Duration::from_millis(50);
 /// Clock ticks per second of /proc/<pid>/stat's utime and stime. Linux fixes USER_HZ at 100
 /// in its user-space ABI on every architecture this bench runs on.
 const USER_HZ: f64 = 100.0;
@@ -36,10 +38,26 @@ pub struct RunMetrics {
     pub max_us: u64,
     pub errors: u64,
     pub error_kinds: ErrorCounts,
+    /// Connections established.
+    pub connections: u64,
+    /// Connections that had at least one correct reply in the measured window.
+    pub served: u64,
+    /// From the start of the load until every connection was established (or failed).
+    pub connect_s: f64,
+    /// With a think time: how late the load generator sent requests after their due time,
+    /// 99th percentile, in microseconds (its own lag, not the server's).
+    pub send_lag_p99_us: u64,
+    /// The machine's listen queue overflows (TcpExtListenOverflows, every socket of the
+    /// network namespace) during the whole run: connects the server's backlog dropped.
+    pub listen_overflows: u64,
     /// utime + stime of the server process during the measured window.
     pub server_cpu_s: f64,
     /// The server process's peak resident set (VmHWM) at the end of the run.
     pub server_peak_rss_kib: u64,
+    /// The server process's resident set (VmRSS) right after it started, with no connection.
+    pub server_idle_rss_kib: u64,
+    /// (peak RSS - idle RSS) / connections established, in KiB.
+    pub rss_per_conn_kib: f64,
     /// The server's threads at the end of the measured window.
     pub server_threads: u64,
     /// The server's open file descriptors at the end of the measured window.
@@ -106,11 +124,20 @@ impl ServerProcess {
 
     /// (peak RSS in KiB, threads) from /proc/<pid>/status.
     pub fn memory_and_threads(&self) -> (u64, u64) {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status = self.status();
         (
             status_field(&status, "VmHWM:").unwrap_or(0),
             status_field(&status, "Threads:").unwrap_or(0),
         )
+    }
+
+    /// The current resident set in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        status_field(&self.status(), "VmRSS:").unwrap_or(0)
+    }
+
+    fn status(&self) -> String {
+        fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default()
     }
 
     pub fn open_fds(&self) -> u64 {
@@ -205,6 +232,25 @@ impl CpuSample {
     }
 }
 
+/// TcpExtListenOverflows from /proc/net/netstat: a header line of names, then one of values.
+fn listen_overflows() -> u64 {
+    let netstat = fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let lines: Vec<&str> = netstat.lines().collect();
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        if !names.starts_with("TcpExt:") || !values.starts_with("TcpExt:") {
+            continue;
+        }
+        let at = names
+            .split_whitespace()
+            .position(|name| name == "ListenOverflows");
+        if let Some(value) = at.and_then(|i| values.split_whitespace().nth(i)) {
+            return value.parse().unwrap_or(0);
+        }
+    }
+    0
+}
+
 fn status_field(status: &str, name: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(name))?;
     line[name.len()..].split_whitespace().next()?.parse().ok()
@@ -212,7 +258,10 @@ fn status_field(status: &str, name: &str) -> Option<u64> {
 
 /// Runs `load` against a fresh server started with `serve`.
 pub fn run_once(serve: &ServeArgs, load: &LoadConfig) -> io::Result<RunMetrics> {
+    let overflows_before = listen_overflows();
     let server = ServerProcess::spawn(serve)?;
+    thread::sleep(IDLE_SETTLE);
+    let idle_rss = server.rss_kib();
     let load = LoadConfig {
         target: server.addr,
         ..load.clone()
@@ -246,6 +295,11 @@ pub fn run_once(serve: &ServeArgs, load: &LoadConfig) -> io::Result<RunMetrics> 
     let secs = result.measured.as_secs_f64().max(1e-9);
     let q = |quantile: f64| result.latency_us.value_at_quantile(quantile);
     let req_per_s = result.completed as f64 / secs;
+    let rss_per_conn_kib = if result.established == 0 {
+        0.0
+    } else {
+        peak_rss.saturating_sub(idle_rss) as f64 / result.established as f64
+    };
     Ok(RunMetrics {
         requests: result.completed,
         measured_s: secs,
@@ -257,8 +311,19 @@ pub fn run_once(serve: &ServeArgs, load: &LoadConfig) -> io::Result<RunMetrics> 
         max_us: result.latency_us.max(),
         errors: result.errors.total(),
         error_kinds: result.errors,
+        connections: result.established,
+        served: result.served,
+        connect_s: result.connect_time.as_secs_f64(),
+        send_lag_p99_us: if load.think.is_zero() {
+            0
+        } else {
+            result.send_lag_us.value_at_quantile(0.99)
+        },
+        listen_overflows: listen_overflows().saturating_sub(overflows_before),
         server_cpu_s: cpu_end.server - cpu_start.server,
         server_peak_rss_kib: peak_rss,
+        server_idle_rss_kib: idle_rss,
+        rss_per_conn_kib,
         server_threads: threads_fds.0,
         server_fds: threads_fds.1,
         client_cpu_s: cpu_end.client - cpu_start.client,
