@@ -43,6 +43,7 @@ pub struct Builder {
     workers: usize,
     reactors: usize,
     backlog: i32,
+    reuse_port: bool,
     max_connections: usize,
     job_queue_capacity: usize,
     read_buffer: usize,
@@ -64,6 +65,7 @@ impl Builder {
             workers: 4 * default_parallelism(),
             reactors: 1,
             backlog: 1024,
+            reuse_port: false,
             max_connections: 10_000,
             job_queue_capacity: 1024,
             read_buffer: 64 * 1024,
@@ -115,6 +117,15 @@ impl Builder {
     /// The listen backlog when this builder binds the socket. Default: 1024.
     pub fn backlog(mut self, n: u32) -> Self {
         self.backlog = i32::try_from(n).unwrap_or(i32::MAX);
+        self
+    }
+
+    /// Sets SO_REUSEPORT on the socket this builder binds, so several server processes (or
+    /// several servers in one process) can accept on the same port and the kernel spreads
+    /// connections over them: the way past one process's file-descriptor limit. Default:
+    /// off. Has no effect with [`Builder::from_listener`].
+    pub fn reuse_port(mut self, enabled: bool) -> Self {
+        self.reuse_port = enabled;
         self
     }
 
@@ -233,7 +244,7 @@ impl Builder {
             Listen::Addr(addrs) => {
                 let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
                 for addr in addrs? {
-                    match bind(addr, self.backlog) {
+                    match bind(addr, self.backlog, self.reuse_port) {
                         Ok(listener) => return Ok(listener),
                         Err(e) => last = e,
                     }
@@ -339,10 +350,13 @@ impl Builder {
     }
 }
 
-fn bind(addr: SocketAddr, backlog: i32) -> io::Result<StdListener> {
+fn bind(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<StdListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // A restarted server can bind while old connections sit in TIME_WAIT.
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        crate::sys::set_reuse_port(&socket)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket.into())

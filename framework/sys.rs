@@ -18,3 +18,17 @@ pub(crate) fn is_resource_exhaustion(error: &io::Error) -> bool {
     }
     error.kind() == io::ErrorKind::OutOfMemory
 }
+
+/// Sets SO_REUSEPORT, where the platform has it.
+pub(crate) fn set_reuse_port(socket: &socket2::Socket) -> io::Result<()> {
+    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+    return socket.set_reuse_port(true);
+    #[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos")))))]
+    {
+        let _ = socket;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "SO_REUSEPORT is not available on this platform",
+        ))
+    }
+}

@@ -16,9 +16,9 @@
 //! threads and descriptors are its own; the parent reads them from /proc (`runner.rs`).
 //!
 //! **Thread budget** (`--threads`, default 2 for a 2-core machine): tokio gets that many
-//! worker threads; reactor-pool gets `--reactors` (default 1) reactor thread, which does all
-//! socket I/O, plus `--workers` (default: the budget) workers that run the echo handler, and
-//! its acceptor thread; the thread-per-connection server has no budget by design (one
+//! worker threads, which do all its socket I/O; reactor-pool gets as many reactor threads
+//! (`--reactors`), which do all its socket I/O, plus `--workers` (default: the budget)
+//! workers that run the echo handler, and its acceptor thread; the thread-per-connection server has no budget by design (one
 //! thread per connection, 64 KiB stacks). In the blocking workload (1 ms sleep per request,
 //! 256 connections) reactor-pool has 64 workers and tokio runs the sleep in `spawn_blocking`
 //! with at most 64 blocking threads, so both are bounded by the ideal 64 / 1 ms = 64,000
@@ -94,7 +94,7 @@ OPTIONS:
   --filter TEXT         only scenario/server pairs whose \"SCENARIO / SERVER\" contains TEXT
   --threads N           server thread budget: tokio worker threads, reactor-pool echo
                         workers unless --workers [2]
-  --reactors N          reactor-pool reactor threads [1]
+  --reactors N          reactor-pool reactor threads [--threads]
   --workers N           reactor-pool worker threads in the echo scenarios [--threads]
   --client-threads N    load generator threads [2]
   --stack-kib N         stack of each thread-per-connection thread [64]
@@ -169,10 +169,11 @@ fn parse_options(mut args: pico_args::Arguments) -> Result<Options, String> {
         .opt_value_from_str("--threads")
         .map_err(e)?
         .unwrap_or(2);
+    // The budget is I/O threads: tokio's workers do its socket I/O, reactor-pool's reactors do.
     let reactors: usize = args
         .opt_value_from_str("--reactors")
         .map_err(e)?
-        .unwrap_or(1);
+        .unwrap_or(threads);
     let workers: Option<usize> = args.opt_value_from_str("--workers").map_err(e)?;
     let client_threads = args.opt_value_from_str("--client-threads").map_err(e)?;
     let stack_kib = args.opt_value_from_str("--stack-kib").map_err(e)?;
