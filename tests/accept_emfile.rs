@@ -6,7 +6,7 @@
 //! than that and asks the child for its counters over stdin/stdout, one JSON line each.
 //! This file is a `harness = false` test (see Cargo.toml): `main` is the test.
 
-mod support;
+mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,7 +19,7 @@ use reactor_pool::{Builder, RawCodec};
 use rlimit::Resource;
 use serde_json::Value;
 
-use support::{connect, read_exactly, round_trip, DEADLINE};
+use common::{connect, read_exactly, round_trip, WAIT_DEADLINE};
 
 const TEST_NAME: &str = "accept_emfile_backs_off_and_recovers";
 const CHILD_ENV: &str = "REACTOR_POOL_EMFILE_CHILD";
@@ -89,12 +89,12 @@ fn selected() -> bool {
 
 /// The child: an echo server that can accept only about `ROOM` connections.
 fn child() {
-    support::init_logging();
+    common::init_logging();
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .idle_timeout(None)
         .thread_name("emf")
-        .start(RawCodec::new(), support::echo())
+        .start(RawCodec::new(), common::echo())
         .expect("child: start the server");
     // Every descriptor the server needs besides connections is open now. New descriptors
     // take the lowest free numbers, so a limit just above the ROOM-th free number leaves
@@ -147,8 +147,8 @@ struct Child {
 impl Child {
     fn line(&self) -> String {
         self.lines
-            .recv_timeout(DEADLINE)
-            .unwrap_or_else(|e| panic!("no line from the child within {DEADLINE:?}: {e}"))
+            .recv_timeout(WAIT_DEADLINE)
+            .unwrap_or_else(|e| panic!("no line from the child within {WAIT_DEADLINE:?}: {e}"))
     }
 
     fn stats(&mut self) -> Value {
@@ -157,8 +157,8 @@ impl Child {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad stats line {line:?}: {e}"))
     }
 
-    fn wait_stats(&mut self, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + DEADLINE;
+    fn wait_for_stats(&mut self, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT_DEADLINE;
         loop {
             let stats = self.stats();
             if condition(&stats) {
@@ -254,7 +254,7 @@ fn parent() {
             .expect("client write");
         clients.push(Some(c));
     }
-    let stats = child.wait_stats("accept() to fail for lack of descriptors", |s| {
+    let stats = child.wait_for_stats("accept() to fail for lack of descriptors", |s| {
         n(s, "accept_errors") > 0
     });
     let accepted = n(&stats, "connections_open") as usize;
@@ -322,7 +322,7 @@ fn parent() {
         );
         round_trip(c, b"and more", b"and more");
     }
-    let stats = child.wait_stats("the freed slots taken", |s| {
+    let stats = child.wait_for_stats("the freed slots taken", |s| {
         n(s, "connections_accepted") as usize == accepted + FREED
             && n(s, "connections_closed") as usize == FREED
     });
@@ -330,13 +330,13 @@ fn parent() {
 
     // Everyone leaves: every connection is eventually accepted, and closed.
     drop(clients);
-    let stats = child.wait_stats("every connection accepted and closed", |s| {
+    let stats = child.wait_for_stats("every connection accepted and closed", |s| {
         n(s, "connections_accepted") as usize == total && n(s, "connections_open") == 0
     });
     println!("after all clients closed: {stats}");
 
     writeln!(child.stdin, "quit").expect("tell the child to quit");
-    let deadline = Instant::now() + DEADLINE;
+    let deadline = Instant::now() + WAIT_DEADLINE;
     let status = loop {
         if let Some(status) = child.process.try_wait().expect("try_wait") {
             break status;

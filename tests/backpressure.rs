@@ -2,7 +2,7 @@
 //! reading it (memory stays under the output high-water mark plus one read), and a full job
 //! queue pauses the connections that have a request for it without blocking the reactor.
 
-mod support;
+mod common;
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded};
 use reactor_pool::{handler_fn, Builder, Context, LineCodec, RawCodec};
 
-use support::{
-    connect, expect_clean_eof, read_exactly, round_trip, send, wait_stats, Pattern, DEADLINE,
+use common::{
+    connect, expect_clean_eof, read_exactly, round_trip, send, wait_for_stats, Pattern,
+    WAIT_DEADLINE,
 };
 
 const TOTAL: u64 = 64 << 20;
@@ -25,13 +26,13 @@ const CHUNK: usize = 64 * 1024;
 
 #[test]
 fn a_client_that_does_not_read_is_not_read_and_its_64_mib_come_back_intact() {
-    support::init_logging();
+    common::init_logging();
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .output_high_water(HIGH_WATER)
         .read_buffer(READ_BUFFER)
         .thread_name("bp-big")
-        .start(RawCodec::new(), support::echo())
+        .start(RawCodec::new(), common::echo())
         .expect("start the server");
 
     let mut client = connect(server.local_addr());
@@ -59,7 +60,7 @@ fn a_client_that_does_not_read_is_not_read_and_its_64_mib_come_back_intact() {
 
     // Wait until the server has stopped reading: requests and the writer's progress stay
     // the same for half a second (the writer is blocked in write()).
-    let deadline = Instant::now() + DEADLINE;
+    let deadline = Instant::now() + WAIT_DEADLINE;
     let mut last = (u64::MAX, u64::MAX);
     let mut steady_since = Instant::now();
     loop {
@@ -142,7 +143,7 @@ fn a_client_that_does_not_read_is_not_read_and_its_64_mib_come_back_intact() {
     assert!(rest.is_empty(), "{} bytes after the echo", rest.len());
     writer.join().expect("writer thread");
 
-    let stats = wait_stats(&server, "the connection closed", |s| {
+    let stats = wait_for_stats(&server, "the connection closed", |s| {
         s.connections_open == 0
     });
     assert_eq!(stats.bytes_buffered, 0, "{stats:#?}");
@@ -158,7 +159,7 @@ const LINE_MAX: usize = 1024;
 
 #[test]
 fn a_full_job_queue_pauses_reading_but_the_reactor_keeps_serving() {
-    support::init_logging();
+    common::init_logging();
     let (entered_tx, entered_rx) = unbounded::<Vec<u8>>();
     // Every handler call waits until the test drops `release`.
     let (release, gate) = bounded::<()>(0);
@@ -172,7 +173,7 @@ fn a_full_job_queue_pauses_reading_but_the_reactor_keeps_serving() {
             LineCodec::with_max_frame(LINE_MAX),
             handler_fn(move |line: Vec<u8>, _ctx: &Context| {
                 let _ = entered_tx.send(line.clone());
-                let _ = gate.recv_timeout(DEADLINE);
+                let _ = gate.recv_timeout(WAIT_DEADLINE);
                 line
             }),
         )
@@ -186,13 +187,13 @@ fn a_full_job_queue_pauses_reading_but_the_reactor_keeps_serving() {
     send(&mut a, b"a1\n");
     assert_eq!(
         entered_rx
-            .recv_timeout(DEADLINE)
+            .recv_timeout(WAIT_DEADLINE)
             .expect("the worker to start"),
         b"a1"
     );
     let mut b = connect(addr);
     send(&mut b, b"b1\n");
-    wait_stats(&server, "B's request queued", |s| s.job_queue_depth == 1);
+    wait_for_stats(&server, "B's request queued", |s| s.job_queue_depth == 1);
 
     // Three clients pipeline three requests each: their first is refused by the full queue.
     let mut cs: Vec<_> = (0..3)
@@ -237,11 +238,11 @@ fn a_full_job_queue_pauses_reading_but_the_reactor_keeps_serving() {
     let rest = expect_clean_eof(&mut bad, "a line over the limit while the queue is full");
     assert!(rest.is_empty(), "unexpected bytes {rest:?}");
     drop(bad);
-    wait_stats(&server, "the protocol error counted", |s| {
+    wait_for_stats(&server, "the protocol error counted", |s| {
         s.protocol_errors == 1
     });
     drop(closer);
-    wait_stats(&server, "the closed connections counted", |s| {
+    wait_for_stats(&server, "the closed connections counted", |s| {
         s.connections_closed == 2
     });
 
@@ -249,7 +250,7 @@ fn a_full_job_queue_pauses_reading_but_the_reactor_keeps_serving() {
     let bound = 6 * READ_BUFFER as u64;
     let mut steady = 0;
     let mut last = u64::MAX;
-    let deadline = Instant::now() + DEADLINE;
+    let deadline = Instant::now() + WAIT_DEADLINE;
     while steady < 10 {
         let stats = server.stats();
         assert!(
@@ -306,7 +307,7 @@ fn a_full_job_queue_pauses_reading_but_the_reactor_keeps_serving() {
     round_trip(&mut a, b"a2\n", b"a2\n");
 
     drop((a, b, cs, burst_reader));
-    let stats = wait_stats(&server, "every connection closed", |s| {
+    let stats = wait_for_stats(&server, "every connection closed", |s| {
         s.connections_open == 0
     });
     assert_eq!(stats.requests, stats.responses, "{stats:#?}");

@@ -3,7 +3,7 @@
 //! lingering close). Peers that reset mid-request or mid-reply are closed and counted while
 //! another connection keeps working.
 
-mod support;
+mod common;
 
 use std::io::{self, Read, Write};
 use std::thread;
@@ -14,9 +14,9 @@ use reactor_pool::{
     LineCodec, RawCodec, ServerHandle,
 };
 
-use support::{
+use common::{
     connect, connect_with_recv_buffer, expect_clean_eof, read_exactly, reset, round_trip, send,
-    wait_stats,
+    wait_for_stats,
 };
 
 /// The length-prefixed codec with an error reply: a frame saying what went wrong.
@@ -107,7 +107,7 @@ fn strict_server(name: &str, linger: Duration) -> ServerHandle {
 
 /// After the client closed too: the server never saw a reset, holds no bytes.
 fn assert_closed_cleanly(server: &ServerHandle, protocol_errors: u64) {
-    let stats = wait_stats(server, "every connection closed", |s| {
+    let stats = wait_for_stats(server, "every connection closed", |s| {
         s.connections_open == 0
     });
     assert_eq!(stats.protocol_errors, protocol_errors, "{stats:#?}");
@@ -119,13 +119,13 @@ const MAX_FRAME: usize = 1024;
 
 #[test]
 fn an_oversized_length_prefix_gets_the_error_reply_then_a_clean_eof() {
-    support::init_logging();
+    common::init_logging();
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .thread_name("bad-len")
         .start(
             FramedWithErrors(LengthPrefixedCodec::with_max_frame(MAX_FRAME)),
-            support::echo(),
+            common::echo(),
         )
         .expect("start the server");
     let mut client = connect(server.local_addr());
@@ -158,20 +158,20 @@ fn line_server(name: &str) -> ServerHandle {
         .idle_timeout(None)
         .partial_frame_timeout(None)
         .thread_name(name)
-        .start(LineCodec::with_max_frame(MAX_LINE), support::echo())
+        .start(LineCodec::with_max_frame(MAX_LINE), common::echo())
         .expect("start the server")
 }
 
 #[test]
 fn a_line_crossing_the_limit_at_a_read_boundary_is_rejected_when_the_extra_byte_arrives() {
-    support::init_logging();
+    common::init_logging();
     let server = line_server("bad-line");
     let mut client = connect(server.local_addr());
     round_trip(&mut client, b"short\n", b"short\n");
 
     // Exactly the maximum arrives in one read...
     send(&mut client, &[b'a'; MAX_LINE]);
-    wait_stats(&server, "the first MAX bytes buffered", |s| {
+    wait_for_stats(&server, "the first MAX bytes buffered", |s| {
         s.bytes_buffered == MAX_LINE as u64
     });
     assert_eq!(server.stats().protocol_errors, 0);
@@ -203,14 +203,14 @@ fn a_line_crossing_the_limit_at_a_read_boundary_is_rejected_when_the_extra_byte_
 
 #[test]
 fn a_line_of_exactly_the_limit_is_accepted_when_split_across_reads() {
-    support::init_logging();
+    common::init_logging();
     let server = line_server("ok-line");
     let mut client = connect(server.local_addr());
 
     // MAX bytes, then the newline in a later read.
     let line = [b'a'; MAX_LINE];
     send(&mut client, &line);
-    wait_stats(&server, "MAX bytes buffered", |s| {
+    wait_for_stats(&server, "MAX bytes buffered", |s| {
         s.bytes_buffered == MAX_LINE as u64
     });
     send(&mut client, b"\n");
@@ -221,11 +221,11 @@ fn a_line_of_exactly_the_limit_is_accepted_when_split_across_reads() {
     // MAX bytes, then `\r` (MAX + 1 bytes without a newline: not an error yet), then `\n`.
     let line = [b'b'; MAX_LINE];
     send(&mut client, &line);
-    wait_stats(&server, "MAX bytes buffered", |s| {
+    wait_for_stats(&server, "MAX bytes buffered", |s| {
         s.bytes_buffered == MAX_LINE as u64
     });
     send(&mut client, b"\r");
-    wait_stats(&server, "MAX + 1 bytes buffered", |s| {
+    wait_for_stats(&server, "MAX + 1 bytes buffered", |s| {
         s.bytes_buffered == MAX_LINE as u64 + 1
     });
     send(&mut client, b"\n");
@@ -242,7 +242,7 @@ fn a_line_of_exactly_the_limit_is_accepted_when_split_across_reads() {
 
 #[test]
 fn garbage_for_a_strict_codec_gets_owed_replies_then_the_error_reply_then_a_clean_eof() {
-    support::init_logging();
+    common::init_logging();
     let server = strict_server("bad-strict", Duration::from_secs(2));
     let mut client = connect(server.local_addr());
     round_trip(&mut client, b"CMD hello\n", b"OK hello\n");
@@ -263,7 +263,7 @@ fn garbage_for_a_strict_codec_gets_owed_replies_then_the_error_reply_then_a_clea
 
 #[test]
 fn a_client_that_keeps_sending_after_a_protocol_error_still_reads_the_error_reply() {
-    support::init_logging();
+    common::init_logging();
     // The linger is long so that only a bug, not the clock, can cut the drain short.
     let server = strict_server("bad-linger", Duration::from_secs(20));
     let mut client = connect(server.local_addr());
@@ -286,11 +286,11 @@ fn a_client_that_keeps_sending_after_a_protocol_error_still_reads_the_error_repl
 
 #[test]
 fn a_peer_reset_mid_request_closes_only_that_connection() {
-    support::init_logging();
+    common::init_logging();
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .thread_name("rst-req")
-        .start(LengthPrefixedCodec::new(), support::echo())
+        .start(LengthPrefixedCodec::new(), common::echo())
         .expect("start the server");
     let addr = server.local_addr();
     let mut witness = connect(addr);
@@ -302,13 +302,13 @@ fn a_peer_reset_mid_request_closes_only_that_connection() {
     let mut half = 100u32.to_be_bytes().to_vec();
     half.extend_from_slice(&[b'h'; 10]);
     send(&mut victim, &half);
-    wait_stats(&server, "the half frame buffered", |s| {
+    wait_for_stats(&server, "the half frame buffered", |s| {
         s.bytes_buffered == 14
     });
     round_trip(&mut witness, &frame(b"during"), &frame(b"during"));
     reset(victim);
 
-    let stats = wait_stats(&server, "the reset connection closed", |s| {
+    let stats = wait_for_stats(&server, "the reset connection closed", |s| {
         s.connections_closed == 1
     });
     assert_eq!(stats.connections_open, 1, "{stats:#?}");
@@ -320,19 +320,19 @@ fn a_peer_reset_mid_request_closes_only_that_connection() {
         round_trip(&mut witness, &frame(msg.as_bytes()), &frame(msg.as_bytes()));
     }
     drop(witness);
-    wait_stats(&server, "all closed", |s| s.connections_open == 0);
+    wait_for_stats(&server, "all closed", |s| s.connections_open == 0);
     server.shutdown();
 }
 
 #[test]
 fn a_peer_reset_while_its_reply_is_being_written_closes_only_that_connection() {
-    support::init_logging();
+    common::init_logging();
     const HIGH_WATER: usize = 64 * 1024;
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .output_high_water(HIGH_WATER)
         .thread_name("rst-write")
-        .start(RawCodec::new(), support::echo())
+        .start(RawCodec::new(), common::echo())
         .expect("start the server");
     let addr = server.local_addr();
     let mut witness = connect(addr);
@@ -360,14 +360,14 @@ fn a_peer_reset_while_its_reply_is_being_written_closes_only_that_connection() {
         }
         assert!(sent < 256 << 20, "the server never pushed back");
     }
-    wait_stats(&server, "the server holding the victim's echo", |s| {
+    wait_for_stats(&server, "the server holding the victim's echo", |s| {
         s.bytes_buffered >= (HIGH_WATER / 2) as u64
     });
     round_trip(&mut witness, b"during", b"during");
     victim.set_nonblocking(false).expect("set_nonblocking");
     reset(victim);
 
-    let stats = wait_stats(&server, "the reset connection closed", |s| {
+    let stats = wait_for_stats(&server, "the reset connection closed", |s| {
         s.connections_closed == 1
     });
     assert_eq!(stats.connections_open, 1, "{stats:#?}");
@@ -379,6 +379,6 @@ fn a_peer_reset_while_its_reply_is_being_written_closes_only_that_connection() {
     let stats = server.stats();
     assert_eq!(stats.bytes_buffered, 0, "{stats:#?}");
     drop(witness);
-    wait_stats(&server, "all closed", |s| s.connections_open == 0);
+    wait_for_stats(&server, "all closed", |s| s.connections_open == 0);
     server.shutdown();
 }

@@ -3,7 +3,7 @@
 //! refuses connections once `shutdown()` returns. The echo_server example exits 0 on SIGTERM
 //! and on SIGINT.
 
-mod support;
+mod common;
 
 use std::io::{self, BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Receiver};
 use reactor_pool::{handler_fn, Builder, Context, LineCodec};
 
-use support::{
-    connect, connect_with_recv_buffer, expect_clean_eof, round_trip, send, wait_for, wait_stats,
-    DEADLINE,
+use common::{
+    connect, connect_with_recv_buffer, expect_clean_eof, round_trip, send, wait_for_stats,
+    wait_until, WAIT_DEADLINE,
 };
 
 /// Names of this process's threads that start with `prefix`.
@@ -38,7 +38,7 @@ fn threads_named(prefix: &str) -> Vec<String> {
 }
 
 fn assert_threads_gone(prefix: &str) {
-    wait_for(&format!("every {prefix}* thread to exit"), || {
+    wait_until(&format!("every {prefix}* thread to exit"), || {
         threads_named(prefix).is_empty().then_some(())
     });
 }
@@ -53,13 +53,13 @@ fn assert_refused(addr: SocketAddr) {
 
 #[test]
 fn shutdown_closes_idle_connections_promptly() {
-    support::init_logging();
+    common::init_logging();
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .shutdown_timeout(Duration::from_secs(30))
         .idle_timeout(None)
         .thread_name("gsidle")
-        .start(LineCodec::new(), support::echo())
+        .start(LineCodec::new(), common::echo())
         .expect("start the server");
     let addr = server.local_addr();
     let mut clients: Vec<_> = (0..3).map(|_| connect(addr)).collect();
@@ -67,7 +67,7 @@ fn shutdown_closes_idle_connections_promptly() {
         let msg = format!("hi {i}\n");
         round_trip(c, msg.as_bytes(), msg.as_bytes());
     }
-    wait_stats(&server, "three open", |s| s.connections_open == 3);
+    wait_for_stats(&server, "three open", |s| s.connections_open == 3);
 
     let started = Instant::now();
     let stopper = thread::spawn(move || {
@@ -95,7 +95,7 @@ fn shutdown_closes_idle_connections_promptly() {
 
 #[test]
 fn shutdown_delivers_replies_in_flight_then_closes() {
-    support::init_logging();
+    common::init_logging();
     const CLIENTS: usize = 4;
     let (entered_tx, entered_rx) = unbounded::<()>();
     let (release, gate) = bounded::<()>(0);
@@ -107,7 +107,7 @@ fn shutdown_delivers_replies_in_flight_then_closes() {
             LineCodec::new(),
             handler_fn(move |line: Vec<u8>, _ctx: &Context| {
                 let _ = entered_tx.send(());
-                let _ = gate.recv_timeout(DEADLINE);
+                let _ = gate.recv_timeout(WAIT_DEADLINE);
                 let mut reply = b"done ".to_vec();
                 reply.extend_from_slice(&line);
                 reply
@@ -121,7 +121,7 @@ fn shutdown_delivers_replies_in_flight_then_closes() {
     }
     for _ in 0..CLIENTS {
         entered_rx
-            .recv_timeout(DEADLINE)
+            .recv_timeout(WAIT_DEADLINE)
             .expect("every request in a handler");
     }
     assert_eq!(server.stats().in_flight, CLIENTS as u64);
@@ -132,7 +132,7 @@ fn shutdown_delivers_replies_in_flight_then_closes() {
         started.elapsed()
     });
     // Shutdown has begun once the listener is closed; only then do the handlers finish.
-    wait_for("the listener to close", || match TcpStream::connect(addr) {
+    wait_until("the listener to close", || match TcpStream::connect(addr) {
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Some(()),
         _ => None,
     });
@@ -150,7 +150,7 @@ fn shutdown_delivers_replies_in_flight_then_closes() {
 
 #[test]
 fn shutdown_returns_by_its_deadline_despite_clients_that_never_read_nor_close() {
-    support::init_logging();
+    common::init_logging();
     let timeout = Duration::from_secs(1);
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
@@ -178,7 +178,7 @@ fn shutdown_returns_by_its_deadline_despite_clients_that_never_read_nor_close() 
     let mut silent = connect(addr);
     let mut stuck = connect_with_recv_buffer(addr, 4096);
     send(&mut stuck, b"big\n");
-    wait_stats(&server, "the big reply stuck in the output", |s| {
+    wait_for_stats(&server, "the big reply stuck in the output", |s| {
         s.connections_open == 2 && s.responses == 1 && s.bytes_buffered > 0
     });
 
@@ -281,7 +281,7 @@ fn example_exits_0_on(signal: libc::c_int) {
     let marker = "echo server listening on ";
     let addr: SocketAddr = loop {
         let line = lines
-            .recv_timeout(DEADLINE)
+            .recv_timeout(WAIT_DEADLINE)
             .unwrap_or_else(|e| panic!("no listening line from echo_server ({e}); log: {log:#?}"));
         log.push(line.clone());
         if let Some(at) = line.find(marker) {
@@ -294,7 +294,7 @@ fn example_exits_0_on(signal: libc::c_int) {
     let mut client = connect(addr);
     round_trip(&mut client, b"Hello,server!", b"Hello,server!");
     // The example logs its address before it installs its signal handlers.
-    wait_for("the example's signal handlers", || {
+    wait_until("the example's signal handlers", || {
         catches(pid, signal).then_some(())
     });
 
@@ -302,14 +302,14 @@ fn example_exits_0_on(signal: libc::c_int) {
     let rest = expect_clean_eof(&mut client, "a client of the example at shutdown");
     assert!(rest.is_empty(), "got {rest:?}");
     drop(client);
-    let deadline = Instant::now() + DEADLINE;
+    let deadline = Instant::now() + WAIT_DEADLINE;
     let status = loop {
         if let Some(status) = child.0.try_wait().expect("try_wait") {
             break status;
         }
         assert!(
             Instant::now() < deadline,
-            "echo_server still running {DEADLINE:?} after signal {signal}"
+            "echo_server still running {WAIT_DEADLINE:?} after signal {signal}"
         );
         thread::sleep(Duration::from_millis(10));
     };

@@ -1,7 +1,7 @@
 //! A handler that panics: the panic is caught on the worker, that connection is closed and
 //! counted, and the pool keeps its size; every other connection carries on.
 
-mod support;
+mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use reactor_pool::{handler_fn, Builder, Context, LineCodec, ServerHandle};
 
-use support::{connect, read_exactly, read_until_end, round_trip, send, wait_stats, DEADLINE};
+use common::{
+    connect, read_exactly, read_until_end, round_trip, send, wait_for_stats, WAIT_DEADLINE,
+};
 
 const WORKERS: usize = 2;
 
@@ -32,7 +34,7 @@ fn server(name: &str) -> (ServerHandle, Arc<AtomicUsize>) {
                 most.fetch_max(now, Ordering::SeqCst);
                 if line == b"panic together" {
                     together.fetch_add(1, Ordering::SeqCst);
-                    let deadline = Instant::now() + DEADLINE;
+                    let deadline = Instant::now() + WAIT_DEADLINE;
                     while together.load(Ordering::SeqCst) < WORKERS && Instant::now() < deadline {
                         thread::sleep(Duration::from_millis(1));
                     }
@@ -54,7 +56,7 @@ fn server(name: &str) -> (ServerHandle, Arc<AtomicUsize>) {
 
 #[test]
 fn a_panicking_handler_closes_only_its_connection() {
-    support::init_logging();
+    common::init_logging();
     let (server, _) = server("panic-one");
     let addr = server.local_addr();
     let mut bystanders: Vec<_> = (0..3).map(|_| connect(addr)).collect();
@@ -73,10 +75,10 @@ fn a_panicking_handler_closes_only_its_connection() {
     assert_eq!(read_exactly(&mut victim, 5), b"owed\n");
     let (_, extra) = read_until_end(&mut victim, "the panicking connection");
     assert_eq!(extra, 0, "bytes after the owed reply");
-    let stats = wait_stats(&server, "the panic counted", |s| s.panics == 1);
+    let stats = wait_for_stats(&server, "the panic counted", |s| s.panics == 1);
     assert_eq!(stats.panics, 1, "{stats:#?}");
     drop(victim);
-    wait_stats(&server, "the panicking connection closed", |s| {
+    wait_for_stats(&server, "the panicking connection closed", |s| {
         s.connections_closed == 1
     });
 
@@ -92,13 +94,13 @@ fn a_panicking_handler_closes_only_its_connection() {
     assert_eq!(stats.connections_open, 3, "{stats:#?}");
     assert_eq!(stats.connections_closed, 1, "{stats:#?}");
     drop(bystanders);
-    wait_stats(&server, "all closed", |s| s.connections_open == 0);
+    wait_for_stats(&server, "all closed", |s| s.connections_open == 0);
     server.shutdown();
 }
 
 #[test]
 fn after_panics_on_every_worker_the_pool_still_serves_in_parallel() {
-    support::init_logging();
+    common::init_logging();
     let (server, most) = server("panic-pool");
     let addr = server.local_addr();
     // Every worker panics (each waits in the handler until all are there), one connection
@@ -116,7 +118,7 @@ fn after_panics_on_every_worker_the_pool_still_serves_in_parallel() {
     let (_, got) = read_until_end(&mut victim, "a panicking connection");
     assert_eq!(got, 0, "the last victim got bytes");
     const PANICS: u64 = WORKERS as u64 + 1;
-    wait_stats(&server, "the panics counted", |s| s.panics == PANICS);
+    wait_for_stats(&server, "the panics counted", |s| s.panics == PANICS);
     drop((victims, victim));
     assert_eq!(
         most.load(Ordering::SeqCst),
@@ -146,7 +148,7 @@ fn after_panics_on_every_worker_the_pool_still_serves_in_parallel() {
     let stats = server.stats();
     assert_eq!(stats.panics, PANICS, "{stats:#?}");
     drop(clients);
-    let stats = wait_stats(&server, "all closed", |s| s.connections_open == 0);
+    let stats = wait_for_stats(&server, "all closed", |s| s.connections_open == 0);
     assert_eq!(stats.in_flight, 0, "{stats:#?}");
     server.shutdown();
 }

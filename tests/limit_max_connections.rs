@@ -1,24 +1,24 @@
 //! `max_connections(N)`: N clients are served, the next ones wait in the listen backlog
 //! (connected by the kernel, never read by the server), and each close admits one waiter.
 
-mod support;
+mod common;
 
 use std::net::TcpStream;
 
 use reactor_pool::{Builder, RawCodec};
 
-use support::{assert_no_reply, connect, round_trip, send, wait_stats};
+use common::{assert_no_reply, connect, round_trip, send, wait_for_stats};
 
 const MAX: usize = 4;
 
 #[test]
 fn connections_over_the_limit_wait_in_the_backlog_until_one_closes() {
-    support::init_logging();
+    common::init_logging();
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .max_connections(MAX)
         .thread_name("lim")
-        .start(RawCodec::new(), support::echo())
+        .start(RawCodec::new(), common::echo())
         .expect("start the server");
     let addr = server.local_addr();
 
@@ -27,7 +27,7 @@ fn connections_over_the_limit_wait_in_the_backlog_until_one_closes() {
         let msg = format!("hello from {i}");
         round_trip(client, msg.as_bytes(), msg.as_bytes());
     }
-    wait_stats(&server, "the first N accepted", |s| {
+    wait_for_stats(&server, "the first N accepted", |s| {
         s.connections_accepted == MAX as u64
     });
 
@@ -51,7 +51,7 @@ fn connections_over_the_limit_wait_in_the_backlog_until_one_closes() {
     let mut first = waiting.remove(0);
     round_trip(&mut first, b"", b"first waiter");
     round_trip(&mut first, b" again", b" again");
-    let stats = wait_stats(&server, "the first waiter accepted", |s| {
+    let stats = wait_for_stats(&server, "the first waiter accepted", |s| {
         s.connections_accepted == MAX as u64 + 1 && s.connections_closed == 1
     });
     assert_eq!(stats.connections_open, MAX as u64, "{stats:#?}");
@@ -61,14 +61,14 @@ fn connections_over_the_limit_wait_in_the_backlog_until_one_closes() {
     // Another closes: the second waiter gets its turn.
     drop(first);
     round_trip(&mut waiting[0], b"", b"second waiter");
-    let stats = wait_stats(&server, "the second waiter accepted", |s| {
+    let stats = wait_for_stats(&server, "the second waiter accepted", |s| {
         s.connections_accepted == MAX as u64 + 2 && s.connections_closed == 2
     });
     assert_eq!(stats.connections_open, MAX as u64, "{stats:#?}");
 
     drop(waiting);
     drop(served);
-    let stats = wait_stats(&server, "every connection closed", |s| {
+    let stats = wait_for_stats(&server, "every connection closed", |s| {
         s.connections_open == 0
     });
     assert_eq!(stats.connections_accepted, MAX as u64 + 2, "{stats:#?}");

@@ -6,7 +6,7 @@
 //!
 //! Off unless REACTOR_POOL_SOAK=1: it is too long for CI.
 
-mod support;
+mod common;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reactor_pool::{Builder, LineCodec, RawCodec, ServerHandle, Stats};
 
-use support::{open_fds, reset, rss_kib, wait_stats};
+use common::{open_fds, reset, rss_kib, wait_for_stats};
 
 const MAX_LINE: usize = 4096;
 const CLIENT_THREADS: usize = 6;
@@ -249,7 +249,7 @@ fn start_servers() -> (ServerHandle, ServerHandle) {
         .write_stall_timeout(Some(Duration::from_secs(1)))
         .linger(Duration::from_millis(500))
         .thread_name("soak-lines")
-        .start(LineCodec::with_max_frame(MAX_LINE), support::echo())
+        .start(LineCodec::with_max_frame(MAX_LINE), common::echo())
         .expect("start the line server");
     let raw = Builder::bind("127.0.0.1:0")
         .workers(4)
@@ -258,13 +258,13 @@ fn start_servers() -> (ServerHandle, ServerHandle) {
         .write_stall_timeout(Some(Duration::from_secs(1)))
         .linger(Duration::from_millis(500))
         .thread_name("soak-raw")
-        .start(RawCodec::new(), support::echo())
+        .start(RawCodec::new(), common::echo())
         .expect("start the raw server");
     (lines, raw)
 }
 
 fn quiesce(server: &ServerHandle) -> Stats {
-    wait_stats(server, "every connection closed", |s| {
+    wait_for_stats(server, "every connection closed", |s| {
         s.connections_open == 0 && s.in_flight == 0
     })
 }
@@ -275,7 +275,7 @@ fn soak_connection_churn_with_faults() {
         println!("soak_connection_churn_with_faults: skipped (set REACTOR_POOL_SOAK=1 to run)");
         return;
     }
-    support::init_logging();
+    common::init_logging();
     let secs: u64 = std::env::var("REACTOR_POOL_SOAK_SECS")
         .ok()
         .map(|s| {

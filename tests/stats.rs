@@ -2,7 +2,7 @@
 //! requests, responses and in flight; the job queue's depth; bytes buffered; protocol
 //! errors, timeouts, resets and dropped replies, each counted once per connection.
 
-mod support;
+mod common;
 
 use std::time::Duration;
 
@@ -12,9 +12,9 @@ use reactor_pool::{
     Stats,
 };
 
-use support::{
-    connect, expect_clean_eof, read_exactly, read_until_end, reset, round_trip, send, wait_stats,
-    DEADLINE,
+use common::{
+    connect, expect_clean_eof, read_exactly, read_until_end, reset, round_trip, send,
+    wait_for_stats, WAIT_DEADLINE,
 };
 
 /// A line server whose handler blocks on lines starting with `hold` until the returned
@@ -30,7 +30,7 @@ fn holding_server(name: &str, workers: usize) -> (ServerHandle, Sender<()>, Rece
             handler_fn(move |line: Vec<u8>, _ctx: &Context| {
                 let _ = entered_tx.send(line.clone());
                 if line.starts_with(b"hold") {
-                    let _ = gate.recv_timeout(DEADLINE);
+                    let _ = gate.recv_timeout(WAIT_DEADLINE);
                 }
                 line
             }),
@@ -40,18 +40,18 @@ fn holding_server(name: &str, workers: usize) -> (ServerHandle, Sender<()>, Rece
 }
 
 fn all_closed(server: &ServerHandle) -> Stats {
-    wait_stats(server, "every connection closed", |s| {
+    wait_for_stats(server, "every connection closed", |s| {
         s.connections_open == 0
     })
 }
 
 #[test]
 fn connection_counters_follow_accepts_and_closes() {
-    support::init_logging();
+    common::init_logging();
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .thread_name("st-conn")
-        .start(LineCodec::new(), support::echo())
+        .start(LineCodec::new(), common::echo())
         .expect("start the server");
     let addr = server.local_addr();
     assert_eq!(
@@ -75,7 +75,7 @@ fn connection_counters_follow_accepts_and_closes() {
         "{stats:#?}"
     );
     clients.truncate(1);
-    let stats = wait_stats(&server, "two closed", |s| s.connections_closed == 2);
+    let stats = wait_for_stats(&server, "two closed", |s| s.connections_closed == 2);
     assert_eq!(
         (stats.connections_accepted, stats.connections_open),
         (3, 1),
@@ -96,7 +96,7 @@ fn connection_counters_follow_accepts_and_closes() {
 
 #[test]
 fn requests_responses_in_flight_and_queue_depth_follow_blocked_handlers() {
-    support::init_logging();
+    common::init_logging();
     const WORKERS: usize = 2;
     let (server, release, entered) = holding_server("st-flight", WORKERS);
     let addr = server.local_addr();
@@ -119,7 +119,7 @@ fn requests_responses_in_flight_and_queue_depth_follow_blocked_handlers() {
     }
     let mut held = 0;
     while held < WORKERS {
-        if entered.recv_timeout(DEADLINE).expect("a handler call") == b"hold" {
+        if entered.recv_timeout(WAIT_DEADLINE).expect("a handler call") == b"hold" {
             held += 1;
         }
     }
@@ -136,7 +136,7 @@ fn requests_responses_in_flight_and_queue_depth_follow_blocked_handlers() {
     for (i, w) in waiting.iter_mut().enumerate() {
         send(w, format!("hold queued {i}\n").as_bytes());
     }
-    let stats = wait_stats(&server, "three queued", |s| s.job_queue_depth == 3);
+    let stats = wait_for_stats(&server, "three queued", |s| s.job_queue_depth == 3);
     assert_eq!((stats.requests, stats.responses), (10, 5), "{stats:#?}");
     assert_eq!(stats.in_flight, 5, "{stats:#?}");
 
@@ -148,7 +148,7 @@ fn requests_responses_in_flight_and_queue_depth_follow_blocked_handlers() {
         let want = format!("hold queued {i}\n");
         assert_eq!(read_exactly(w, want.len()), want.as_bytes());
     }
-    let stats = wait_stats(&server, "everything answered", |s| s.responses == 10);
+    let stats = wait_for_stats(&server, "everything answered", |s| s.responses == 10);
     assert_eq!(
         (stats.in_flight, stats.job_queue_depth),
         (0, 0),
@@ -163,12 +163,12 @@ fn requests_responses_in_flight_and_queue_depth_follow_blocked_handlers() {
 
 #[test]
 fn protocol_errors_and_timeouts_count_the_connections_they_end() {
-    support::init_logging();
+    common::init_logging();
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .idle_timeout(Some(Duration::from_millis(800)))
         .thread_name("st-errs")
-        .start(LineCodec::with_max_frame(8), support::echo())
+        .start(LineCodec::with_max_frame(8), common::echo())
         .expect("start the server");
     let addr = server.local_addr();
 
@@ -178,7 +178,7 @@ fn protocol_errors_and_timeouts_count_the_connections_they_end() {
     let rest = expect_clean_eof(&mut bad, "a line over the limit");
     assert!(rest.is_empty());
     drop(bad);
-    let stats = wait_stats(&server, "the protocol error", |s| s.connections_closed == 1);
+    let stats = wait_for_stats(&server, "the protocol error", |s| s.connections_closed == 1);
     assert_eq!(
         (stats.protocol_errors, stats.timeouts),
         (1, 0),
@@ -189,7 +189,7 @@ fn protocol_errors_and_timeouts_count_the_connections_they_end() {
     let rest = expect_clean_eof(&mut idle, "an idle connection");
     assert!(rest.is_empty());
     drop(idle);
-    let stats = wait_stats(&server, "the idle close", |s| s.connections_closed == 2);
+    let stats = wait_for_stats(&server, "the idle close", |s| s.connections_closed == 2);
     assert_eq!(
         (stats.protocol_errors, stats.timeouts),
         (1, 1),
@@ -203,19 +203,19 @@ fn protocol_errors_and_timeouts_count_the_connections_they_end() {
 /// closed at the end of the linger; that is still one connection ended by one cause.
 #[test]
 fn a_timed_out_connection_counts_one_timeout_even_if_the_peer_never_closes() {
-    support::init_logging();
+    common::init_logging();
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .idle_timeout(Some(Duration::from_millis(300)))
         .linger(Duration::from_millis(300))
         .thread_name("st-idle1")
-        .start(LineCodec::new(), support::echo())
+        .start(LineCodec::new(), common::echo())
         .expect("start the server");
     let mut idle = connect(server.local_addr());
     let rest = expect_clean_eof(&mut idle, "an idle connection");
     assert!(rest.is_empty());
     // The client keeps its socket open: the server closes at the end of its linger.
-    let stats = wait_stats(&server, "the connection closed", |s| {
+    let stats = wait_for_stats(&server, "the connection closed", |s| {
         s.connections_closed == 1
     });
     assert_eq!(
@@ -229,18 +229,18 @@ fn a_timed_out_connection_counts_one_timeout_even_if_the_peer_never_closes() {
 
 #[test]
 fn a_protocol_error_is_not_also_a_timeout_when_the_peer_never_closes() {
-    support::init_logging();
+    common::init_logging();
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .linger(Duration::from_millis(300))
         .thread_name("st-err1")
-        .start(LineCodec::with_max_frame(8), support::echo())
+        .start(LineCodec::with_max_frame(8), common::echo())
         .expect("start the server");
     let mut bad = connect(server.local_addr());
     send(&mut bad, b"much too long\n");
     let rest = expect_clean_eof(&mut bad, "a line over the limit");
     assert!(rest.is_empty());
-    let stats = wait_stats(&server, "the connection closed", |s| {
+    let stats = wait_for_stats(&server, "the connection closed", |s| {
         s.connections_closed == 1
     });
     assert_eq!(stats.protocol_errors, 1, "{stats:#?}");
@@ -254,7 +254,7 @@ fn a_protocol_error_is_not_also_a_timeout_when_the_peer_never_closes() {
 
 #[test]
 fn resets_and_dropped_replies_are_counted() {
-    support::init_logging();
+    common::init_logging();
     let (server, release, entered) = holding_server("st-reset", 2);
     let addr = server.local_addr();
     let mut witness = connect(addr);
@@ -264,14 +264,17 @@ fn resets_and_dropped_replies_are_counted() {
     // reset, and the reply that comes later is dropped.
     let mut gone = connect(addr);
     send(&mut gone, b"hold me\n");
-    assert_eq!(entered.recv_timeout(DEADLINE).expect("handler"), b"w");
-    assert_eq!(entered.recv_timeout(DEADLINE).expect("handler"), b"hold me");
+    assert_eq!(entered.recv_timeout(WAIT_DEADLINE).expect("handler"), b"w");
+    assert_eq!(
+        entered.recv_timeout(WAIT_DEADLINE).expect("handler"),
+        b"hold me"
+    );
     reset(gone);
-    let stats = wait_stats(&server, "the reset", |s| s.connections_closed == 1);
+    let stats = wait_for_stats(&server, "the reset", |s| s.connections_closed == 1);
     assert_eq!(stats.resets, 1, "{stats:#?}");
     assert_eq!(stats.in_flight, 1, "{stats:#?}");
     drop(release);
-    let stats = wait_stats(&server, "the dropped reply", |s| s.replies_dropped == 1);
+    let stats = wait_for_stats(&server, "the dropped reply", |s| s.replies_dropped == 1);
     assert_eq!(stats.in_flight, 0, "{stats:#?}");
     assert_eq!((stats.requests, stats.responses), (2, 1), "{stats:#?}");
     round_trip(&mut witness, b"still\n", b"still\n");
@@ -311,7 +314,7 @@ impl Codec for ReportingLines {
 /// answered, and the counters must not keep it in flight forever.
 #[test]
 fn in_flight_returns_to_zero_when_a_connection_ends_with_a_request_waiting_for_the_queue() {
-    support::init_logging();
+    common::init_logging();
     let (decoded_tx, decoded) = unbounded::<Vec<u8>>();
     let (entered_tx, entered) = unbounded::<Vec<u8>>();
     let (release_hold, hold_gate) = bounded::<()>(0);
@@ -328,10 +331,10 @@ fn in_flight_returns_to_zero_when_a_connection_ends_with_a_request_waiting_for_t
             handler_fn(move |line: Vec<u8>, _ctx: &Context| {
                 let _ = entered_tx.send(line.clone());
                 if line == b"hold" {
-                    let _ = hold_gate.recv_timeout(DEADLINE);
+                    let _ = hold_gate.recv_timeout(WAIT_DEADLINE);
                 }
                 if line == b"boom" {
-                    let _ = boom_gate.recv_timeout(DEADLINE);
+                    let _ = boom_gate.recv_timeout(WAIT_DEADLINE);
                     panic!("boom");
                 }
                 line
@@ -339,8 +342,12 @@ fn in_flight_returns_to_zero_when_a_connection_ends_with_a_request_waiting_for_t
         )
         .expect("start the server");
     let addr = server.local_addr();
-    let next_decoded = || decoded.recv_timeout(DEADLINE).expect("a decoded request");
-    let next_entered = || entered.recv_timeout(DEADLINE).expect("a handler call");
+    let next_decoded = || {
+        decoded
+            .recv_timeout(WAIT_DEADLINE)
+            .expect("a decoded request")
+    };
+    let next_entered = || entered.recv_timeout(WAIT_DEADLINE).expect("a handler call");
 
     // Both workers busy: one holding, one about to panic.
     let mut holder = connect(addr);
@@ -352,7 +359,7 @@ fn in_flight_returns_to_zero_when_a_connection_ends_with_a_request_waiting_for_t
     // The queue's one slot taken by another connection.
     let mut queued = connect(addr);
     send(&mut queued, b"queued\n");
-    wait_stats(&server, "a request queued", |s| s.job_queue_depth == 1);
+    wait_for_stats(&server, "a request queued", |s| s.job_queue_depth == 1);
     // The victim's next request cannot be queued: it waits on the connection.
     while next_decoded() != b"queued" {}
     send(&mut victim, b"stalled\n");

@@ -4,7 +4,7 @@
 //! The server's timeouts are short so the tests are quick; the client-side bounds only
 //! detect hangs, or tell one deadline from another much longer one.
 
-mod support;
+mod common;
 
 use std::io::{self, Read, Write};
 use std::thread;
@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use reactor_pool::{handler_fn, Builder, Context, LineCodec};
 
-use support::{
+use common::{
     connect, connect_with_recv_buffer, expect_clean_eof, read_exactly, read_until_end, round_trip,
-    send, wait_stats,
+    send, wait_for_stats,
 };
 
 /// Far longer than any deadline under test: a close before this is not that timeout.
@@ -24,7 +24,7 @@ const PROMPT: Duration = Duration::from_secs(15);
 
 #[test]
 fn an_idle_connection_is_closed_at_the_idle_timeout() {
-    support::init_logging();
+    common::init_logging();
     let idle = Duration::from_millis(500);
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
@@ -32,7 +32,7 @@ fn an_idle_connection_is_closed_at_the_idle_timeout() {
         .partial_frame_timeout(Some(LONG))
         .write_stall_timeout(Some(LONG))
         .thread_name("to-idle")
-        .start(LineCodec::new(), support::echo())
+        .start(LineCodec::new(), common::echo())
         .expect("start the server");
     let mut client = connect(server.local_addr());
     round_trip(&mut client, b"hello\n", b"hello\n");
@@ -48,7 +48,7 @@ fn an_idle_connection_is_closed_at_the_idle_timeout() {
     assert!(waited < PROMPT, "closed only after {waited:?}");
     assert_eq!(server.stats().timeouts, 1);
     drop(client);
-    let stats = wait_stats(&server, "the connection closed", |s| {
+    let stats = wait_for_stats(&server, "the connection closed", |s| {
         s.connections_open == 0
     });
     assert_eq!(stats.timeouts, 1, "{stats:#?}");
@@ -58,13 +58,13 @@ fn an_idle_connection_is_closed_at_the_idle_timeout() {
 
 #[test]
 fn activity_keeps_a_connection_past_the_idle_timeout() {
-    support::init_logging();
+    common::init_logging();
     let idle = Duration::from_millis(1000);
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .idle_timeout(Some(idle))
         .thread_name("to-busy")
-        .start(LineCodec::new(), support::echo())
+        .start(LineCodec::new(), common::echo())
         .expect("start the server");
     let mut client = connect(server.local_addr());
     let started = Instant::now();
@@ -92,14 +92,14 @@ fn activity_keeps_a_connection_past_the_idle_timeout() {
 
 #[test]
 fn a_slowloris_is_closed_at_the_partial_frame_deadline_not_the_idle_one() {
-    support::init_logging();
+    common::init_logging();
     let partial = Duration::from_millis(600);
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .idle_timeout(Some(LONG))
         .partial_frame_timeout(Some(partial))
         .thread_name("to-loris")
-        .start(LineCodec::new(), support::echo())
+        .start(LineCodec::new(), common::echo())
         .expect("start the server");
     let mut client = connect(server.local_addr());
     round_trip(&mut client, b"hi\n", b"hi\n");
@@ -143,7 +143,7 @@ fn a_slowloris_is_closed_at_the_partial_frame_deadline_not_the_idle_one() {
     assert_eq!(stats.timeouts, 1, "{stats:#?}");
     assert_eq!(stats.protocol_errors, 0, "{stats:#?}");
     drop(client);
-    wait_stats(&server, "the connection closed", |s| {
+    wait_for_stats(&server, "the connection closed", |s| {
         s.connections_open == 0
     });
     server.shutdown();
@@ -151,14 +151,14 @@ fn a_slowloris_is_closed_at_the_partial_frame_deadline_not_the_idle_one() {
 
 #[test]
 fn the_partial_frame_deadline_restarts_with_each_completed_request() {
-    support::init_logging();
+    common::init_logging();
     let partial = Duration::from_millis(1200);
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .idle_timeout(Some(LONG))
         .partial_frame_timeout(Some(partial))
         .thread_name("to-pipe")
-        .start(LineCodec::new(), support::echo())
+        .start(LineCodec::new(), common::echo())
         .expect("start the server");
     let mut client = connect(server.local_addr());
     // The input is never empty: each write completes one line and starts the next.
@@ -188,7 +188,7 @@ fn the_partial_frame_deadline_restarts_with_each_completed_request() {
 
 #[test]
 fn a_peer_that_stops_reading_is_closed_at_the_write_stall_timeout() {
-    support::init_logging();
+    common::init_logging();
     const REPLY: usize = 16 << 20;
     let stall = Duration::from_millis(500);
     let server = Builder::bind("127.0.0.1:0")
@@ -217,7 +217,7 @@ fn a_peer_that_stops_reading_is_closed_at_the_write_stall_timeout() {
     let asked = Instant::now();
     send(&mut client, b"big\n");
     // The client never reads: the server's output stalls and it gives up.
-    let stats = wait_stats(&server, "the stalled connection closed", |s| {
+    let stats = wait_for_stats(&server, "the stalled connection closed", |s| {
         s.connections_closed == 1
     });
     let waited = asked.elapsed();
@@ -243,7 +243,7 @@ fn a_peer_that_stops_reading_is_closed_at_the_write_stall_timeout() {
 
 #[test]
 fn a_slow_handler_is_counted_and_its_reply_still_arrives() {
-    support::init_logging();
+    common::init_logging();
     let threshold = Duration::from_millis(500);
     let slow = Duration::from_millis(1200);
     let server = Builder::bind("127.0.0.1:0")
@@ -277,7 +277,7 @@ fn a_slow_handler_is_counted_and_its_reply_still_arrives() {
     round_trip(&mut other, b"meanwhile\n", b"meanwhile\n");
     assert_eq!(read_exactly(&mut client, 10), b"done slow\n");
     assert!(asked.elapsed() >= slow, "the slow handler was cut short");
-    let stats = wait_stats(&server, "the slow handler counted", |s| {
+    let stats = wait_for_stats(&server, "the slow handler counted", |s| {
         s.slow_handlers >= 1
     });
     assert_eq!(stats.slow_handlers, 1, "{stats:#?}");
