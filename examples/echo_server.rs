@@ -17,8 +17,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use reactor_pool::{handler_fn, Builder, Context, RawCodec};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use shutdown::OnSignal;
+
+#[path = "support/shutdown.rs"]
+mod shutdown;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -55,19 +57,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(secs) = idle_timeout_secs {
         builder = builder.idle_timeout((secs > 0).then(|| Duration::from_secs(secs)));
     }
-    // Installed before the server starts, so a signal sent as soon as it listens is handled.
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let on_signal = OnSignal::install()?;
     let echo = handler_fn(|request: Vec<u8>, _ctx: &Context| request);
     let server = builder.start(RawCodec::new(), echo)?;
     log::info!("echo server listening on {}", server.local_addr());
 
-    let trigger = server.shutdown_trigger();
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            log::info!("signal {signal}: shutting down");
-            trigger.fire();
-        }
-    });
     let (stop_stats, stats_stopped) = crossbeam_channel::bounded::<()>(0);
     let stats_thread = stats_secs.filter(|&secs| secs > 0).map(|secs| {
         let server = server.stats_reader();
@@ -80,7 +74,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
         })
     });
-    server.join();
+    on_signal.serve(server);
     drop(stop_stats);
     if let Some(thread) = stats_thread {
         let _ = thread.join();

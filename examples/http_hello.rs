@@ -17,7 +17,11 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+#[path = "support/shutdown.rs"]
+mod shutdown;
+
 use reactor_pool::{AfterReply, Builder, Codec, Context, DecodeError, Decoded, Handler};
+use shutdown::OnSignal;
 
 /// Bytes of request line plus headers accepted before answering 431.
 const MAX_HEADER_BYTES: usize = 8 * 1024;
@@ -241,20 +245,10 @@ fn main() -> ExitCode {
         if let Some(n) = workers {
             builder = builder.workers(n);
         }
-        // Installed before the server starts, so a signal sent as soon as it listens is handled.
-        let mut signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-        ])?;
+        let on_signal = OnSignal::install()?;
         let server = builder.start(HttpCodec::default(), Hello)?;
         log::info!("http_hello listening on http://{}/", server.local_addr());
-        let trigger = server.shutdown_trigger();
-        std::thread::spawn(move || {
-            if signals.forever().next().is_some() {
-                trigger.fire();
-            }
-        });
-        server.join();
+        on_signal.serve(server);
         Ok(())
     };
     match run() {

@@ -20,7 +20,11 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[path = "support/shutdown.rs"]
+mod shutdown;
+
 use reactor_pool::{AfterReply, Builder, Codec, Context, DecodeError, Decoded, Handler};
+use shutdown::OnSignal;
 
 /// Largest bulk string accepted (redis allows 512 MiB; a demo needs less).
 const MAX_BULK: usize = 8 * 1024 * 1024;
@@ -393,11 +397,7 @@ fn main() -> ExitCode {
         if let Some(n) = workers {
             builder = builder.workers(n);
         }
-        // Installed before the server starts, so a signal sent as soon as it listens is handled.
-        let mut signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-        ])?;
+        let on_signal = OnSignal::install()?;
         let server = builder.start(
             RespCodec,
             Kv {
@@ -405,13 +405,7 @@ fn main() -> ExitCode {
             },
         )?;
         log::info!("kv_server listening on {}", server.local_addr());
-        let trigger = server.shutdown_trigger();
-        std::thread::spawn(move || {
-            if signals.forever().next().is_some() {
-                trigger.fire();
-            }
-        });
-        server.join();
+        on_signal.serve(server);
         Ok(())
     };
     match run() {

@@ -1,0 +1,28 @@
+//! Graceful shutdown on SIGINT and SIGTERM, shared by the example servers.
+
+use reactor_pool::ServerHandle;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// Signal handlers installed before the server starts, so a signal sent as soon as it
+/// listens is handled rather than killing the process.
+pub struct OnSignal(Signals);
+
+impl OnSignal {
+    /// Installs the handlers for SIGINT and SIGTERM.
+    pub fn install() -> std::io::Result<Self> {
+        Ok(OnSignal(Signals::new([SIGINT, SIGTERM])?))
+    }
+
+    /// Runs `server` until a signal arrives, then shuts it down gracefully.
+    pub fn serve(mut self, server: ServerHandle) {
+        let trigger = server.shutdown_trigger();
+        std::thread::spawn(move || {
+            if let Some(signal) = self.0.forever().next() {
+                log::info!("signal {signal}: shutting down");
+                trigger.fire();
+            }
+        });
+        server.join();
+    }
+}
