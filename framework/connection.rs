@@ -623,29 +623,28 @@ impl<C: Codec> Connection<C> {
         if deadline > io.now {
             return Step::Wait;
         }
-        match self.state {
+        if let State::Lingering { .. } = self.state {
             // The end of a lingering close, not a timeout of the connection: it was
             // counted under the reason it was ended for.
-            State::Lingering { .. } => {
-                self.state = State::Closed;
-                return Step::Close;
-            }
-            _ => Counters::add(&io.counters.timeouts, 1),
+            self.state = State::Closed;
+            return Step::Close;
         }
-        match self.state {
-            _ if !self.output.is_empty() => {
-                log::info!(
-                    "connection {} ({}): peer stopped reading (write-stall timeout); closing it",
-                    self.ctx.connection_id,
-                    self.ctx.peer
-                );
-                self.state = State::Closed;
-            }
-            _ if self.partial_since.is_some() => {
-                self.end(self.next_seq, EndReason::Timeout("partial-frame"))
-            }
-            _ => self.end(self.next_seq, EndReason::Timeout("idle")),
+        Counters::add(&io.counters.timeouts, 1);
+        if !self.output.is_empty() {
+            log::info!(
+                "connection {} ({}): peer stopped reading (write-stall timeout); closing it",
+                self.ctx.connection_id,
+                self.ctx.peer
+            );
+            self.state = State::Closed;
+            return Step::Close;
         }
+        let which = if self.partial_since.is_some() {
+            "partial-frame"
+        } else {
+            "idle"
+        };
+        self.end(self.next_seq, EndReason::Timeout(which));
         self.drive(io)
     }
 
