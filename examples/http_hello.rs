@@ -227,6 +227,26 @@ impl Handler for Hello {
     }
 }
 
+/// Starts the server `main` runs on `addr`: `workers` worker threads and `reactors` reactor
+/// threads, or the framework's defaults. Also used by the throughput bench, which includes
+/// this file.
+pub fn start(
+    addr: SocketAddr,
+    workers: Option<usize>,
+    reactors: Option<usize>,
+) -> std::io::Result<reactor_pool::ServerHandle> {
+    let mut builder = Builder::bind(addr)
+        .max_frame_size(MAX_HEADER_BYTES + MAX_BODY)
+        .max_connections(19_000);
+    if let Some(n) = workers {
+        builder = builder.workers(n);
+    }
+    if let Some(n) = reactors {
+        builder = builder.reactors(n);
+    }
+    builder.start(HttpCodec::default(), Hello)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let run = || -> Result<(), Box<dyn std::error::Error>> {
@@ -239,14 +259,8 @@ fn main() -> ExitCode {
         if !rest.is_empty() {
             return Err(format!("unknown arguments: {rest:?}").into());
         }
-        let mut builder = Builder::bind(addr)
-            .max_frame_size(MAX_HEADER_BYTES + MAX_BODY)
-            .max_connections(19_000);
-        if let Some(n) = workers {
-            builder = builder.workers(n);
-        }
         let on_signal = OnSignal::install()?;
-        let server = builder.start(HttpCodec::default(), Hello)?;
+        let server = start(addr, workers, None)?;
         log::info!("http_hello listening on http://{}/", server.local_addr());
         on_signal.serve(server);
         Ok(())

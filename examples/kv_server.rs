@@ -376,6 +376,34 @@ impl Handler for Kv {
     }
 }
 
+/// Starts the server `main` runs on `addr`: `workers` worker threads and `reactors` reactor
+/// threads, or the framework's defaults. Also used by the throughput bench, which includes
+/// this file.
+pub fn start(
+    addr: SocketAddr,
+    workers: Option<usize>,
+    reactors: Option<usize>,
+) -> std::io::Result<reactor_pool::ServerHandle> {
+    let mut builder = Builder::bind(addr)
+        .max_frame_size(MAX_BULK + MAX_INLINE)
+        .max_connections(19_000)
+        // redis-benchmark -P 16 pipelines 16 commands per connection.
+        .max_in_flight_per_connection(64)
+        .idle_timeout(None);
+    if let Some(n) = workers {
+        builder = builder.workers(n);
+    }
+    if let Some(n) = reactors {
+        builder = builder.reactors(n);
+    }
+    builder.start(
+        RespCodec,
+        Kv {
+            store: Store::new(),
+        },
+    )
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let run = || -> Result<(), Box<dyn std::error::Error>> {
@@ -388,22 +416,8 @@ fn main() -> ExitCode {
         if !rest.is_empty() {
             return Err(format!("unknown arguments: {rest:?}").into());
         }
-        let mut builder = Builder::bind(addr)
-            .max_frame_size(MAX_BULK + MAX_INLINE)
-            .max_connections(19_000)
-            // redis-benchmark -P 16 pipelines 16 commands per connection.
-            .max_in_flight_per_connection(64)
-            .idle_timeout(None);
-        if let Some(n) = workers {
-            builder = builder.workers(n);
-        }
         let on_signal = OnSignal::install()?;
-        let server = builder.start(
-            RespCodec,
-            Kv {
-                store: Store::new(),
-            },
-        )?;
+        let server = start(addr, workers, None)?;
         log::info!("kv_server listening on {}", server.local_addr());
         on_signal.serve(server);
         Ok(())

@@ -49,10 +49,17 @@
 //! With `--runs N` the run with the median req/s is reported (all runs are in the JSON).
 //! "bg CPU s" is what the rest of the machine used meanwhile: on a shared machine, read
 //! the figures next to it.
+//!
+//! **Protocols** (`protocols.rs`, scenarios `resp c50 P1`, `resp c50 P16`, `http c100`,
+//! `http c1000`): `examples/kv_server.rs` against redis-server under redis-benchmark, and
+//! `examples/http_hello.rs` against nginx under wrk, one run per server, in tables of their
+//! own. Quick mode runs a small form of them (`-n 2000` / `-n 20000`, `http c100` for 1 s);
+//! a tool or peer that is not installed is skipped with a `skipped: X not installed` line.
 
 mod chart;
 mod client;
 mod loadgen;
+mod protocols;
 mod report;
 mod runner;
 mod schedule;
@@ -92,10 +99,13 @@ OPTIONS:
   --warmup SECS         warm-up seconds per run [quick 0.3, full 1]
   --runs N              runs per scenario and server; the median is reported [quick 1, full 3]
   --filter TEXT         only scenario/server pairs whose \"SCENARIO / SERVER\" contains TEXT
+                        (protocol scenarios: \"resp c50 P1\", \"resp c50 P16\", \"http c100\",
+                        \"http c1000\"; servers kv_server, redis-server, http_hello, nginx)
   --threads N           server thread budget: tokio worker threads, reactor-pool echo
-                        workers unless --workers [2]
+                        workers unless --workers, nginx worker processes [2]
   --reactors N          reactor-pool reactor threads [--threads]
-  --workers N           reactor-pool worker threads in the echo scenarios [--threads]
+  --workers N           reactor-pool worker threads in the echo and protocol scenarios
+                        [--threads]
   --client-threads N    load generator threads [2]
   --stack-kib N         stack of each thread-per-connection thread [64]
   --list                print the scenarios and exit
@@ -198,6 +208,9 @@ fn parse_options(mut args: pico_args::Arguments) -> Result<Options, String> {
 }
 
 fn serve_mode(kind: &str, mut args: pico_args::Arguments) -> Result<(), String> {
+    if matches!(kind, "kv" | "http") {
+        return protocols::serve(kind, args);
+    }
     let e = |e: pico_args::Error| e.to_string();
     let kind = Kind::parse(kind).ok_or_else(|| format!("unknown server kind {kind:?}"))?;
     let addr: SocketAddr = args.value_from_str("--addr").map_err(e)?;
@@ -307,18 +320,41 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
         })
         .filter(|(_, kinds)| !kinds.is_empty())
         .collect();
+    let proto_plan: Vec<(protocols::ProtoScenario, Vec<&'static str>)> =
+        protocols::matrix(opts.quick, opts.duration.as_secs_f64().round() as u64)
+            .into_iter()
+            .map(|s| {
+                let servers = s
+                    .servers()
+                    .into_iter()
+                    .filter(|server| {
+                        opts.filter
+                            .as_ref()
+                            .is_none_or(|f| s.label(server).contains(f))
+                    })
+                    .collect::<Vec<_>>();
+                (s, servers)
+            })
+            .filter(|(_, servers)| !servers.is_empty())
+            .collect();
     if opts.list {
         for (s, kinds) in &plan {
             for &k in kinds {
                 println!("{}", label(s, k));
             }
         }
+        for (s, servers) in &proto_plan {
+            for server in servers {
+                println!("{}", s.label(server));
+            }
+        }
         return Ok(());
     }
-    if plan.is_empty() {
+    if plan.is_empty() && proto_plan.is_empty() {
         return Err(format!("no scenario matches {:?}; see --list", opts.filter));
     }
     let total: usize = plan.iter().map(|(_, k)| k.len() * opts.runs).sum();
+    let proto_total: usize = proto_plan.iter().map(|(_, s)| s.len()).sum();
     for (s, _) in &plan {
         let threads = label(s, Kind::Threads);
         if !runs(s, Kind::Threads) && opts.filter.as_ref().is_none_or(|f| threads.contains(f)) {
@@ -328,7 +364,8 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
         }
     }
     eprintln!(
-        "throughput: {} mode, {total} runs of {:?} (+{:?} warm-up), fd limit {fd_limit}",
+        "throughput: {} mode, {total} runs of {:?} (+{:?} warm-up) and {proto_total} protocol \
+         runs, fd limit {fd_limit}",
         if opts.quick { "quick" } else { "full" },
         opts.duration,
         opts.warmup
@@ -409,6 +446,16 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
         }
     }
     report::set_tokio_ratios(&mut outcomes);
+    let dir = target_dir().join("bench");
+    let (protocol_runs, protocols_skipped) = protocols::run_all(
+        &proto_plan,
+        &protocols::ProtoSettings {
+            reactors: opts.reactors,
+            workers: opts.workers,
+            threads: opts.threads,
+            dir: dir.join("protocols"),
+        },
+    );
     let report = Report {
         settings: Settings {
             mode: if opts.quick { "quick" } else { "full" }.into(),
@@ -429,9 +476,14 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
             .map_or(0, |d| d.as_secs()),
         wall_s: started.elapsed().as_secs_f64(),
         outcomes,
+        protocols: protocol_runs,
+        protocols_skipped,
     };
     print!("{}", report::table(&report.outcomes));
-    let dir = target_dir().join("bench");
+    print!(
+        "{}",
+        protocols::text(&report.protocols, &report.protocols_skipped)
+    );
     report::write_files(&dir, &report).map_err(|e| format!("{}: {e}", dir.display()))?;
     let svg = dir.join("throughput.svg");
     match chart::draw(&svg, &report.outcomes) {

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::protocols::ProtoRun;
 use crate::runner::RunMetrics;
 
 /// One workload.
@@ -193,6 +194,10 @@ pub struct Report {
     pub generated_unix_s: u64,
     pub wall_s: f64,
     pub outcomes: Vec<Outcome>,
+    /// The protocol scenarios (`protocols.rs`): one run per server.
+    pub protocols: Vec<ProtoRun>,
+    /// Protocol runs skipped because a tool or peer server is not installed.
+    pub protocols_skipped: Vec<String>,
 }
 
 const HEADERS: [&str; 15] = [
@@ -319,7 +324,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
     out
 }
 
-fn text_table(headers: &[&str], rows: &[Vec<String>], out: &mut String) {
+pub fn text_table(headers: &[&str], rows: &[Vec<String>], out: &mut String) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
@@ -348,7 +353,7 @@ fn text_table(headers: &[&str], rows: &[Vec<String>], out: &mut String) {
     }
 }
 
-fn markdown_table(headers: &[&str], rows: &[Vec<String>], md: &mut String) {
+pub fn markdown_table(headers: &[&str], rows: &[Vec<String>], md: &mut String) {
     let _ = writeln!(md, "| {} |", headers.join(" | "));
     let align: String = (0..headers.len())
         .map(|i| if i < 2 { "---|" } else { "---:|" })
@@ -443,7 +448,10 @@ pub fn markdown(report: &Report) -> String {
              actual send.\n",
         );
     }
-    let _ = writeln!(md, "\nPer-run req/s:\n");
+    crate::protocols::markdown(&report.protocols, &report.protocols_skipped, s, &mut md);
+    if !report.outcomes.is_empty() {
+        let _ = writeln!(md, "\nPer-run req/s:\n");
+    }
     for o in &report.outcomes {
         let runs: Vec<String> = o
             .runs

@@ -81,9 +81,15 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Re-executes this bench binary in server mode and waits for its address.
     pub fn spawn(args: &ServeArgs) -> io::Result<ServerProcess> {
+        ServerProcess::spawn_with(args.to_args())
+    }
+
+    /// Re-executes this bench binary with `args` (a `--serve ...` command line) and waits
+    /// for the address the child prints first.
+    pub fn spawn_with(args: Vec<String>) -> io::Result<ServerProcess> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
-            .args(args.to_args())
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -172,7 +178,7 @@ fn fail_spawn(mut child: Child, why: String) -> io::Error {
 /// only reaped by `wait`/`try_wait`, which `stop` calls after this), so its pid cannot have
 /// been reused by an unrelated process. kill(2) takes no pointers and touches no memory of
 /// ours; the only obligation is that pid, which the borrow of an unreaped `Child` upholds.
-fn terminate(child: &Child) -> io::Result<()> {
+pub fn terminate(child: &Child) -> io::Result<()> {
     let pid = libc::pid_t::try_from(child.id()).map_err(io::Error::other)?;
     // SAFETY: see the contract above; kill has no memory-safety preconditions.
     let rc = unsafe { libc::kill(pid, libc::SIGTERM) };

@@ -126,7 +126,7 @@ pub fn serve(args: &ServeArgs) -> io::Result<()> {
 }
 
 /// Prints the bound address as stdout's first line, then waits for the end of the child.
-fn announce_and_wait(addr: SocketAddr, max_lifetime: Duration) -> io::Result<()> {
+pub fn announce_and_wait(addr: SocketAddr, max_lifetime: Duration) -> io::Result<()> {
     {
         let mut stdout = io::stdout().lock();
         writeln!(stdout, "{addr}")?;
