@@ -17,11 +17,12 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+#[path = "support/protocol_main.rs"]
+mod protocol_main;
 #[path = "support/shutdown.rs"]
 mod shutdown;
 
 use reactor_pool::{AfterReply, Builder, Codec, Context, DecodeError, Decoded, Handler};
-use shutdown::OnSignal;
 
 /// Bytes of request line plus headers accepted before answering 431.
 const MAX_HEADER_BYTES: usize = 8 * 1024;
@@ -248,28 +249,7 @@ pub fn start(
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let run = || -> Result<(), Box<dyn std::error::Error>> {
-        let mut args = pico_args::Arguments::from_env();
-        let addr: SocketAddr = args
-            .opt_value_from_str("--addr")?
-            .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid default"));
-        let workers: Option<usize> = args.opt_value_from_str("--workers")?;
-        let rest = args.finish();
-        if !rest.is_empty() {
-            return Err(format!("unknown arguments: {rest:?}").into());
-        }
-        let on_signal = OnSignal::install()?;
-        let server = start(addr, workers, None)?;
-        log::info!("http_hello listening on http://{}/", server.local_addr());
-        on_signal.serve(server);
-        Ok(())
-    };
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    protocol_main::run_example("127.0.0.1:8080", start, |addr| {
+        format!("http_hello listening on http://{addr}/")
+    })
 }

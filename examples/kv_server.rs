@@ -20,11 +20,12 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[path = "support/protocol_main.rs"]
+mod protocol_main;
 #[path = "support/shutdown.rs"]
 mod shutdown;
 
 use reactor_pool::{AfterReply, Builder, Codec, Context, DecodeError, Decoded, Handler};
-use shutdown::OnSignal;
 
 /// Largest bulk string accepted (redis allows 512 MiB; a demo needs less).
 const MAX_BULK: usize = 8 * 1024 * 1024;
@@ -405,28 +406,7 @@ pub fn start(
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let run = || -> Result<(), Box<dyn std::error::Error>> {
-        let mut args = pico_args::Arguments::from_env();
-        let addr: SocketAddr = args
-            .opt_value_from_str("--addr")?
-            .unwrap_or_else(|| "127.0.0.1:6380".parse().expect("valid default"));
-        let workers: Option<usize> = args.opt_value_from_str("--workers")?;
-        let rest = args.finish();
-        if !rest.is_empty() {
-            return Err(format!("unknown arguments: {rest:?}").into());
-        }
-        let on_signal = OnSignal::install()?;
-        let server = start(addr, workers, None)?;
-        log::info!("kv_server listening on {}", server.local_addr());
-        on_signal.serve(server);
-        Ok(())
-    };
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    protocol_main::run_example("127.0.0.1:6380", start, |addr| {
+        format!("kv_server listening on {addr}")
+    })
 }

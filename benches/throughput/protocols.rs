@@ -32,13 +32,13 @@ use serde::Serialize;
 
 use crate::runner::{self, ServerProcess};
 
-// main() and its signal handling (`support/shutdown.rs`, which both examples include) are
+// main() and its signal handling (`support/protocol_main.rs`, `support/shutdown.rs`) are
 // the examples' own: unused here.
 #[allow(dead_code, clippy::duplicate_mod)]
 #[path = "../../examples/kv_server.rs"]
 mod kv_example;
 
-// main() and its signal handling (`support/shutdown.rs`, which both examples include) are
+// main() and its signal handling (`support/protocol_main.rs`, `support/shutdown.rs`) are
 // the examples' own: unused here.
 #[allow(dead_code, clippy::duplicate_mod)]
 #[path = "../../examples/http_hello.rs"]

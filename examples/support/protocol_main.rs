@@ -1,0 +1,46 @@
+//! The `main` the protocol examples (http_hello, kv_server) share.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use reactor_pool::ServerHandle;
+
+use super::shutdown::OnSignal;
+
+/// How a protocol example builds its server: address, workers, reactors (`None`: defaults).
+pub type Start = fn(SocketAddr, Option<usize>, Option<usize>) -> std::io::Result<ServerHandle>;
+
+/// The `main` of a protocol example: flags `--addr` (default `default_addr`) and
+/// `--workers N`, env_logger at `info` unless RUST_LOG says otherwise, the line that
+/// `listening(local address)` returns once it listens, and a graceful shutdown on a signal.
+pub fn run_example(
+    default_addr: &str,
+    start: Start,
+    listening: fn(SocketAddr) -> String,
+) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let run = || -> Result<(), Box<dyn std::error::Error>> {
+        let mut args = pico_args::Arguments::from_env();
+        let addr: SocketAddr = match args.opt_value_from_str("--addr")? {
+            Some(addr) => addr,
+            None => default_addr.parse()?,
+        };
+        let workers: Option<usize> = args.opt_value_from_str("--workers")?;
+        let rest = args.finish();
+        if !rest.is_empty() {
+            return Err(format!("unknown arguments: {rest:?}").into());
+        }
+        let on_signal = OnSignal::install()?;
+        let server = start(addr, workers, None)?;
+        log::info!("{}", listening(server.local_addr()));
+        on_signal.serve(server);
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
