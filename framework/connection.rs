@@ -143,6 +143,8 @@ pub(crate) struct Connection<C: Codec> {
     pub(crate) armed: Option<Instant>,
     /// Bytes last reported to `Counters::bytes_buffered`.
     accounted: usize,
+    /// A reply arrived and the reactor has this connection on its list to drive.
+    pub(crate) drive_queued: bool,
 }
 
 impl<C: Codec> Connection<C> {
@@ -168,6 +170,7 @@ impl<C: Codec> Connection<C> {
             partial_since: None,
             armed: None,
             accounted: 0,
+            drive_queued: false,
         }
     }
 
@@ -209,16 +212,18 @@ impl<C: Codec> Connection<C> {
         }
     }
 
-    /// A handler finished one of this connection's requests.
-    pub fn on_reply(&mut self, reply: Reply<C::Response>, io: &mut Io<'_, C::Request>) -> Step {
+    /// A handler finished one of this connection's requests. Nothing is written yet: the
+    /// reactor drives the connection once after taking every reply waiting in its inbox,
+    /// so replies that arrive together leave in one write.
+    pub fn on_reply(&mut self, reply: Reply<C::Response>, counters: &Counters, now: Instant) {
         let cut = match &self.state {
             State::Open | State::ReadClosed => u64::MAX,
             State::Ending { cut, .. } => *cut,
             _ => 0,
         };
         if reply.seq >= cut || reply.seq < self.write_seq {
-            Counters::add(&io.counters.replies_dropped, 1);
-            return self.drive(io);
+            Counters::add(&counters.replies_dropped, 1);
+            return;
         }
         match reply.outcome {
             Ok(response) => {
@@ -227,14 +232,13 @@ impl<C: Codec> Connection<C> {
                     self.reorder.resize_with(index + 1, || None);
                 }
                 self.reorder[index] = Some(response);
-                self.encode_ready(io.counters, io.now);
+                self.encode_ready(counters, now);
             }
             Err(_) => {
-                Counters::add(&io.counters.replies_dropped, 1);
+                Counters::add(&counters.replies_dropped, 1);
                 self.end(reply.seq, EndReason::HandlerPanicked);
             }
         }
-        self.drive(io)
     }
 
     /// Encodes the replies that are next in order.

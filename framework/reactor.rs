@@ -103,6 +103,8 @@ pub(crate) struct Reactor<C: Codec> {
     revisit: Vec<ConnKey>,
     /// Connections holding a request the full job queue refused.
     stalled: Vec<ConnKey>,
+    /// Connections that got replies during this inbox drain, to be driven once each.
+    replied: Vec<ConnKey>,
     codec: C,
     jobs: Sender<Job<C::Request>>,
     counters: Arc<Counters>,
@@ -149,6 +151,7 @@ impl<C: Codec> Reactor<C> {
             timers: BinaryHeap::new(),
             revisit: Vec::new(),
             stalled: Vec::new(),
+            replied: Vec::new(),
             codec: parts.codec,
             jobs: parts.jobs,
             counters: parts.counters,
@@ -236,28 +239,44 @@ impl<C: Codec> Reactor<C> {
         timeout.map(|t| t + Duration::from_micros(500))
     }
 
-    /// Handles every message waiting in the inbox; returns whether there was any.
+    /// Handles every message waiting in the inbox; returns whether there was any. Replies
+    /// are applied first and each connection that got one is driven once afterwards.
     fn drain_inbox(&mut self) -> bool {
         let mut any = false;
         while let Ok(message) = self.inbox.try_recv() {
             any = true;
             match message {
-                Inbound::Reply(reply) => {
-                    let key = reply.key;
-                    let mut reply = Some(reply);
-                    let found = self.with_conn(key, |conn, io| {
-                        conn.on_reply(reply.take().expect("applied once"), io)
-                    });
-                    if !found {
-                        Counters::add(&self.counters.replies_dropped, 1);
-                        log::trace!("dropped a reply for a connection that closed");
-                    }
-                }
+                Inbound::Reply(reply) => self.apply_reply(reply),
                 Inbound::Connection(stream, ctx) => self.add_connection(stream, ctx),
                 Inbound::Shutdown { deadline } => self.begin_shutdown(deadline),
             }
         }
+        for key in std::mem::take(&mut self.replied) {
+            self.with_conn(key, |conn, io| {
+                conn.drive_queued = false;
+                conn.drive(io)
+            });
+        }
         any
+    }
+
+    fn apply_reply(&mut self, reply: Reply<C::Response>) {
+        let key = reply.key;
+        let conn = self
+            .slots
+            .get_mut(key.slot as usize)
+            .filter(|slot| slot.generation == key.generation)
+            .and_then(|slot| slot.conn.as_mut());
+        let Some(conn) = conn else {
+            Counters::add(&self.counters.replies_dropped, 1);
+            log::trace!("dropped a reply for a connection that closed");
+            return;
+        };
+        conn.on_reply(reply, &self.counters, self.now);
+        if !conn.drive_queued {
+            conn.drive_queued = true;
+            self.replied.push(key);
+        }
     }
 
     fn add_connection(&mut self, mut stream: TcpStream, ctx: Context) {

@@ -98,7 +98,8 @@ OPTIONS:
                         measures at least 10 s in full mode (2.5 think times in quick)
   --warmup SECS         warm-up seconds per run [quick 0.3, full 1]
   --runs N              runs per scenario and server; the median is reported [quick 1, full 3]
-  --filter TEXT         only scenario/server pairs whose \"SCENARIO / SERVER\" contains TEXT
+  --filter TEXT         only scenario/server pairs whose \"SCENARIO / SERVER\" contains TEXT;
+                        several alternatives separated by '|' 
                         (protocol scenarios: \"resp c50 P1\", \"resp c50 P16\", \"http c100\",
                         \"http c1000\"; servers kv_server, redis-server, http_hello, nginx)
   --threads N           server thread budget: tokio worker threads, reactor-pool echo
@@ -153,6 +154,13 @@ fn main() -> ExitCode {
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit now in force.
 pub fn raise_fd_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
+}
+
+/// Whether `label` contains one of the `|`-separated alternatives of `filter`.
+fn matches_filter(label: &str, filter: &str) -> bool {
+    filter
+        .split('|')
+        .any(|alternative| label.contains(alternative))
 }
 
 fn reject_leftovers(args: pico_args::Arguments) -> Result<(), String> {
@@ -313,7 +321,7 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
                         && opts
                             .filter
                             .as_ref()
-                            .is_none_or(|f| label(&s, k).contains(f))
+                            .is_none_or(|f| matches_filter(&label(&s, k), f))
                 })
                 .collect::<Vec<_>>();
             (s, kinds)
@@ -330,7 +338,7 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
                     .filter(|server| {
                         opts.filter
                             .as_ref()
-                            .is_none_or(|f| s.label(server).contains(f))
+                            .is_none_or(|f| matches_filter(&s.label(server), f))
                     })
                     .collect::<Vec<_>>();
                 (s, servers)
