@@ -41,7 +41,7 @@
 //! [crossbeam-channel]: https://docs.rs/crossbeam-channel
 
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod acceptor;
 mod buffer;

@@ -50,6 +50,7 @@ pub(crate) struct WorkerShared<H: Handler> {
     pub mailboxes: Arc<[Mailbox<H::Response>]>,
     pub counters: Arc<Counters>,
     pub slow_handler: Duration,
+    pub batch_scheduling: bool,
 }
 
 impl<H: Handler> Clone for WorkerShared<H> {
@@ -60,6 +61,7 @@ impl<H: Handler> Clone for WorkerShared<H> {
             mailboxes: Arc::clone(&self.mailboxes),
             counters: Arc::clone(&self.counters),
             slow_handler: self.slow_handler,
+            batch_scheduling: self.batch_scheduling,
         }
     }
 }
@@ -107,6 +109,9 @@ impl Pool {
 }
 
 fn run_worker<H: Handler>(shared: WorkerShared<H>, _exit_guard: Sender<()>) {
+    if shared.batch_scheduling {
+        crate::sys::prefer_batch_scheduling();
+    }
     for job in shared.jobs.iter() {
         let Job {
             reactor,

@@ -1,5 +1,6 @@
-//! Every platform-specific fact the library depends on, in one place. The library itself
-//! makes no `unsafe` call: sockets go through mio and socket2.
+//! Every platform-specific fact the library depends on, in one place, and the library's only
+//! `unsafe` code (one system call that no well-kept crate wraps on its own). Sockets go
+//! through mio and socket2.
 
 use std::io;
 
@@ -30,5 +31,35 @@ pub(crate) fn set_reuse_port(socket: &socket2::Socket) -> io::Result<()> {
             io::ErrorKind::Unsupported,
             "SO_REUSEPORT is not available on this platform",
         ))
+    }
+}
+
+/// Puts the calling thread under Linux's SCHED_BATCH policy: when another thread wakes it,
+/// it does not preempt the thread running on that CPU but waits for the CPU's next
+/// scheduling point (or takes an idle CPU). A no-op elsewhere.
+pub(crate) fn set_batch_scheduling() -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 names the calling thread; `param` is a valid, initialised
+        // sched_param that outlives the call (the kernel only reads it); SCHED_BATCH requires
+        // priority 0 and no privilege. The call touches no memory of ours.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// [`set_batch_scheduling`] for a server thread; a failure is logged once per process and
+/// otherwise ignored (the thread runs under the default policy).
+pub(crate) fn prefer_batch_scheduling() {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Err(e) = set_batch_scheduling() {
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log::warn!("cannot put server threads under SCHED_BATCH: {e}");
+        }
     }
 }
