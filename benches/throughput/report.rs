@@ -118,6 +118,10 @@ pub struct Outcome {
     pub errors_all_runs: u64,
     /// Median req/s over tokio's median req/s in the same scenario.
     pub vs_tokio: Option<f64>,
+    /// The median over runs of (this run's req/s / tokio's run of the same round): runs of
+    /// one round are measured back to back, so a slow stretch of the machine touches both
+    /// sides of a pair and cancels out of its ratio.
+    pub vs_tokio_paired: Option<f64>,
     /// Median req/s over the scenario's ideal (blocking workload only).
     pub of_ideal: Option<f64>,
 }
@@ -147,25 +151,53 @@ impl Outcome {
             failed_runs: failed,
             errors_all_runs,
             vs_tokio: None,
+            vs_tokio_paired: None,
             of_ideal,
         }
     }
 }
 
-/// Fills in each outcome's ratio to tokio's in the same scenario.
+/// Fills in each outcome's ratios to tokio's in the same scenario.
 pub fn set_tokio_ratios(outcomes: &mut [Outcome]) {
-    let tokio: Vec<(String, f64)> = outcomes
+    let tokio: Vec<(String, f64, Vec<f64>)> = outcomes
         .iter()
         .filter(|o| o.server == "tokio")
-        .map(|o| (o.scenario.name.clone(), o.median.req_per_s))
+        .map(|o| {
+            let runs = o.runs.iter().map(|r| r.req_per_s).collect();
+            (o.scenario.name.clone(), o.median.req_per_s, runs)
+        })
         .collect();
     for outcome in outcomes.iter_mut() {
-        outcome.vs_tokio = tokio
+        let Some((_, median, runs)) = tokio
             .iter()
-            .find(|(name, _)| *name == outcome.scenario.name)
-            .filter(|(_, rps)| *rps > 0.0)
-            .map(|(_, rps)| outcome.median.req_per_s / rps);
+            .find(|(name, _, _)| *name == outcome.scenario.name)
+        else {
+            continue;
+        };
+        outcome.vs_tokio = Some(outcome.median.req_per_s / median).filter(|r| r.is_finite());
+        let mut paired: Vec<f64> = outcome
+            .runs
+            .iter()
+            .zip(runs)
+            .filter(|(_, &theirs)| theirs > 0.0)
+            .map(|(ours, &theirs)| ours.req_per_s / theirs)
+            .collect();
+        paired.sort_by(f64::total_cmp);
+        outcome.vs_tokio_paired = match paired.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(paired[n / 2]),
+            n => Some((paired[n / 2 - 1] + paired[n / 2]) / 2.0),
+        };
     }
+}
+
+/// Server CPU time per request in microseconds: efficiency that time stolen by the
+/// hypervisor does not distort the way it distorts req/s.
+fn cpu_us_per_request(m: &RunMetrics) -> String {
+    if m.requests == 0 {
+        return "-".into();
+    }
+    format!("{:.2}", m.server_cpu_s * 1e6 / m.requests as f64)
 }
 
 /// The settings a report was made with.
@@ -200,7 +232,7 @@ pub struct Report {
     pub protocols_skipped: Vec<String>,
 }
 
-const HEADERS: [&str; 15] = [
+const HEADERS: [&str; 17] = [
     "scenario",
     "server",
     "req/s",
@@ -210,11 +242,13 @@ const HEADERS: [&str; 15] = [
     "p999 us",
     "errors",
     "srv CPU s",
+    "srv us/req",
     "cli CPU s",
     "bg CPU s",
     "srv RSS MiB",
     "srv thr",
     "vs tokio",
+    "paired",
     "of ideal",
 ];
 
@@ -267,11 +301,13 @@ fn row(o: &Outcome) -> Vec<String> {
         m.p999_us.to_string(),
         errors(o),
         format!("{:.2}", m.server_cpu_s),
+        cpu_us_per_request(m),
         format!("{:.2}", m.client_cpu_s),
         format!("{:.2}", m.background_cpu_s),
         mib(m.server_peak_rss_kib),
         m.server_threads.to_string(),
         ratio(o.vs_tokio),
+        ratio(o.vs_tokio_paired),
         ratio(o.of_ideal),
     ]
 }
@@ -405,11 +441,16 @@ pub fn markdown(report: &Report) -> String {
              never answered + connections that had no reply in the whole measured window, \
              summed over all runs.\n\
              - **srv CPU s**: the server process's user + system CPU time during the measured \
-             window (of the median run); **srv RSS MiB**: its peak resident set (VmHWM); \
+             window (of the median run); **srv us/req**: that CPU time per request, in \
+             microseconds (efficiency that hypervisor steal distorts less than req/s); **srv \
+             RSS MiB**: its peak resident set (VmHWM); \
              **srv thr**: its threads; **cli CPU s**: the load generator's CPU time; **bg CPU \
              s**: CPU time the machine spent on anything else in that window (other processes, \
              hypervisor steal): the noise.\n\
-             - **vs tokio**: median req/s over tokio's in the same scenario; **of ideal**: over \
+             - **vs tokio**: median req/s over tokio's in the same scenario; **paired**: the \
+             median over rounds of this server's req/s over tokio's in the same round (runs of \
+             a round are back to back, so a slow stretch of the machine cancels out); **of \
+             ideal**: over \
              `workers / sleep` (the blocking workload; the thread-per-connection server is not \
              bound by it: every connection has its own sleeping thread).\n",
         );
