@@ -15,8 +15,8 @@ use mio::net::TcpStream;
 
 use crate::buffer::Buffer;
 use crate::codec::{AfterReply, Codec, DecodeError};
-use crate::handler::Context;
-use crate::pool::{Job, Reply};
+use crate::handler::{Context, Handler};
+use crate::pool::{self, Job, Reply};
 use crate::reactor::ConnKey;
 use crate::stats::Counters;
 
@@ -100,9 +100,16 @@ pub(crate) enum Step {
     Close,
 }
 
+/// A handler run on the reactor thread (inline mode).
+pub(crate) type InlineHandler<C> =
+    dyn Handler<Request = <C as Codec>::Request, Response = <C as Codec>::Response>;
+
 /// What a connection needs from its reactor while being driven.
-pub(crate) struct Io<'a, Req> {
-    pub jobs: &'a Sender<Job<Req>>,
+pub(crate) struct Io<'a, C: Codec> {
+    pub jobs: &'a Sender<Job<C::Request>>,
+    /// Set in inline mode: requests are answered here instead of going to the pool.
+    pub inline: Option<&'a InlineHandler<C>>,
+    pub slow_handler: Duration,
     pub reactor: usize,
     pub counters: &'a Counters,
     pub limits: &'a Limits,
@@ -293,7 +300,7 @@ impl<C: Codec> Connection<C> {
     }
 
     /// Makes every possible bit of progress: dispatch, read, encode, write, change state.
-    pub fn drive(&mut self, io: &mut Io<'_, C::Request>) -> Step {
+    pub fn drive(&mut self, io: &mut Io<'_, C>) -> Step {
         let mut budget = io.limits.read_per_wakeup;
         loop {
             self.dispatch_buffered(io);
@@ -338,7 +345,7 @@ impl<C: Codec> Connection<C> {
     }
 
     /// Reads until WouldBlock, a limit, or the end of this wake-up's `budget` of bytes.
-    fn read(&mut self, io: &mut Io<'_, C::Request>, budget: &mut usize) -> Step {
+    fn read(&mut self, io: &mut Io<'_, C>, budget: &mut usize) -> Step {
         while self.read_readiness != Readiness::Exhausted && self.wants_input(io.limits) {
             if *budget == 0 {
                 return Step::Revisit;
@@ -374,7 +381,7 @@ impl<C: Codec> Connection<C> {
     }
 
     /// Decodes the `n` bytes just read into `io.scratch`, keeping what is left over.
-    fn take_input(&mut self, n: usize, io: &mut Io<'_, C::Request>) {
+    fn take_input(&mut self, n: usize, io: &mut Io<'_, C>) {
         if self.input.is_empty() {
             // The common case: decode straight from the scratch buffer, copy only leftovers.
             let scratch = std::mem::take(&mut io.scratch);
@@ -391,7 +398,7 @@ impl<C: Codec> Connection<C> {
     }
 
     /// Dispatches the stalled job, then whatever the input buffer decodes to.
-    fn dispatch_buffered(&mut self, io: &mut Io<'_, C::Request>) {
+    fn dispatch_buffered(&mut self, io: &mut Io<'_, C>) {
         if let Some(job) = self.stalled.take() {
             if !self.send_job(job, io) {
                 return;
@@ -410,9 +417,9 @@ impl<C: Codec> Connection<C> {
     }
 
     /// Decodes and dispatches requests from `src` while limits allow; returns bytes used.
-    fn decode_from(&mut self, src: &[u8], io: &mut Io<'_, C::Request>) -> usize {
+    fn decode_from(&mut self, src: &[u8], io: &mut Io<'_, C>) -> usize {
         let mut used = 0;
-        while self.has_room(io.limits) {
+        while self.has_room(io.limits) && self.takes_requests() {
             match self.codec.decode(&src[used..]) {
                 Ok(Some((request, consumed))) => {
                     debug_assert!(consumed > 0, "a codec must consume what it decodes");
@@ -451,8 +458,15 @@ impl<C: Codec> Connection<C> {
         used
     }
 
-    /// Hands a job to the pool; a full queue keeps it here and pauses this connection.
-    fn send_job(&mut self, job: Job<C::Request>, io: &mut Io<'_, C::Request>) -> bool {
+    /// Hands a job to the pool (a full queue keeps it here and pauses this connection), or
+    /// in inline mode answers it at once.
+    fn send_job(&mut self, job: Job<C::Request>, io: &mut Io<'_, C>) -> bool {
+        if let Some(handler) = io.inline {
+            Counters::add(&io.counters.requests, 1);
+            let reply = pool::run_job(handler, job, io.counters, io.slow_handler);
+            self.on_reply(reply, io.counters, io.now);
+            return true;
+        }
         match io.jobs.try_send(job) {
             Ok(()) => {
                 // Counted when the pool has it, so a stalled request dropped with its
@@ -514,7 +528,7 @@ impl<C: Codec> Connection<C> {
     }
 
     /// Moves to the next state once the current one has nothing left to wait for.
-    fn advance(&mut self, io: &Io<'_, C::Request>) {
+    fn advance(&mut self, io: &Io<'_, C>) {
         if let State::ReadClosed = self.state {
             let drained = self.in_flight() == 0 && self.has_room(io.limits);
             if drained {
@@ -549,7 +563,7 @@ impl<C: Codec> Connection<C> {
     }
 
     /// Writes output until WouldBlock, then finishes a flush. Returns the bytes written.
-    fn write(&mut self, io: &mut Io<'_, C::Request>) -> usize {
+    fn write(&mut self, io: &mut Io<'_, C>) -> usize {
         let mut written = 0;
         while !self.output.is_empty() && self.write_readiness == Readiness::Ready {
             match self.stream.write(self.output.pending()) {
@@ -620,7 +634,7 @@ impl<C: Codec> Connection<C> {
     }
 
     /// A timer fired: ends the connection if one of its deadlines has passed.
-    pub fn on_timer(&mut self, io: &mut Io<'_, C::Request>) -> Step {
+    pub fn on_timer(&mut self, io: &mut Io<'_, C>) -> Step {
         let Some(deadline) = self.next_deadline(io.limits) else {
             return Step::Wait;
         };
@@ -653,7 +667,7 @@ impl<C: Codec> Connection<C> {
     }
 
     /// The server is shutting down: finish what is in flight, then close.
-    pub fn shut_down(&mut self, io: &mut Io<'_, C::Request>) -> Step {
+    pub fn shut_down(&mut self, io: &mut Io<'_, C>) -> Step {
         self.end(self.next_seq, EndReason::ServerShutdown);
         self.drive(io)
     }

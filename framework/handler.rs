@@ -24,7 +24,8 @@ impl Context {
     }
 }
 
-/// Serves one request: runs on a worker thread and may block (a database call, a sleep).
+/// Serves one request: runs on a worker thread and may block (a database call, a sleep), or,
+/// with [`Builder::inline`](crate::Builder::inline), on the reactor thread, where it must not.
 ///
 /// One handler value is shared by every worker, hence `&self` and `Sync`. Requests from one
 /// connection may run at the same time on different workers when the peer pipelines them;

@@ -113,39 +113,52 @@ fn run_worker<H: Handler>(shared: WorkerShared<H>, _exit_guard: Sender<()>) {
         crate::sys::prefer_batch_scheduling();
     }
     for job in shared.jobs.iter() {
-        let Job {
-            reactor,
-            key,
-            seq,
-            request,
-            ctx,
-        } = job;
-        let started = Instant::now();
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| shared.handler.call(request, &ctx)));
-        let took = started.elapsed();
-        if took >= shared.slow_handler {
-            Counters::add(&shared.counters.slow_handlers, 1);
-            log::warn!(
-                "handler for connection {} ({}) ran for {:?}",
-                ctx.connection_id,
-                ctx.peer,
-                took
-            );
-        }
-        let outcome = outcome.map_err(|payload| {
-            Counters::add(&shared.counters.panics, 1);
-            log::error!(
-                "handler panicked on connection {} ({}): {}; closing that connection",
-                ctx.connection_id,
-                ctx.peer,
-                panic_message(&*payload)
-            );
-            HandlerPanicked
-        });
+        let reactor = job.reactor;
+        let reply = run_job(&*shared.handler, job, &shared.counters, shared.slow_handler);
         // The reactor is gone only when the server is shutting down past its deadline:
         // nobody waits for this reply any more.
-        let _ = shared.mailboxes[reactor].send(Inbound::Reply(Reply { key, seq, outcome }));
+        let _ = shared.mailboxes[reactor].send(Inbound::Reply(reply));
     }
+}
+
+/// Runs the handler on one job, catching a panic, and counts a slow or panicking call. The
+/// workers call it, and so does a reactor in inline mode.
+pub(crate) fn run_job<H: Handler + ?Sized>(
+    handler: &H,
+    job: Job<H::Request>,
+    counters: &Counters,
+    slow_handler: Duration,
+) -> Reply<H::Response> {
+    let Job {
+        key,
+        seq,
+        request,
+        ctx,
+        ..
+    } = job;
+    let started = Instant::now();
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| handler.call(request, &ctx)));
+    let took = started.elapsed();
+    if took >= slow_handler {
+        Counters::add(&counters.slow_handlers, 1);
+        log::warn!(
+            "handler for connection {} ({}) ran for {:?}",
+            ctx.connection_id,
+            ctx.peer,
+            took
+        );
+    }
+    let outcome = outcome.map_err(|payload| {
+        Counters::add(&counters.panics, 1);
+        log::error!(
+            "handler panicked on connection {} ({}): {}; closing that connection",
+            ctx.connection_id,
+            ctx.peer,
+            panic_message(&*payload)
+        );
+        HandlerPanicked
+    });
+    Reply { key, seq, outcome }
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> &str {

@@ -14,7 +14,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::acceptor::AcceptGate;
 use crate::codec::Codec;
-use crate::connection::{Connection, Io, Limits, Step};
+use crate::connection::{Connection, InlineHandler, Io, Limits, Step};
 use crate::handler::Context;
 use crate::pool::{Job, Reply};
 use crate::stats::Counters;
@@ -107,6 +107,8 @@ pub(crate) struct Reactor<C: Codec> {
     replied: Vec<ConnKey>,
     codec: C,
     jobs: Sender<Job<C::Request>>,
+    inline: Option<Arc<InlineHandler<C>>>,
+    slow_handler: Duration,
     counters: Arc<Counters>,
     gate: Arc<AcceptGate>,
     limits: Limits,
@@ -121,6 +123,9 @@ pub(crate) struct Reactor<C: Codec> {
 pub(crate) struct ReactorParts<C: Codec> {
     pub codec: C,
     pub jobs: Sender<Job<C::Request>>,
+    /// Inline mode: the handler, run on the reactor thread.
+    pub inline: Option<Arc<InlineHandler<C>>>,
+    pub slow_handler: Duration,
     pub counters: Arc<Counters>,
     pub gate: Arc<AcceptGate>,
     pub limits: Limits,
@@ -154,6 +159,8 @@ impl<C: Codec> Reactor<C> {
             replied: Vec::new(),
             codec: parts.codec,
             jobs: parts.jobs,
+            inline: parts.inline,
+            slow_handler: parts.slow_handler,
             counters: parts.counters,
             gate: parts.gate,
             limits: parts.limits,
@@ -370,7 +377,7 @@ impl<C: Codec> Reactor<C> {
     /// step it returns. Returns whether the connection was found.
     fn with_conn<F>(&mut self, key: ConnKey, f: F) -> bool
     where
-        F: FnOnce(&mut Connection<C>, &mut Io<'_, C::Request>) -> Step,
+        F: FnOnce(&mut Connection<C>, &mut Io<'_, C>) -> Step,
     {
         let Some(slot) = self.slots.get_mut(key.slot as usize) else {
             return false;
@@ -383,6 +390,8 @@ impl<C: Codec> Reactor<C> {
         };
         let mut io = Io {
             jobs: &self.jobs,
+            inline: self.inline.as_deref(),
+            slow_handler: self.slow_handler,
             reactor: self.index,
             counters: &self.counters,
             limits: &self.limits,

@@ -15,7 +15,7 @@ use crate::acceptor::{AcceptGate, Acceptor};
 use crate::codec::Codec;
 #[cfg(doc)]
 use crate::codec::DecodeError;
-use crate::connection::Limits;
+use crate::connection::{InlineHandler, Limits};
 use crate::handler::Handler;
 use crate::pool::{Job, Pool, WorkerShared};
 use crate::reactor::{Inbound, Mailbox, Reactor, ReactorParts};
@@ -52,6 +52,7 @@ pub struct Builder {
     connection_log_level: log::Level,
     thread_name: String,
     batch_scheduling: bool,
+    inline: bool,
     limits: Limits,
 }
 
@@ -75,6 +76,7 @@ impl Builder {
             connection_log_level: log::Level::Debug,
             thread_name: "reactor-pool".into(),
             batch_scheduling: true,
+            inline: false,
             limits: Limits {
                 max_frame: 1 << 20,
                 max_in_flight: 32,
@@ -103,7 +105,7 @@ impl Builder {
     }
 
     /// Worker threads that run the handler. Default: 4 × the available cores. Size it to
-    /// how many handler calls may block at once.
+    /// how many handler calls may block at once. Ignored with [`Builder::inline`].
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n.max(1);
         self
@@ -256,6 +258,18 @@ impl Builder {
         self
     }
 
+    /// Inline mode: the handler runs on the reactor thread that read the request, and no
+    /// worker thread is started ([`Builder::workers`] is ignored). It saves the two thread
+    /// hand-offs per request, so it is the fastest way to serve a handler that never blocks
+    /// (an in-memory lookup, a computed reply). A handler that blocks stalls every
+    /// connection of its reactor for that long: keep the pool for anything that waits. Panics
+    /// are still caught (that connection is closed) and slow calls still counted and logged.
+    /// Default: off.
+    pub fn inline(mut self, enabled: bool) -> Self {
+        self.inline = enabled;
+        self
+    }
+
     fn listener(&mut self) -> io::Result<StdListener> {
         match std::mem::replace(&mut self.listen, Listen::Addr(Ok(Vec::new()))) {
             Listen::Listener(listener) => Ok(listener),
@@ -287,6 +301,12 @@ impl Builder {
         let (acceptor, gate) =
             Acceptor::new(listener, self.max_connections, Arc::clone(&counters))?;
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(self.job_queue_capacity);
+        let handler = Arc::new(handler);
+        let inline: Option<Arc<InlineHandler<C>>> = if self.inline {
+            Some(handler.clone())
+        } else {
+            None
+        };
         let mut reactors = Vec::with_capacity(self.reactors);
         let mut mailboxes = Vec::with_capacity(self.reactors);
         for index in 0..self.reactors {
@@ -295,6 +315,8 @@ impl Builder {
                 ReactorParts {
                     codec: codec.clone(),
                     jobs: jobs_tx.clone(),
+                    inline: inline.clone(),
+                    slow_handler: self.slow_handler,
                     counters: Arc::clone(&counters),
                     gate: Arc::clone(&gate),
                     limits: self.limits.clone(),
@@ -311,10 +333,10 @@ impl Builder {
         let mailboxes: Arc<[Mailbox<C::Response>]> = mailboxes.into();
 
         let pool = Pool::spawn(
-            self.workers,
+            if self.inline { 0 } else { self.workers },
             &self.thread_name,
             WorkerShared {
-                handler: Arc::new(handler),
+                handler,
                 jobs: jobs_rx.clone(),
                 mailboxes: Arc::clone(&mailboxes),
                 counters: Arc::clone(&counters),

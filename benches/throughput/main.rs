@@ -18,7 +18,9 @@
 //! **Thread budget** (`--threads`, default 2 for a 2-core machine): tokio gets that many
 //! worker threads, which do all its socket I/O; reactor-pool gets as many reactor threads
 //! (`--reactors`), which do all its socket I/O, plus `--workers` (default: the budget)
-//! workers that run the echo handler, and its acceptor thread; the thread-per-connection server has no budget by design (one
+//! workers that run the echo handler, and its acceptor thread; `rp-inline` (reactor-pool's
+//! inline mode, echo scenarios only, reported beside the pool path) runs the handler on the
+//! same reactors with no worker; the thread-per-connection server has no budget by design (one
 //! thread per connection, 64 KiB stacks). In the blocking workload (1 ms sleep per request,
 //! 256 connections) reactor-pool has 64 workers and tokio runs the sleep in `spawn_blocking`
 //! with at most 64 blocking threads, so both are bounded by the ideal 64 / 1 ms = 64,000
@@ -272,7 +274,13 @@ fn matrix(quick: bool) -> Vec<Scenario> {
 
 /// Whether `kind` runs `scenario`.
 fn runs(scenario: &Scenario, kind: Kind) -> bool {
-    !(kind == Kind::Threads && scenario.is_hold() && scenario.connections > THREADS_HOLD_MAX)
+    match kind {
+        Kind::Threads => !(scenario.is_hold() && scenario.connections > THREADS_HOLD_MAX),
+        // Inline mode is for handlers that never block, and is reported beside the pool
+        // path, not instead of it: the echo scenarios only.
+        Kind::ReactorPoolInline => scenario.sleep_us == 0 && !scenario.is_hold(),
+        _ => true,
+    }
 }
 
 /// The measured window of a run of `scenario`.

@@ -6,6 +6,8 @@
 //!
 //! - `reactor-pool`: this crate, [`RawCodec`] and a handler that (sleeps and) returns the
 //!   request, on `reactors` reactor threads and `workers` worker threads;
+//! - `rp-inline`: the same in inline mode (`Builder::inline`): the handler runs on the
+//!   `reactors` reactor threads, no worker; echo scenarios only (it must not block);
 //! - `thread-per-conn`: the blocking model, one std thread per connection (small stacks);
 //! - `tokio`: a multi-thread runtime with `threads` worker threads; the sleep runs in
 //!   `spawn_blocking`, at most `blocking` such threads.
@@ -34,16 +36,23 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     ReactorPool,
+    ReactorPoolInline,
     Threads,
     Tokio,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::ReactorPool, Kind::Threads, Kind::Tokio];
+    pub const ALL: [Kind; 4] = [
+        Kind::ReactorPool,
+        Kind::ReactorPoolInline,
+        Kind::Threads,
+        Kind::Tokio,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::ReactorPool => "reactor-pool",
+            Kind::ReactorPoolInline => "rp-inline",
             Kind::Threads => "thread-per-conn",
             Kind::Tokio => "tokio",
         }
@@ -110,7 +119,7 @@ pub fn serve(args: &ServeArgs) -> io::Result<()> {
     // Each arm keeps its server alive until `announce_and_wait` returns; then the process
     // exits (dropping a ServerHandle would not stop the server anyway).
     match args.kind {
-        Kind::ReactorPool => {
+        Kind::ReactorPool | Kind::ReactorPoolInline => {
             let _handle = start_reactor_pool(listener, args)?;
             announce_and_wait(addr, args.max_lifetime)
         }
@@ -178,6 +187,7 @@ fn start_reactor_pool(
     Builder::from_listener(listener)
         .reactors(args.reactors)
         .workers(args.workers)
+        .inline(args.kind == Kind::ReactorPoolInline)
         // Generous limits: the bench measures throughput, not limits.
         .max_connections(20_000)
         .job_queue_capacity(32 * 1024)
