@@ -248,9 +248,9 @@ impl Builder {
     /// for the next scheduling point. The thread that handed off keeps running and hands off
     /// more, so work crosses between threads in batches instead of one context switch per
     /// request: on the 2-core benchmark machine this cut context switches per request about
-    /// four-fold and raised echo throughput by about a fifth (see the README). The cost: a woken
-    /// thread can wait up to one scheduler time slice (a few milliseconds) behind a busy
-    /// thread of another program. Turn it off when the server shares its cores with
+    /// four-fold and raised echo throughput by about a quarter (see the README). The cost: a
+    /// woken thread can wait up to one scheduler time slice (a few milliseconds) behind a
+    /// busy thread of another program. Turn it off when the server shares its cores with
     /// CPU-bound work and tail latency matters more than throughput. No effect on other
     /// systems. Default: on.
     pub fn batch_scheduling(mut self, enabled: bool) -> Self {
