@@ -88,6 +88,14 @@ struct Slot<C: Codec> {
     conn: Option<Connection<C>>,
 }
 
+/// The connection `key` names, if it is still open: same slot, same generation.
+fn live_conn<C: Codec>(slots: &mut [Slot<C>], key: ConnKey) -> Option<&mut Connection<C>> {
+    slots
+        .get_mut(key.slot as usize)
+        .filter(|slot| slot.generation == key.generation)
+        .and_then(|slot| slot.conn.as_mut())
+}
+
 /// Everything a reactor thread owns.
 pub(crate) struct Reactor<C: Codec> {
     index: usize,
@@ -269,12 +277,7 @@ impl<C: Codec> Reactor<C> {
 
     fn apply_reply(&mut self, reply: Reply<C::Response>) {
         let key = reply.key;
-        let conn = self
-            .slots
-            .get_mut(key.slot as usize)
-            .filter(|slot| slot.generation == key.generation)
-            .and_then(|slot| slot.conn.as_mut());
-        let Some(conn) = conn else {
+        let Some(conn) = live_conn(&mut self.slots, key) else {
             Counters::add(&self.counters.replies_dropped, 1);
             log::trace!("dropped a reply for a connection that closed");
             return;
@@ -379,13 +382,7 @@ impl<C: Codec> Reactor<C> {
     where
         F: FnOnce(&mut Connection<C>, &mut Io<'_, C>) -> Step,
     {
-        let Some(slot) = self.slots.get_mut(key.slot as usize) else {
-            return false;
-        };
-        if slot.generation != key.generation {
-            return false;
-        }
-        let Some(conn) = slot.conn.as_mut() else {
+        let Some(conn) = live_conn(&mut self.slots, key) else {
             return false;
         };
         let mut io = Io {
