@@ -101,7 +101,7 @@ OPTIONS:
   --warmup SECS         warm-up seconds per run [quick 0.3, full 1]
   --runs N              runs per scenario and server; the median is reported [quick 1, full 3]
   --filter TEXT         only scenario/server pairs whose \"SCENARIO / SERVER\" contains TEXT;
-                        several alternatives separated by '|' 
+                        several alternatives separated by '|'
                         (protocol scenarios: \"resp c50 P1\", \"resp c50 P16\", \"http c100\",
                         \"http c1000\"; servers kv_server, redis-server, http_hello, nginx)
   --threads N           server thread budget: tokio worker threads, reactor-pool echo
@@ -373,7 +373,12 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
     let proto_total: usize = proto_plan.iter().map(|(_, s)| s.len()).sum();
     for (s, _) in &plan {
         let threads = label(s, Kind::Threads);
-        if !runs(s, Kind::Threads) && opts.filter.as_ref().is_none_or(|f| threads.contains(f)) {
+        if !runs(s, Kind::Threads)
+            && opts
+                .filter
+                .as_ref()
+                .is_none_or(|f| matches_filter(&threads, f))
+        {
             eprintln!(
                 "note: skipping {threads}: over {THREADS_HOLD_MAX} connections (one thread each)"
             );
