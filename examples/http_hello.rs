@@ -236,16 +236,10 @@ pub fn start(
     workers: Option<usize>,
     reactors: Option<usize>,
 ) -> std::io::Result<reactor_pool::ServerHandle> {
-    let mut builder = Builder::bind(addr)
+    let builder = Builder::bind(addr)
         .max_frame_size(MAX_HEADER_BYTES + MAX_BODY)
         .max_connections(19_000);
-    if let Some(n) = workers {
-        builder = builder.workers(n);
-    }
-    if let Some(n) = reactors {
-        builder = builder.reactors(n);
-    }
-    builder.start(HttpCodec::default(), Hello)
+    protocol_main::with_threads(builder, workers, reactors).start(HttpCodec::default(), Hello)
 }
 
 fn main() -> ExitCode {

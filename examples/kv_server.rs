@@ -385,19 +385,13 @@ pub fn start(
     workers: Option<usize>,
     reactors: Option<usize>,
 ) -> std::io::Result<reactor_pool::ServerHandle> {
-    let mut builder = Builder::bind(addr)
+    let builder = Builder::bind(addr)
         .max_frame_size(MAX_BULK + MAX_INLINE)
         .max_connections(19_000)
         // redis-benchmark -P 16 pipelines 16 commands per connection.
         .max_in_flight_per_connection(64)
         .idle_timeout(None);
-    if let Some(n) = workers {
-        builder = builder.workers(n);
-    }
-    if let Some(n) = reactors {
-        builder = builder.reactors(n);
-    }
-    builder.start(
+    protocol_main::with_threads(builder, workers, reactors).start(
         RespCodec,
         Kv {
             store: Store::new(),

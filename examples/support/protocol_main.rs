@@ -3,12 +3,24 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use reactor_pool::ServerHandle;
+use reactor_pool::{Builder, ServerHandle};
 
 use super::shutdown::OnSignal;
 
 /// How a protocol example builds its server: address, workers, reactors (`None`: defaults).
 pub type Start = fn(SocketAddr, Option<usize>, Option<usize>) -> std::io::Result<ServerHandle>;
+
+/// Applies a protocol example's thread counts to `builder`; `None` keeps the default.
+pub fn with_threads(builder: Builder, workers: Option<usize>, reactors: Option<usize>) -> Builder {
+    let builder = match workers {
+        Some(n) => builder.workers(n),
+        None => builder,
+    };
+    match reactors {
+        Some(n) => builder.reactors(n),
+        None => builder,
+    }
+}
 
 /// The `main` of a protocol example: flags `--addr` (default `default_addr`) and
 /// `--workers N`, env_logger at `info` unless RUST_LOG says otherwise, the line that
