@@ -12,6 +12,11 @@
 //! body; any other path → 404; any other method → 405. A malformed request → 400, headers
 //! over the limit → 431, a body over the limit → 413, chunked bodies → 501; each is followed
 //! by a clean close.
+//!
+//! A body's length must be unambiguous (RFC 9112 section 6.3), or the request gets a 400 and
+//! the close: Content-Length values (repeated headers, or a list in one) that differ, one that
+//! is not all digits (`+5`), and Transfer-Encoding together with Content-Length or with a
+//! final coding other than chunked. Identical Content-Length values count as one.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -84,6 +89,20 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// One Content-Length value (or list element): `1*DIGIT` around optional whitespace, as RFC
+/// 9112 section 6.3 demands; `+5` or `5 5` is `None`. Too many digits for a u64 saturate,
+/// which is over any body limit.
+fn content_length_value(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0u64, |len, &digit| {
+        len.saturating_mul(10)
+            .saturating_add(u64::from(digit - b'0'))
+    }))
+}
+
 fn header_is(value: &[u8], token: &str) -> bool {
     value
         .split(|&b| b == b',')
@@ -124,15 +143,32 @@ impl Codec for HttpCodec {
         }
         let http10 = parsed.version == Some(0);
         let mut close = http10;
-        let mut body_len = 0usize;
+        let mut content_length = None;
+        // Once a Transfer-Encoding header was seen: whether the final coding named is chunked.
+        let mut ends_chunked = None;
         for header in parsed.headers.iter() {
             if header.name.eq_ignore_ascii_case("content-length") {
-                body_len = std::str::from_utf8(header.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok())
-                    .ok_or_else(|| self.reject(400, "bad Content-Length"))?;
+                for value in header.value.split(|&b| b == b',') {
+                    let len = content_length_value(value)
+                        .ok_or_else(|| self.reject(400, "bad Content-Length"))?;
+                    // Where the body ends must not depend on which value a reader believes:
+                    // trusting the last one answered a request smuggled in the body.
+                    if content_length.is_some_and(|seen| seen != len) {
+                        return Err(self.reject(400, "differing Content-Length values"));
+                    }
+                    content_length = Some(len);
+                }
             } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-                return Err(self.reject(501, "Transfer-Encoding is not supported"));
+                // The headers make one list, whose empty elements name no coding.
+                let named = header
+                    .value
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .rfind(|coding| !coding.is_empty());
+                ends_chunked = Some(match named {
+                    Some(coding) => coding.eq_ignore_ascii_case(b"chunked"),
+                    None => ends_chunked.unwrap_or(false),
+                });
             } else if header.name.eq_ignore_ascii_case("connection") {
                 if header_is(header.value, "close") {
                     close = true;
@@ -141,9 +177,22 @@ impl Codec for HttpCodec {
                 }
             }
         }
-        if body_len > MAX_BODY {
-            return Err(self.reject(413, "body too large"));
+        if let Some(ends_chunked) = ends_chunked {
+            // RFC 9112 section 6.3: with Content-Length too, or when chunked is not the
+            // final coding, the length is unreliable and the request ought to be an error.
+            if content_length.is_some() {
+                return Err(self.reject(400, "Transfer-Encoding with Content-Length"));
+            }
+            if !ends_chunked {
+                return Err(self.reject(400, "Transfer-Encoding not ending in chunked"));
+            }
+            return Err(self.reject(501, "Transfer-Encoding is not supported"));
         }
+        let body_len = match content_length.map(usize::try_from) {
+            None => 0,
+            Some(Ok(len)) if len <= MAX_BODY => len,
+            Some(_) => return Err(self.reject(413, "body too large")),
+        };
         let Some(body) = input.get(head_len..head_len + body_len) else {
             return Ok(None);
         };

@@ -11,6 +11,12 @@
 //! (what redis-benchmark asks at start), QUIT. A wrong type, arity or syntax gets an `-ERR`
 //! reply and the connection stays open; a protocol violation gets an error reply, then a
 //! clean close. The data is shared by every worker, behind sharded locks.
+//!
+//! `SET`'s `EX`/`PX` follow redis-server: an expiry that is not positive, or whose unix time
+//! in milliseconds would overflow an i64, gets `-ERR invalid expire time in 'set' command`
+//! and the key is left as it was; any other is kept, however far (`EX 4294967296` is 136
+//! years). One too far ahead for the platform's `Instant` never comes: on Linux, every valid
+//! expiry fits.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -18,7 +24,7 @@ use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[path = "support/protocol_main.rs"]
 mod protocol_main;
@@ -88,13 +94,53 @@ fn write_value(value: &Value, out: &mut Vec<u8>) {
 }
 
 /// Decodes RESP arrays of bulk strings and inline commands into argument lists.
+///
+/// `decode` is handed every unconsumed byte each time, so an unfinished request comes back
+/// with more bytes after it. Rescanning it from its start each time was quadratic: a 7 MB
+/// multibulk arriving in 64 KiB reads cost seconds. So the codec (each connection has its
+/// own clone) keeps how far it got and what it parsed, and each byte is parsed about once.
 #[derive(Debug, Clone, Default)]
-struct RespCodec;
+struct RespCodec {
+    /// Bytes at the front of the input already dealt with: skipped empty lines and empty
+    /// multibulks, then the part of the current request that is parsed.
+    parsed: usize,
+    request: Partial,
+}
 
-/// Finds the `\r\n`-ended line starting at `at`; returns the line and the index after it.
-fn line_at(input: &[u8], at: usize) -> Option<(&[u8], usize)> {
-    let end = input[at..].windows(2).position(|w| w == b"\r\n")?;
-    Some((&input[at..at + end], at + end + 2))
+/// The request being parsed when `decode` last needed more bytes.
+#[derive(Debug, Clone, Default)]
+enum Partial {
+    /// None started yet: the next one starts at `parsed`.
+    #[default]
+    None,
+    /// An inline command starting at `start`, with no `\n` before `parsed`.
+    Inline { start: usize },
+    /// A multibulk whose header and elements end at `parsed`; `left` elements follow.
+    Multibulk { args: Vec<Vec<u8>>, left: usize },
+}
+
+/// Longest `*N` or `$N` line without its `\r\n`; an i64 fits with room to spare. The cap
+/// keeps looking again at an unended one cheap, and turns endless digits into an error.
+const MAX_LENGTH_LINE: usize = 32;
+
+/// Fewest bytes an element takes (`$0\r\n\r\n`).
+const MIN_ELEMENT: usize = 6;
+
+/// The `*N` or `$N` line at `at` and the index after its `\r\n`, or `None` until that
+/// arrives.
+fn length_line<'a>(
+    input: &'a [u8],
+    at: usize,
+    what: &str,
+) -> Result<Option<(&'a [u8], usize)>, DecodeError> {
+    let window = &input[at..input.len().min(at + MAX_LENGTH_LINE + 2)];
+    match window.windows(2).position(|w| w == b"\r\n") {
+        Some(end) => Ok(Some((&window[..end], at + end + 2))),
+        None if window.len() == MAX_LENGTH_LINE + 2 => {
+            Err(protocol(format!("invalid {what} length")))
+        }
+        None => Ok(None),
+    }
 }
 
 fn protocol(why: impl Into<String>) -> DecodeError {
@@ -108,76 +154,111 @@ fn parse_len(digits: &[u8], what: &str) -> Result<i64, DecodeError> {
         .ok_or_else(|| protocol(format!("invalid {what} length")))
 }
 
+impl RespCodec {
+    /// Parses on from where the previous call stopped; `input` starts with the bytes it saw.
+    fn resume(&mut self, input: &[u8]) -> Result<Option<Decoded<Vec<Vec<u8>>>>, DecodeError> {
+        loop {
+            match &mut self.request {
+                Partial::None => {
+                    let Some(&first) = input.get(self.parsed) else {
+                        return Ok(None);
+                    };
+                    if first != b'*' {
+                        self.request = Partial::Inline { start: self.parsed };
+                        continue;
+                    }
+                    let Some((header, next)) = length_line(input, self.parsed, "multibulk")? else {
+                        return Ok(None);
+                    };
+                    let count = parse_len(&header[1..], "multibulk")?;
+                    if count > MAX_ARGS as i64 {
+                        return Err(protocol("invalid multibulk length"));
+                    }
+                    // `*0` and `*-1` are skipped like empty lines.
+                    self.parsed = next;
+                    if count > 0 {
+                        let left = count as usize;
+                        // Room for what the bytes at hand can hold, not for what the header
+                        // announces: `*1048576\r\n` alone reserved 24 MiB. Pushing grows it.
+                        let fit = (input.len() - next) / MIN_ELEMENT;
+                        let args = Vec::with_capacity(left.min(fit));
+                        self.request = Partial::Multibulk { args, left };
+                    }
+                }
+                Partial::Inline { start } => {
+                    // An inline command, as typed into nc or telnet: up to `\n`, `\r` optional.
+                    let start = *start;
+                    let Some(newline) = input[self.parsed..].iter().position(|&b| b == b'\n')
+                    else {
+                        if input.len() - start > MAX_INLINE {
+                            return Err(protocol("too big inline request"));
+                        }
+                        self.parsed = input.len();
+                        return Ok(None);
+                    };
+                    let next = self.parsed + newline + 1;
+                    let line = &input[start..next - 1];
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let args: Vec<Vec<u8>> = line
+                        .split(|b| b.is_ascii_whitespace())
+                        .filter(|word| !word.is_empty())
+                        .map(<[u8]>::to_vec)
+                        .collect();
+                    if !args.is_empty() {
+                        return Ok(Some((args, next)));
+                    }
+                    // An empty line: nothing to do, look at what follows.
+                    self.parsed = next;
+                    self.request = Partial::None;
+                }
+                Partial::Multibulk { args, left } => {
+                    while *left > 0 {
+                        let Some((bulk_header, after)) = length_line(input, self.parsed, "bulk")?
+                        else {
+                            return Ok(None);
+                        };
+                        if bulk_header.first() != Some(&b'$') {
+                            let got = bulk_header.first().map_or('?', |&b| b as char);
+                            return Err(protocol(format!("expected '$', got '{got}'")));
+                        }
+                        let len = parse_len(&bulk_header[1..], "bulk")?;
+                        if len < 0 || len as usize > MAX_BULK {
+                            return Err(protocol("invalid bulk length"));
+                        }
+                        let end = after + len as usize;
+                        if input.len() < end + 2 {
+                            // Only this element's short header is looked at again.
+                            return Ok(None);
+                        }
+                        if &input[end..end + 2] != b"\r\n" {
+                            return Err(protocol("bulk string not ended by CRLF"));
+                        }
+                        args.push(input[after..end].to_vec());
+                        *left -= 1;
+                        self.parsed = end + 2;
+                    }
+                    return Ok(Some((std::mem::take(args), self.parsed)));
+                }
+            }
+        }
+    }
+}
+
 impl Codec for RespCodec {
     type Request = Vec<Vec<u8>>;
     type Response = Reply;
 
     fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded<Vec<Vec<u8>>>>, DecodeError> {
-        let mut start = 0;
-        loop {
-            if start == input.len() {
-                return Ok(None);
-            }
-            if input[start] != b'*' {
-                // An inline command, as typed into nc or telnet: up to `\n`, `\r` optional.
-                let Some(newline) = input[start..].iter().position(|&b| b == b'\n') else {
-                    if input.len() - start > MAX_INLINE {
-                        return Err(protocol("too big inline request"));
-                    }
-                    return Ok(None);
-                };
-                let next = start + newline + 1;
-                let line = input[start..start + newline]
-                    .strip_suffix(b"\r")
-                    .unwrap_or(&input[start..start + newline]);
-                let args: Vec<Vec<u8>> = line
-                    .split(|b| b.is_ascii_whitespace())
-                    .filter(|word| !word.is_empty())
-                    .map(<[u8]>::to_vec)
-                    .collect();
-                if args.is_empty() {
-                    // An empty line: nothing to do, look at what follows.
-                    start = next;
-                    continue;
-                }
-                return Ok(Some((args, next)));
-            }
-            let Some((header, mut at)) = line_at(input, start) else {
-                return Ok(None);
-            };
-            let count = parse_len(&header[1..], "multibulk")?;
-            if count > MAX_ARGS as i64 {
-                return Err(protocol("invalid multibulk length"));
-            }
-            if count <= 0 {
-                start = at;
-                continue;
-            }
-            let mut args = Vec::with_capacity(count as usize);
-            for _ in 0..count {
-                let Some((bulk_header, after)) = line_at(input, at) else {
-                    return Ok(None);
-                };
-                if bulk_header.first() != Some(&b'$') {
-                    let got = bulk_header.first().map_or('?', |&b| b as char);
-                    return Err(protocol(format!("expected '$', got '{got}'")));
-                }
-                let len = parse_len(&bulk_header[1..], "bulk")?;
-                if len < 0 || len as usize > MAX_BULK {
-                    return Err(protocol("invalid bulk length"));
-                }
-                let end = after + len as usize;
-                if input.len() < end + 2 {
-                    return Ok(None);
-                }
-                if &input[end..end + 2] != b"\r\n" {
-                    return Err(protocol("bulk string not ended by CRLF"));
-                }
-                args.push(input[after..end].to_vec());
-                at = end + 2;
-            }
-            return Ok(Some((args, at)));
+        if input.len() < self.parsed {
+            // Not the input the progress was made on (the framework never does this).
+            *self = RespCodec::default();
         }
+        let decoded = self.resume(input);
+        if !matches!(decoded, Ok(None)) {
+            // The next input starts after this request, or the connection is ending.
+            *self = RespCodec::default();
+        }
+        decoded
     }
 
     fn encode(&mut self, reply: Reply, out: &mut Vec<u8>) -> AfterReply {
@@ -260,23 +341,41 @@ fn parse_int(bytes: &[u8]) -> Option<i64> {
 
 const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
 
+/// When a key set to expire in `amount` units of `unit_ms` milliseconds expires: the rules
+/// of redis-server (see the file's doc), in u64/i64 arithmetic that is checked, never cast
+/// down (a `u32` cast once made `EX 4294967296` expire at once). `Ok(None)`: never.
+fn deadline(amount: i64, unit_ms: i64) -> Result<Option<Instant>, Value> {
+    let invalid = || error("ERR invalid expire time in 'set' command");
+    if amount <= 0 {
+        return Err(invalid());
+    }
+    let ms = amount.checked_mul(unit_ms).ok_or_else(invalid)?;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64);
+    now_ms.checked_add(ms).ok_or_else(invalid)?;
+    Ok(Instant::now().checked_add(Duration::from_millis(ms as u64)))
+}
+
 impl Kv {
     fn set(&self, args: &[Vec<u8>]) -> Value {
         let mut expires = None;
         let mut options = args[2..].iter();
         while let Some(option) = options.next() {
-            let unit = match option.to_ascii_uppercase().as_slice() {
-                b"EX" => Duration::from_secs(1),
-                b"PX" => Duration::from_millis(1),
+            let unit_ms = match option.to_ascii_uppercase().as_slice() {
+                b"EX" => 1000,
+                b"PX" => 1,
                 _ => return error("ERR syntax error"),
             };
             let Some(amount) = options.next() else {
                 return error("ERR syntax error");
             };
-            match parse_int(amount) {
-                Some(n) if n > 0 => expires = Some(Instant::now() + unit * n as u32),
-                Some(_) => return error("ERR invalid expire time in 'set' command"),
-                None => return error(NOT_AN_INTEGER),
+            let Some(amount) = parse_int(amount) else {
+                return error(NOT_AN_INTEGER);
+            };
+            match deadline(amount, unit_ms) {
+                Ok(at) => expires = at,
+                Err(invalid) => return invalid,
             }
         }
         self.store.set(&args[0], args[1].clone(), expires);
@@ -392,7 +491,7 @@ pub fn start(
         .max_in_flight_per_connection(64)
         .idle_timeout(None);
     protocol_main::with_threads(builder, workers, reactors).start(
-        RespCodec,
+        RespCodec::default(),
         Kv {
             store: Store::new(),
         },

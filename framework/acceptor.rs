@@ -11,7 +11,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::handler::Context;
-use crate::reactor::{Inbound, Mailbox};
+use crate::message::{Inbound, Mailbox};
 use crate::stats::Counters;
 use crate::sys::is_resource_exhaustion;
 

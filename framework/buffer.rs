@@ -31,6 +31,11 @@ impl Buffer {
         }
     }
 
+    /// Keeps only the first `len` pending bytes (`len` at most [`len`](Self::len)).
+    pub fn truncate(&mut self, len: usize) {
+        self.bytes.truncate(self.start + len);
+    }
+
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.start = 0;

@@ -1,26 +1,29 @@
-//! One TCP connection as its reactor sees it: buffers, sequence numbers, and the state
-//! machine that decides when to read, what to write, and how to close cleanly.
+//! One connection as its reactor sees it: buffers, sequence numbers, and the state machine
+//! that decides when to read, what to write, and how to close cleanly.
 //!
 //! The rule the whole file serves (the seed's four-way close): a FIN from the peer means
 //! "no more requests", never "drop the replies you owe me"; and the server never closes a
 //! socket with unread input in the kernel, because that makes the kernel send a reset.
+//!
+//! The connection runs over any [`Transport`] and hands requests to any [`Dispatch`], so its
+//! unit tests drive it over an in-memory stream. [`Connection::drive`] makes every bit of
+//! progress there is (dispatch, read, change state, write) until none is left, so what the
+//! connection does depends on its state, never on which event happened to come next.
 
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::io;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
-use mio::net::TcpStream;
-
 use crate::buffer::Buffer;
-use crate::codec::{AfterReply, Codec, DecodeError};
-use crate::handler::{Context, Handler};
-use crate::pool::{self, Job, Reply};
-use crate::reactor::ConnKey;
+use crate::clock;
+use crate::codec::Codec;
+use crate::handler::Context;
+use crate::message::{ConnKey, Job, Reply};
+use crate::message::{Dispatch, Dispatched};
+use crate::pipeline::{EndReason, Pipeline, Room};
 use crate::stats::Counters;
+use crate::sys::Transport;
 
-/// Per-connection limits, copied from the builder.
+/// Per-connection limits, validated by the builder.
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
     pub max_frame: usize,
@@ -66,16 +69,6 @@ enum AfterFlush {
     Linger,
 }
 
-/// Why the server ends a connection.
-#[derive(Debug)]
-pub(crate) enum EndReason {
-    Protocol(DecodeError),
-    HandlerPanicked,
-    CloseRequested,
-    Timeout(&'static str),
-    ServerShutdown,
-}
-
 /// Whether a readiness event may still have something for us. Readiness is edge-triggered:
 /// once the socket is drained nothing more is announced until new data (or room) arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,44 +93,28 @@ pub(crate) enum Step {
     Close,
 }
 
-/// A handler run on the reactor thread (inline mode).
-pub(crate) type InlineHandler<C> =
-    dyn Handler<Request = <C as Codec>::Request, Response = <C as Codec>::Response>;
-
 /// What a connection needs from its reactor while being driven.
-pub(crate) struct Io<'a, C: Codec> {
-    pub jobs: &'a Sender<Job<C::Request>>,
-    /// Set in inline mode: requests are answered here instead of going to the pool.
-    pub inline: Option<&'a InlineHandler<C>>,
-    pub slow_handler: Duration,
+pub(crate) struct Env<'a, C: Codec> {
+    pub dispatch: &'a mut dyn Dispatch<C::Request, C::Response>,
     pub reactor: usize,
     pub counters: &'a Counters,
     pub limits: &'a Limits,
-    pub scratch: &'a mut [u8],
+    /// The reactor's read buffer, shared by its connections.
+    pub scratch: &'a mut Vec<u8>,
     pub now: Instant,
     /// Set while the server shuts down: nothing lingers past it.
     pub drain_deadline: Option<Instant>,
 }
 
 /// One accepted connection.
-pub(crate) struct Connection<C: Codec> {
-    stream: TcpStream,
+pub(crate) struct Connection<C: Codec, S> {
+    stream: S,
     key: ConnKey,
     ctx: Context,
-    codec: C,
     state: State,
     input: Buffer,
     output: Buffer,
-    /// Sequence number of the next request to dispatch.
-    next_seq: u64,
-    /// Sequence number of the next reply to write; `next_seq - write_seq` are in flight.
-    write_seq: u64,
-    /// Replies that came back before an earlier one; index 0 is `write_seq`.
-    reorder: VecDeque<Option<C::Response>>,
-    /// Input bytes of each request in flight, oldest first: a stand-in for the size of the
-    /// replies still to come, so output stays near the high-water mark.
-    request_sizes: VecDeque<usize>,
-    in_flight_bytes: usize,
+    pipeline: Pipeline<C>,
     /// A decoded request the full job queue refused; reading pauses until it is taken.
     stalled: Option<Job<C::Request>>,
     read_readiness: Readiness,
@@ -146,42 +123,42 @@ pub(crate) struct Connection<C: Codec> {
     last_write: Instant,
     /// When the unfinished frame at the front of `input` started arriving.
     partial_since: Option<Instant>,
-    /// The deadline this connection has in the reactor's timer heap.
-    pub(crate) armed: Option<Instant>,
-    /// Bytes last reported to `Counters::bytes_buffered`.
-    accounted: usize,
-    /// A reply arrived and the reactor has this connection on its list to drive.
-    pub(crate) drive_queued: bool,
 }
 
-impl<C: Codec> Connection<C> {
-    pub fn new(stream: TcpStream, key: ConnKey, ctx: Context, codec: C, now: Instant) -> Self {
+impl<C: Codec, S: Transport> Connection<C, S> {
+    pub fn new(
+        stream: S,
+        key: ConnKey,
+        ctx: Context,
+        codec: C,
+        limits: &Limits,
+        now: Instant,
+    ) -> Self {
         Connection {
             stream,
             key,
             ctx,
-            codec,
             state: State::Open,
             input: Buffer::default(),
             output: Buffer::default(),
-            next_seq: 0,
-            write_seq: 0,
-            reorder: VecDeque::new(),
-            request_sizes: VecDeque::new(),
-            in_flight_bytes: 0,
+            pipeline: Pipeline::new(
+                codec,
+                Room {
+                    max_frame: limits.max_frame,
+                    max_in_flight: limits.max_in_flight,
+                    output_high_water: limits.output_high_water,
+                },
+            ),
             stalled: None,
             read_readiness: Readiness::Ready,
             write_readiness: Readiness::Ready,
             last_read: now,
             last_write: now,
             partial_since: None,
-            armed: None,
-            accounted: 0,
-            drive_queued: false,
         }
     }
 
-    pub fn stream(&mut self) -> &mut TcpStream {
+    pub fn stream_mut(&mut self) -> &mut S {
         &mut self.stream
     }
 
@@ -191,11 +168,11 @@ impl<C: Codec> Connection<C> {
 
     /// Requests received so far.
     pub fn requests(&self) -> u64 {
-        self.next_seq
+        self.pipeline.next_seq()
     }
 
     fn in_flight(&self) -> usize {
-        (self.next_seq - self.write_seq) as usize
+        self.pipeline.in_flight()
     }
 
     /// Bytes this connection holds in its buffers, for the stats.
@@ -203,8 +180,9 @@ impl<C: Codec> Connection<C> {
         self.input.len() + self.output.len()
     }
 
-    pub fn accounted_mut(&mut self) -> &mut usize {
-        &mut self.accounted
+    /// Whether this connection holds a request stalled on a full job queue.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.is_some()
     }
 
     /// Readiness reported by the poll; `read_closed` when it also reported the peer's FIN.
@@ -219,31 +197,33 @@ impl<C: Codec> Connection<C> {
         }
     }
 
-    /// A handler finished one of this connection's requests. Nothing is written yet: the
-    /// reactor drives the connection once after taking every reply waiting in its inbox,
-    /// so replies that arrive together leave in one write.
-    pub fn on_reply(&mut self, reply: Reply<C::Response>, counters: &Counters, now: Instant) {
-        let cut = match &self.state {
+    /// Replies for requests at or after this are not written.
+    fn cut(&self) -> u64 {
+        match &self.state {
             State::Open | State::ReadClosed => u64::MAX,
             State::Ending { cut, .. } => *cut,
             _ => 0,
-        };
-        if reply.seq >= cut || reply.seq < self.write_seq {
-            Counters::add(&counters.replies_dropped, 1);
-            return;
         }
+    }
+
+    /// A handler finished one of this connection's requests. It is encoded now if it is next
+    /// in order; it is written by the next [`drive`](Self::drive), which the reactor runs once
+    /// after taking every reply waiting in its inbox, so replies arriving together leave in
+    /// one write.
+    pub fn on_reply(&mut self, reply: Reply<C::Response>, counters: &Counters, now: Instant) {
+        let owed = reply.seq < self.cut() && reply.seq >= self.pipeline.write_seq();
         match reply.outcome {
-            Ok(response) => {
-                let index = (reply.seq - self.write_seq) as usize;
-                if self.reorder.len() <= index {
-                    self.reorder.resize_with(index + 1, || None);
+            Ok(response) if owed => {
+                if self.pipeline.store(reply.seq, response) {
+                    self.encode_ready(counters, now);
                 }
-                self.reorder[index] = Some(response);
-                self.encode_ready(counters, now);
             }
+            Ok(_) => Counters::add(&counters.replies_dropped, 1),
             Err(_) => {
                 Counters::add(&counters.replies_dropped, 1);
-                self.end(reply.seq, EndReason::HandlerPanicked);
+                if owed {
+                    self.end(reply.seq, EndReason::HandlerPanicked);
+                }
             }
         }
     }
@@ -254,16 +234,13 @@ impl<C: Codec> Connection<C> {
             // The write-stall clock starts when there is something to write.
             self.last_write = now;
         }
-        while let Some(Some(_)) = self.reorder.front() {
-            let response = self.reorder.pop_front().flatten().expect("checked above");
-            let seq = self.write_seq;
-            self.write_seq += 1;
-            self.in_flight_bytes -= self.request_sizes.pop_front().unwrap_or(0);
-            Counters::add(&counters.responses, 1);
-            if self.codec.encode(response, self.output.tail()) == AfterReply::Close {
-                self.end(seq + 1, EndReason::CloseRequested);
-                return;
-            }
+        let cut = self.cut();
+        if let Err(reason) = self
+            .pipeline
+            .encode_ready(&mut self.output, cut, &self.ctx, counters)
+        {
+            // Nothing after the last reply written is encoded.
+            self.end(self.pipeline.write_seq(), reason);
         }
     }
 
@@ -280,17 +257,14 @@ impl<C: Codec> Connection<C> {
             State::Ending { then, .. } => then,
             State::Flushing { .. } | State::Lingering { .. } | State::Closed => return,
         };
+        let (id, peer) = (self.ctx.connection_id, self.ctx.peer);
         match &reason {
-            EndReason::Protocol(e) => log::warn!(
-                "connection {} ({}): protocol error: {e}; closing it",
-                self.ctx.connection_id,
-                self.ctx.peer
-            ),
-            EndReason::Timeout(which) => log::info!(
-                "connection {} ({}): {which} timeout; closing it",
-                self.ctx.connection_id,
-                self.ctx.peer
-            ),
+            EndReason::Protocol(e) => {
+                log::warn!("connection {id} ({peer}): protocol error: {e}; closing it")
+            }
+            EndReason::Timeout(which) => {
+                log::info!("connection {id} ({peer}): {which} timeout; closing it")
+            }
             _ => {}
         }
         self.stalled = None;
@@ -299,41 +273,40 @@ impl<C: Codec> Connection<C> {
         self.state = State::Ending { cut, reason, then };
     }
 
-    /// Makes every possible bit of progress: dispatch, read, encode, write, change state.
-    pub fn drive(&mut self, io: &mut Io<'_, C>) -> Step {
-        let mut budget = io.limits.read_per_wakeup;
+    /// Makes every bit of progress there is: dispatch, read, change state, write, and again
+    /// while any of them did something (a write may make room to dispatch or read more, and
+    /// edge-triggered readiness will not announce bytes that were already waiting).
+    pub fn drive(&mut self, env: &mut Env<'_, C>) -> Step {
+        let mut budget = env.limits.read_per_wakeup;
         loop {
-            self.dispatch_buffered(io);
-            let step = self.read(io, &mut budget);
-            self.advance(io);
-            let written = self.write(io);
-            if matches!(self.state, State::Closed) {
+            let mut progress = self.dispatch_buffered(env);
+            progress |= self.read(env, &mut budget);
+            progress |= self.advance(env);
+            progress |= self.write(env);
+            if let State::Closed = self.state {
                 return Step::Close;
             }
-            // Writing may have made room to read again, and edge-triggered readiness will
-            // not announce bytes that were already waiting: go round while that is so.
-            let again = written > 0
-                && step == Step::Wait
-                && self.read_readiness != Readiness::Exhausted
-                && self.wants_input(io.limits);
-            if !again {
-                return step;
+            if !progress {
+                break;
             }
+        }
+        if budget == 0 && self.read_readiness != Readiness::Exhausted && self.wants_input() {
+            Step::Revisit
+        } else {
+            Step::Wait
         }
     }
 
     /// Whether another request may be dispatched: no stalled job, fewer than the in-flight
-    /// limit, and output plus replies to come under the high-water mark.
-    fn has_room(&self, limits: &Limits) -> bool {
-        self.stalled.is_none()
-            && self.in_flight() < limits.max_in_flight
-            && self.output.len() + self.in_flight_bytes < limits.output_high_water
+    /// limit, and output plus the replies to come under the high-water mark.
+    fn has_room(&self) -> bool {
+        self.stalled.is_none() && self.pipeline.has_room(self.output.len())
     }
 
     /// Whether reading now is allowed: the state wants input and no limit is reached.
-    fn wants_input(&self, limits: &Limits) -> bool {
+    fn wants_input(&self) -> bool {
         match self.state {
-            State::Open => self.has_room(limits),
+            State::Open => self.has_room(),
             // Input is discarded there, to keep the kernel buffer empty for a clean close.
             State::Ending { .. } | State::Flushing { .. } | State::Lingering { .. } => true,
             State::ReadClosed | State::Closed => false,
@@ -344,27 +317,30 @@ impl<C: Codec> Connection<C> {
         matches!(self.state, State::Open | State::ReadClosed)
     }
 
-    /// Reads until WouldBlock, a limit, or the end of this wake-up's `budget` of bytes.
-    fn read(&mut self, io: &mut Io<'_, C>, budget: &mut usize) -> Step {
-        while self.read_readiness != Readiness::Exhausted && self.wants_input(io.limits) {
+    /// Reads until WouldBlock, a limit, or the end of this drive's `budget` of bytes.
+    /// Returns whether anything was read (or the stream ended or failed).
+    fn read(&mut self, env: &mut Env<'_, C>, budget: &mut usize) -> bool {
+        let mut progress = false;
+        while self.read_readiness != Readiness::Exhausted && self.wants_input() {
             if *budget == 0 {
-                return Step::Revisit;
+                break;
             }
-            match self.stream.read(io.scratch) {
+            match self.stream.read(env.scratch) {
                 Ok(0) => {
                     self.on_peer_eof();
-                    break;
+                    return true;
                 }
                 Ok(n) => {
+                    progress = true;
                     *budget = budget.saturating_sub(n);
-                    if n < io.scratch.len() && self.read_readiness == Readiness::Ready {
+                    if n < env.scratch.len() && self.read_readiness == Readiness::Ready {
                         // A short read drained the socket: skip the read that would only
                         // say WouldBlock. New data raises a new edge.
                         self.read_readiness = Readiness::Exhausted;
                     }
-                    self.last_read = io.now;
+                    self.last_read = env.now;
                     if self.takes_requests() {
-                        self.take_input(n, io);
+                        self.take_input(n, env);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -372,85 +348,73 @@ impl<C: Codec> Connection<C> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.fail(e, io.counters);
-                    break;
+                    self.fail(e, env.counters);
+                    return true;
                 }
             }
         }
-        Step::Wait
+        progress
     }
 
-    /// Decodes the `n` bytes just read into `io.scratch`, keeping what is left over.
-    fn take_input(&mut self, n: usize, io: &mut Io<'_, C>) {
+    /// Decodes the `n` bytes just read into `env.scratch`, keeping what is left over.
+    fn take_input(&mut self, n: usize, env: &mut Env<'_, C>) {
         if self.input.is_empty() {
             // The common case: decode straight from the scratch buffer, copy only leftovers.
-            let scratch = std::mem::take(&mut io.scratch);
-            let used = self.decode_from(&scratch[..n], io);
+            let scratch = std::mem::take(env.scratch);
+            let used = self.decode_from(&scratch[..n], env);
             if used < n && self.takes_requests() {
                 self.input.tail().extend_from_slice(&scratch[used..n]);
             }
-            io.scratch = scratch;
-            self.track_partial(io.now, used > 0);
+            *env.scratch = scratch;
+            self.track_partial(env.now, used > 0);
         } else {
-            self.input.tail().extend_from_slice(&io.scratch[..n]);
-            self.dispatch_buffered(io);
+            self.input.tail().extend_from_slice(&env.scratch[..n]);
+            self.dispatch_buffered(env);
         }
     }
 
-    /// Dispatches the stalled job, then whatever the input buffer decodes to.
-    fn dispatch_buffered(&mut self, io: &mut Io<'_, C>) {
+    /// Offers the stalled job again, then dispatches whatever the input buffer decodes to.
+    /// Returns whether a request left.
+    fn dispatch_buffered(&mut self, env: &mut Env<'_, C>) -> bool {
+        let mut progress = false;
         if let Some(job) = self.stalled.take() {
-            if !self.send_job(job, io) {
-                return;
+            if !self.send_job(job, env) {
+                return false;
             }
+            progress = true;
         }
         if self.input.is_empty() || !self.takes_requests() {
-            return;
+            return progress;
         }
         let input = std::mem::take(&mut self.input);
-        let used = self.decode_from(input.pending(), io);
+        let used = self.decode_from(input.pending(), env);
         if self.takes_requests() {
             self.input = input;
             self.input.consume(used);
         }
-        self.track_partial(io.now, used > 0);
+        self.track_partial(env.now, used > 0);
+        progress || used > 0
     }
 
     /// Decodes and dispatches requests from `src` while limits allow; returns bytes used.
-    fn decode_from(&mut self, src: &[u8], io: &mut Io<'_, C>) -> usize {
+    fn decode_from(&mut self, src: &[u8], env: &mut Env<'_, C>) -> usize {
         let mut used = 0;
-        while self.has_room(io.limits) && self.takes_requests() {
-            match self.codec.decode(&src[used..]) {
-                Ok(Some((request, consumed))) => {
-                    debug_assert!(consumed > 0, "a codec must consume what it decodes");
-                    let consumed = consumed.clamp(1, src.len() - used);
-                    used += consumed;
-                    self.request_sizes.push_back(consumed);
-                    self.in_flight_bytes += consumed;
+        while used < src.len() && self.has_room() && self.takes_requests() {
+            match self.pipeline.decode(&src[used..], &self.ctx, env.counters) {
+                Ok(Some((request, seq, size))) => {
+                    used += size;
                     let job = Job {
-                        reactor: io.reactor,
+                        reactor: env.reactor,
                         key: self.key,
-                        seq: self.next_seq,
+                        seq,
                         request,
                         ctx: self.ctx,
                     };
-                    self.next_seq += 1;
-                    self.send_job(job, io);
-                }
-                Ok(None) if src.len() - used > io.limits.max_frame => {
-                    // The codec keeps waiting, but no request may be this large.
-                    let error = DecodeError::FrameTooLarge {
-                        size: src.len() - used,
-                        max: io.limits.max_frame,
-                    };
-                    Counters::add(&io.counters.protocol_errors, 1);
-                    self.end(self.next_seq, EndReason::Protocol(error));
-                    break;
+                    self.send_job(job, env);
                 }
                 Ok(None) => break,
-                Err(error) => {
-                    Counters::add(&io.counters.protocol_errors, 1);
-                    self.end(self.next_seq, EndReason::Protocol(error));
+                Err(reason) => {
+                    self.end(self.pipeline.next_seq(), reason);
                     break;
                 }
             }
@@ -458,28 +422,26 @@ impl<C: Codec> Connection<C> {
         used
     }
 
-    /// Hands a job to the pool (a full queue keeps it here and pauses this connection), or
-    /// in inline mode answers it at once.
-    fn send_job(&mut self, job: Job<C::Request>, io: &mut Io<'_, C>) -> bool {
-        if let Some(handler) = io.inline {
-            Counters::add(&io.counters.requests, 1);
-            let reply = pool::run_job(handler, job, io.counters, io.slow_handler);
-            self.on_reply(reply, io.counters, io.now);
-            return true;
-        }
-        match io.jobs.try_send(job) {
-            Ok(()) => {
-                // Counted when the pool has it, so a stalled request dropped with its
-                // connection never shows as in flight.
-                Counters::add(&io.counters.requests, 1);
+    /// Hands a job on (a full queue gives it back and pauses this connection); returns
+    /// whether it was taken.
+    fn send_job(&mut self, job: Job<C::Request>, env: &mut Env<'_, C>) -> bool {
+        match env.dispatch.dispatch(job) {
+            Dispatched::Queued => {
+                // Counted when taken, so a stalled request dropped with its connection
+                // never shows as in flight.
+                Counters::add(&env.counters.requests, 1);
                 true
             }
-            Err(TrySendError::Full(job)) => {
+            Dispatched::Answered(reply) => {
+                Counters::add(&env.counters.requests, 1);
+                self.on_reply(reply, env.counters, env.now);
+                true
+            }
+            Dispatched::Full(job) => {
                 self.stalled = Some(job);
                 false
             }
-            Err(TrySendError::Disconnected(_)) => {
-                // Only while the server is torn down: there is nobody to answer.
+            Dispatched::Gone => {
                 self.state = State::Closed;
                 false
             }
@@ -494,11 +456,6 @@ impl<C: Codec> Connection<C> {
         } else if progressed || self.partial_since.is_none() {
             self.partial_since = Some(now);
         }
-    }
-
-    /// Whether this connection holds a request stalled on a full job queue.
-    pub fn is_stalled(&self) -> bool {
-        self.stalled.is_some()
     }
 
     fn on_peer_eof(&mut self) {
@@ -517,7 +474,12 @@ impl<C: Codec> Connection<C> {
         };
     }
 
+    /// The stream failed (a reset, most often): the connection is closed at once, counted
+    /// once however many calls then fail.
     fn fail(&mut self, error: io::Error, counters: &Counters) {
+        if let State::Closed = self.state {
+            return;
+        }
         Counters::add(&counters.resets, 1);
         log::info!(
             "connection {} ({}): {error}; closing it",
@@ -527,11 +489,17 @@ impl<C: Codec> Connection<C> {
         self.state = State::Closed;
     }
 
-    /// Moves to the next state once the current one has nothing left to wait for.
-    fn advance(&mut self, io: &Io<'_, C>) {
-        if let State::ReadClosed = self.state {
-            let drained = self.in_flight() == 0 && self.has_room(io.limits);
-            if drained {
+    /// Moves to the next state if the current one has nothing left to wait for; returns
+    /// whether it moved.
+    fn advance(&mut self, env: &mut Env<'_, C>) -> bool {
+        match self.state {
+            State::ReadClosed
+                if self.in_flight() == 0
+                    && self.stalled.is_none()
+                    && (self.input.is_empty() || self.has_room()) =>
+            {
+                // Everything decodable was decoded and answered: what is left is the start
+                // of a request that will never be finished.
                 if !self.input.is_empty() {
                     log::debug!(
                         "connection {} ({}): peer closed with {} bytes of an unfinished request",
@@ -540,36 +508,62 @@ impl<C: Codec> Connection<C> {
                         self.input.len()
                     );
                     self.input.clear();
+                    self.partial_since = None;
                 }
                 self.state = State::Flushing {
                     then: AfterFlush::Close,
                 };
             }
-        }
-        if let State::Ending { cut, .. } = self.state {
-            if self.write_seq >= cut {
+            State::Ending { cut, .. } if self.pipeline.write_seq() >= cut => {
                 let State::Ending { reason, then, .. } =
                     std::mem::replace(&mut self.state, State::Closed)
                 else {
                     unreachable!("matched above")
                 };
-                self.reorder.clear();
+                self.pipeline.drop_unwritten(env.counters);
                 if let EndReason::Protocol(error) = &reason {
-                    self.codec.error_reply(error, self.output.tail());
+                    let (ctx, counters) = (&self.ctx, env.counters);
+                    self.pipeline
+                        .error_reply(error, &mut self.output, ctx, counters);
                 }
                 self.state = State::Flushing { then };
             }
+            State::Flushing { then } if self.output.is_empty() => {
+                self.state = match then {
+                    AfterFlush::Close => State::Closed,
+                    AfterFlush::Linger => {
+                        // Our FIN goes out now; the peer still reads everything before it.
+                        let _ = self.stream.shutdown_write();
+                        let until = clock::after(env.now, env.limits.linger);
+                        // The peer's FIN may already be waiting: read until told otherwise.
+                        self.read_readiness = Readiness::ReadyToEof;
+                        State::Lingering {
+                            until: env.drain_deadline.map_or(until, |d| d.min(until)),
+                        }
+                    }
+                };
+            }
+            _ => return false,
         }
+        true
     }
 
-    /// Writes output until WouldBlock, then finishes a flush. Returns the bytes written.
-    fn write(&mut self, io: &mut Io<'_, C>) -> usize {
-        let mut written = 0;
-        while !self.output.is_empty() && self.write_readiness == Readiness::Ready {
+    /// The reactor is dropping this connection: account for what it still held.
+    pub fn release(&mut self, counters: &Counters) {
+        self.pipeline.drop_unwritten(counters);
+    }
+
+    /// Writes output until WouldBlock; returns whether anything was written.
+    fn write(&mut self, env: &mut Env<'_, C>) -> bool {
+        let mut progress = false;
+        while !self.output.is_empty()
+            && self.write_readiness == Readiness::Ready
+            && !matches!(self.state, State::Closed)
+        {
             match self.stream.write(self.output.pending()) {
                 Ok(0) => {
-                    self.fail(io::ErrorKind::WriteZero.into(), io.counters);
-                    return written;
+                    self.fail(io::ErrorKind::WriteZero.into(), env.counters);
+                    break;
                 }
                 Ok(n) => {
                     if n < self.output.len() {
@@ -577,45 +571,25 @@ impl<C: Codec> Connection<C> {
                         self.write_readiness = Readiness::Exhausted;
                     }
                     self.output.consume(n);
-                    self.last_write = io.now;
-                    written += n;
+                    self.last_write = env.now;
+                    progress = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.write_readiness = Readiness::Exhausted;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.fail(e, io.counters);
-                    return written;
+                    self.fail(e, env.counters);
+                    break;
                 }
             }
         }
-        if let State::Flushing { then } = self.state {
-            if self.output.is_empty() {
-                self.state = match then {
-                    AfterFlush::Close => State::Closed,
-                    AfterFlush::Linger => {
-                        // Our FIN goes out now; the peer still reads everything before it.
-                        let _ = self.stream.shutdown(Shutdown::Write);
-                        let until = io.now + io.limits.linger;
-                        State::Lingering {
-                            until: io.drain_deadline.map_or(until, |d| d.min(until)),
-                        }
-                    }
-                };
-                if let State::Lingering { .. } = self.state {
-                    // The peer's FIN may already be in the buffer.
-                    self.read_readiness = Readiness::ReadyToEof;
-                    self.read(io, &mut io.limits.read_per_wakeup.clone());
-                }
-            }
-        }
-        written
+        progress
     }
 
     /// The earliest instant at which a timeout would end this connection.
     pub fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
-        let after = |since: Instant, limit: Option<Duration>| limit.map(|d| since + d);
+        let after = |since: Instant, limit: Option<Duration>| limit.map(|d| clock::after(since, d));
         // Requests in flight or stalled mean the server, not the peer, is the one to wait for.
         let waiting_on_peer = self.in_flight() == 0 && self.stalled.is_none();
         match self.state {
@@ -634,12 +608,10 @@ impl<C: Codec> Connection<C> {
     }
 
     /// A timer fired: ends the connection if one of its deadlines has passed.
-    pub fn on_timer(&mut self, io: &mut Io<'_, C>) -> Step {
-        let Some(deadline) = self.next_deadline(io.limits) else {
-            return Step::Wait;
-        };
-        if deadline > io.now {
-            return Step::Wait;
+    pub fn on_timer(&mut self, env: &mut Env<'_, C>) -> Step {
+        match self.next_deadline(env.limits) {
+            Some(deadline) if deadline <= env.now => {}
+            _ => return Step::Wait,
         }
         if let State::Lingering { .. } = self.state {
             // The end of a lingering close, not a timeout of the connection: it was
@@ -647,7 +619,7 @@ impl<C: Codec> Connection<C> {
             self.state = State::Closed;
             return Step::Close;
         }
-        Counters::add(&io.counters.timeouts, 1);
+        Counters::add(&env.counters.timeouts, 1);
         if !self.output.is_empty() {
             log::info!(
                 "connection {} ({}): peer stopped reading (write-stall timeout); closing it",
@@ -662,13 +634,17 @@ impl<C: Codec> Connection<C> {
         } else {
             "idle"
         };
-        self.end(self.next_seq, EndReason::Timeout(which));
-        self.drive(io)
+        self.end(self.pipeline.next_seq(), EndReason::Timeout(which));
+        self.drive(env)
     }
 
     /// The server is shutting down: finish what is in flight, then close.
-    pub fn shut_down(&mut self, io: &mut Io<'_, C>) -> Step {
-        self.end(self.next_seq, EndReason::ServerShutdown);
-        self.drive(io)
+    pub fn shut_down(&mut self, env: &mut Env<'_, C>) -> Step {
+        self.end(self.pipeline.next_seq(), EndReason::ServerShutdown);
+        self.drive(env)
     }
 }
+
+#[cfg(test)]
+#[path = "connection_tests.rs"]
+mod tests;

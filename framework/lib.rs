@@ -43,23 +43,38 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+// Layers, lowest first; a module imports only from layers below its own:
+//   sys, clock, buffer, stats, codec, handler   (no crate imports but these)
+//   message       the types that cross threads: ConnKey, Job, Reply, Inbound, Mailbox
+//   pipeline      one connection's requests in flight and the guarded codec calls
+//   connection    the per-connection state machine over any Read + Write stream
+//   timers, pool, acceptor
+//   reactor       owns connections, timers, dispatch to the pool
+//   handle        ServerHandle, ShutdownTrigger, StatsReader: the running server
+//   server        Builder: settings, validation, starting the threads
 mod acceptor;
 mod buffer;
+mod clock;
 mod codec;
 mod connection;
+mod handle;
 mod handler;
+mod message;
+mod pipeline;
 mod pool;
 mod reactor;
 mod server;
 mod stats;
 mod sys;
+mod timers;
 
 pub use codec::{
     AfterReply, Codec, DecodeError, Decoded, LengthPrefixedCodec, LineCodec, RawCodec,
     DEFAULT_MAX_FRAME,
 };
+pub use handle::{ServerHandle, ShutdownTrigger, StatsReader};
 pub use handler::{handler_fn, Context, Handler, HandlerFn};
-pub use server::{Builder, ServerHandle, ShutdownTrigger, StatsReader};
+pub use server::Builder;
 pub use stats::Stats;
 
 /// The README's Rust examples compile as doc tests.

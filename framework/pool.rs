@@ -1,41 +1,18 @@
 //! The worker pool: threads that take jobs from one bounded queue, run the handler (which may
 //! block) and post the response to the reactor that owns the connection.
 
-use std::any::Any;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::handler::{Context, Handler};
-use crate::reactor::{ConnKey, Inbound, Mailbox};
+use crate::handler::{panic_message, Handler};
+use crate::message::{HandlerPanicked, Inbound, Job, Mailbox, Reply};
 use crate::stats::Counters;
-
-/// One request on its way to a worker.
-pub(crate) struct Job<Req> {
-    /// Index of the reactor that owns the connection, where the reply goes.
-    pub reactor: usize,
-    pub key: ConnKey,
-    /// Position of the request on its connection; replies are written in this order.
-    pub seq: u64,
-    pub request: Req,
-    pub ctx: Context,
-}
-
-/// A handler's answer, on its way back to the reactor.
-pub(crate) struct Reply<Resp> {
-    pub key: ConnKey,
-    pub seq: u64,
-    /// `Err` when the handler panicked: the connection is closed.
-    pub outcome: Result<Resp, HandlerPanicked>,
-}
-
-/// The handler panicked while serving a request.
-#[derive(Debug)]
-pub(crate) struct HandlerPanicked;
+use crate::sys::Spawn;
 
 /// Running worker threads; dropped senders of `exited` tell when they have all stopped.
 pub(crate) struct Pool {
@@ -68,23 +45,29 @@ impl<H: Handler> Clone for WorkerShared<H> {
 
 impl Pool {
     /// Starts `count` workers. They run until every sender of the job queue is dropped and
-    /// the queue is empty.
+    /// the queue is empty. When a thread cannot start, returns the error with the workers
+    /// that did start, to be joined once the job senders are dropped.
     pub fn spawn<H: Handler>(
         count: usize,
         thread_name: &str,
         shared: WorkerShared<H>,
-    ) -> io::Result<Pool> {
+        spawn: &mut Spawn<'_>,
+    ) -> Result<Pool, (io::Error, Pool)> {
         let (exit_guard, exited) = crossbeam_channel::bounded::<()>(0);
-        let mut workers = Vec::with_capacity(count);
+        let mut pool = Pool {
+            workers: Vec::with_capacity(count),
+            exited,
+        };
         for i in 0..count {
             let shared = shared.clone();
             let guard = exit_guard.clone();
-            let worker = thread::Builder::new()
-                .name(format!("{thread_name}-worker-{i}"))
-                .spawn(move || run_worker(shared, guard))?;
-            workers.push(worker);
+            let name = format!("{thread_name}-worker-{i}");
+            match spawn(name, Box::new(move || run_worker(shared, guard))) {
+                Ok(worker) => pool.workers.push(worker),
+                Err(error) => return Err((error, pool)),
+            }
         }
-        Ok(Pool { workers, exited })
+        Ok(pool)
     }
 
     /// Waits until every worker has stopped or `deadline` passes. Returns how many workers
@@ -159,14 +142,4 @@ pub(crate) fn run_job<H: Handler + ?Sized>(
         HandlerPanicked
     });
     Reply { key, seq, outcome }
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "non-string panic payload"
-    }
 }

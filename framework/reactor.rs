@@ -1,23 +1,24 @@
 //! A reactor: one thread with a mio `Poll` that owns a set of connections. It reads, decodes,
 //! dispatches to the pool, and writes the replies that come back through its [`Mailbox`].
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::acceptor::AcceptGate;
 use crate::codec::Codec;
-use crate::connection::{Connection, InlineHandler, Io, Limits, Step};
-use crate::handler::Context;
-use crate::pool::{Job, Reply};
+use crate::connection::{Connection, Env, Limits, Step};
+use crate::handler::{Context, Handler};
+use crate::message::{
+    ConnKey, Dispatch, Dispatched, EventKey, Inbound, Job, Mailbox, Reply, WakeFlag,
+};
+use crate::pool;
 use crate::stats::Counters;
+use crate::timers::Timers;
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -25,75 +26,64 @@ const WAKER: Token = Token(usize::MAX);
 /// refused, when no reply of its own is due to wake it earlier.
 const STALL_RETRY: Duration = Duration::from_millis(5);
 
-/// Names a connection slot and the generation of its current occupant, so a reply or an
-/// event for a connection that closed is never applied to a later one in the same slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ConnKey {
-    slot: u32,
-    generation: u32,
-}
+/// A handler run on the reactor thread (inline mode).
+pub(crate) type InlineHandler<C> =
+    dyn Handler<Request = <C as Codec>::Request, Response = <C as Codec>::Response>;
 
-impl ConnKey {
-    fn token(self) -> Token {
-        // On 32-bit targets the generation is cut off and only the slot check remains.
-        Token(((u64::from(self.generation) << 32) | u64::from(self.slot)) as usize)
-    }
+/// Where requests go: the pool's job queue.
+struct ToPool<'a, Req>(&'a Sender<Job<Req>>);
 
-    fn from_token(token: Token) -> ConnKey {
-        let raw = token.0 as u64;
-        ConnKey {
-            slot: raw as u32,
-            generation: (raw >> 32) as u32,
+impl<Req, Resp> Dispatch<Req, Resp> for ToPool<'_, Req> {
+    fn dispatch(&mut self, job: Job<Req>) -> Dispatched<Req, Resp> {
+        match self.0.try_send(job) {
+            Ok(()) => Dispatched::Queued,
+            Err(TrySendError::Full(job)) => Dispatched::Full(job),
+            // Only while the server is torn down: there is nobody to answer.
+            Err(TrySendError::Disconnected(_)) => Dispatched::Gone,
         }
     }
 }
 
-/// What other threads send a reactor.
-pub(crate) enum Inbound<Resp> {
-    /// A handler's reply.
-    Reply(Reply<Resp>),
-    /// A connection from the acceptor.
-    Connection(TcpStream, Context),
-    /// Stop: finish in-flight requests, flush, close; force-close what is left at `deadline`.
-    Shutdown { deadline: Instant },
+/// Where requests go in inline mode: the handler, on this thread.
+struct Inline<'a, C: Codec> {
+    handler: &'a InlineHandler<C>,
+    counters: &'a Counters,
+    slow_handler: Duration,
 }
 
-/// The sending side of a reactor's inbox, with coalesced wake-ups: a sender wakes the
-/// reactor only when no wake-up is pending, so a burst of replies costs one `Waker::wake`.
-pub(crate) struct Mailbox<Resp> {
-    tx: Sender<Inbound<Resp>>,
-    waker: Arc<Waker>,
-    wake_pending: Arc<AtomicBool>,
-}
-
-impl<Resp> Mailbox<Resp> {
-    /// Posts a message; fails only when the reactor has exited.
-    pub fn send(&self, message: Inbound<Resp>) -> Result<(), Inbound<Resp>> {
-        self.tx.send(message).map_err(|e| e.into_inner())?;
-        // The reactor keeps the flag set while it is awake and drains its inbox on every
-        // turn; it clears the flag just before it sleeps and then drains once more. With a
-        // fence on both sides, a message that last drain missed sees the flag cleared here.
-        fence(Ordering::SeqCst);
-        if !self.wake_pending.swap(true, Ordering::SeqCst) {
-            if let Err(e) = self.waker.wake() {
-                log::error!("cannot wake reactor: {e}");
-            }
-        }
-        Ok(())
+impl<C: Codec> Dispatch<C::Request, C::Response> for Inline<'_, C> {
+    fn dispatch(&mut self, job: Job<C::Request>) -> Dispatched<C::Request, C::Response> {
+        Dispatched::Answered(pool::run_job(
+            self.handler,
+            job,
+            self.counters,
+            self.slow_handler,
+        ))
     }
+}
+
+/// An open connection and what the reactor keeps about it.
+struct Entry<C: Codec> {
+    conn: Connection<C, TcpStream>,
+    /// The deadline of this connection's entry in the reactor's timers.
+    armed: Option<Instant>,
+    /// Bytes last reported to `Counters::bytes_buffered`.
+    accounted: usize,
+    /// A reply arrived and the connection is on the reactor's list to drive.
+    drive_queued: bool,
 }
 
 struct Slot<C: Codec> {
     generation: u32,
-    conn: Option<Connection<C>>,
+    entry: Option<Entry<C>>,
 }
 
 /// The connection `key` names, if it is still open: same slot, same generation.
-fn live_conn<C: Codec>(slots: &mut [Slot<C>], key: ConnKey) -> Option<&mut Connection<C>> {
+fn live_entry<C: Codec>(slots: &mut [Slot<C>], key: ConnKey) -> Option<&mut Entry<C>> {
     slots
         .get_mut(key.slot as usize)
         .filter(|slot| slot.generation == key.generation)
-        .and_then(|slot| slot.conn.as_mut())
+        .and_then(|slot| slot.entry.as_mut())
 }
 
 /// Everything a reactor thread owns.
@@ -101,12 +91,11 @@ pub(crate) struct Reactor<C: Codec> {
     index: usize,
     poll: Poll,
     inbox: Receiver<Inbound<C::Response>>,
-    wake_pending: Arc<AtomicBool>,
+    wake_flag: WakeFlag,
     slots: Vec<Slot<C>>,
     free: Vec<u32>,
     live: usize,
-    /// Deadlines, earliest first; an entry is stale unless it equals its connection's `armed`.
-    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    timers: Timers,
     /// Connections that hit the per-wake-up read cap and still have input.
     revisit: Vec<ConnKey>,
     /// Connections holding a request the full job queue refused.
@@ -147,21 +136,16 @@ impl<C: Codec> Reactor<C> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, inbox) = crossbeam_channel::unbounded();
-        let wake_pending = Arc::new(AtomicBool::new(false));
-        let mailbox = Mailbox {
-            tx,
-            waker,
-            wake_pending: Arc::clone(&wake_pending),
-        };
+        let (mailbox, wake_flag) = Mailbox::new(tx, waker);
         let reactor = Reactor {
             index,
             poll,
             inbox,
-            wake_pending,
+            wake_flag,
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
-            timers: BinaryHeap::new(),
+            timers: Timers::new(Arc::clone(&parts.counters)),
             revisit: Vec::new(),
             stalled: Vec::new(),
             replied: Vec::new(),
@@ -172,7 +156,7 @@ impl<C: Codec> Reactor<C> {
             counters: parts.counters,
             gate: parts.gate,
             limits: parts.limits,
-            scratch: vec![0; parts.read_buffer.max(1)],
+            scratch: vec![0; parts.read_buffer],
             log_level: parts.log_level,
             draining: None,
             now: Instant::now(),
@@ -187,15 +171,14 @@ impl<C: Codec> Reactor<C> {
             let mut timeout = self.poll_timeout();
             if timeout != Some(Duration::ZERO) {
                 // About to sleep: from now on a reply must wake us.
-                self.wake_pending.store(false, Ordering::SeqCst);
-                fence(Ordering::SeqCst);
+                self.wake_flag.about_to_sleep();
                 if self.drain_inbox() {
                     timeout = Some(Duration::ZERO);
                 }
             }
             let polled = self.poll.poll(&mut events, timeout);
             // Awake: replies are picked up below without a wake-up each.
-            self.wake_pending.store(true, Ordering::SeqCst);
+            self.wake_flag.awake();
             self.now = Instant::now();
             if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -208,19 +191,21 @@ impl<C: Codec> Reactor<C> {
                 if event.token() == WAKER {
                     continue;
                 }
-                let key = ConnKey::from_token(event.token());
+                let Some(key) = self.key_for(EventKey::from_token(event.token())) else {
+                    continue;
+                };
                 let readable = event.is_readable();
                 // An error is reported by the next read or write; make sure one happens.
                 let read_closed = event.is_read_closed() || event.is_error();
                 let writable = event.is_writable() || event.is_write_closed() || event.is_error();
-                self.with_conn(key, |conn, io| {
+                self.with_conn(key, |conn, env| {
                     conn.on_event(readable, read_closed, writable);
-                    conn.drive(io)
+                    conn.drive(env)
                 });
             }
             self.drain_inbox();
             for key in std::mem::take(&mut self.revisit) {
-                self.with_conn(key, |conn, io| conn.drive(io));
+                self.with_conn(key, |conn, env| conn.drive(env));
             }
             self.retry_stalled();
             self.fire_timers();
@@ -237,12 +222,23 @@ impl<C: Codec> Reactor<C> {
         log::debug!("reactor {} stopped", self.index);
     }
 
+    /// The connection an event is for, if it is still open.
+    fn key_for(&self, event: EventKey) -> Option<ConnKey> {
+        let slot = self.slots.get(event.slot as usize)?;
+        slot.entry.as_ref()?;
+        let key = ConnKey {
+            slot: event.slot,
+            generation: slot.generation,
+        };
+        event.matches(key).then_some(key)
+    }
+
     fn poll_timeout(&self) -> Option<Duration> {
         if !self.revisit.is_empty() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
-        let mut until = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let mut until = self.timers.next();
         if let Some(deadline) = self.draining {
             until = Some(until.map_or(deadline, |at| at.min(deadline)));
         }
@@ -251,7 +247,7 @@ impl<C: Codec> Reactor<C> {
             timeout = Some(timeout.map_or(STALL_RETRY, |t| t.min(STALL_RETRY)));
         }
         // Round up so a timer is not polled for just before it is due, over and over.
-        timeout.map(|t| t + Duration::from_micros(500))
+        timeout.map(|t| t.saturating_add(Duration::from_micros(500)))
     }
 
     /// Handles every message waiting in the inbox; returns whether there was any. Replies
@@ -267,24 +263,21 @@ impl<C: Codec> Reactor<C> {
             }
         }
         for key in std::mem::take(&mut self.replied) {
-            self.with_conn(key, |conn, io| {
-                conn.drive_queued = false;
-                conn.drive(io)
-            });
+            self.with_conn(key, |conn, env| conn.drive(env));
         }
         any
     }
 
     fn apply_reply(&mut self, reply: Reply<C::Response>) {
         let key = reply.key;
-        let Some(conn) = live_conn(&mut self.slots, key) else {
+        let Some(entry) = live_entry(&mut self.slots, key) else {
             Counters::add(&self.counters.replies_dropped, 1);
             log::trace!("dropped a reply for a connection that closed");
             return;
         };
-        conn.on_reply(reply, &self.counters, self.now);
-        if !conn.drive_queued {
-            conn.drive_queued = true;
+        entry.conn.on_reply(reply, &self.counters, self.now);
+        if !entry.drive_queued {
+            entry.drive_queued = true;
             self.replied.push(key);
         }
     }
@@ -295,7 +288,7 @@ impl<C: Codec> Reactor<C> {
             None => {
                 self.slots.push(Slot {
                     generation: 0,
-                    conn: None,
+                    entry: None,
                 });
                 (self.slots.len() - 1) as u32
             }
@@ -321,74 +314,83 @@ impl<C: Codec> Reactor<C> {
             ctx.connection_id,
             ctx.peer
         );
-        let conn = Connection::new(stream, key, ctx, self.codec.clone(), self.now);
-        self.slots[slot as usize].conn = Some(conn);
+        let conn = Connection::new(stream, key, ctx, self.codec.clone(), &self.limits, self.now);
+        self.slots[slot as usize].entry = Some(Entry {
+            conn,
+            armed: None,
+            accounted: 0,
+            drive_queued: false,
+        });
         self.live += 1;
         if self.draining.is_some() {
-            self.with_conn(key, |conn, io| conn.shut_down(io));
+            self.with_conn(key, |conn, env| conn.shut_down(env));
         } else {
             // The peer may have sent its request before we registered: read now.
-            self.with_conn(key, |conn, io| conn.drive(io));
+            self.with_conn(key, |conn, env| conn.drive(env));
         }
     }
 
     fn begin_shutdown(&mut self, deadline: Instant) {
         self.draining = Some(deadline);
-        let keys: Vec<ConnKey> = self.live_keys().collect();
-        for key in keys {
-            self.with_conn(key, |conn, io| conn.shut_down(io));
+        for key in self.live_keys() {
+            self.with_conn(key, |conn, env| conn.shut_down(env));
         }
     }
 
-    fn live_keys(&self) -> impl Iterator<Item = ConnKey> + '_ {
-        self.slots.iter().enumerate().filter_map(|(slot, s)| {
-            s.conn.as_ref().map(|_| ConnKey {
+    fn live_keys(&self) -> Vec<ConnKey> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.entry.is_some())
+            .map(|(slot, s)| ConnKey {
                 slot: slot as u32,
                 generation: s.generation,
             })
-        })
+            .collect()
     }
 
     fn retry_stalled(&mut self) {
-        if self.stalled.is_empty() {
-            return;
-        }
         for key in std::mem::take(&mut self.stalled) {
-            self.with_conn(key, |conn, io| conn.drive(io));
+            self.with_conn(key, |conn, env| conn.drive(env));
         }
     }
 
     fn fire_timers(&mut self) {
-        let now = self.now;
-        while let Some(Reverse((at, slot, generation))) = self.timers.peek().copied() {
-            if at > now {
-                break;
+        while let Some(key) = self.timers.pop_due(self.now) {
+            if let Some(entry) = live_entry(&mut self.slots, key) {
+                // Its entry is gone: the connection is asked for its next deadline below.
+                entry.armed = None;
             }
-            self.timers.pop();
-            let key = ConnKey { slot, generation };
-            self.with_conn(key, |conn, io| {
-                if conn.armed != Some(at) {
-                    return Step::Wait;
-                }
-                conn.armed = None;
-                conn.on_timer(io)
-            });
+            self.with_conn(key, |conn, env| conn.on_timer(env));
         }
     }
 
     /// Runs `f` on the connection `key` names, if it is still there, then applies the
-    /// step it returns. Returns whether the connection was found.
-    fn with_conn<F>(&mut self, key: ConnKey, f: F) -> bool
+    /// step it returns: the stats' buffered-bytes gauge, closing, revisiting, the stalled
+    /// list, and the connection's timer.
+    fn with_conn<F>(&mut self, key: ConnKey, f: F)
     where
-        F: FnOnce(&mut Connection<C>, &mut Io<'_, C>) -> Step,
+        F: FnOnce(&mut Connection<C, TcpStream>, &mut Env<'_, C>) -> Step,
     {
-        let Some(conn) = live_conn(&mut self.slots, key) else {
-            return false;
+        let Some(entry) = live_entry(&mut self.slots, key) else {
+            return;
         };
-        let mut io = Io {
-            jobs: &self.jobs,
-            inline: self.inline.as_deref(),
-            slow_handler: self.slow_handler,
+        entry.drive_queued = false;
+        let mut to_pool = ToPool(&self.jobs);
+        let mut inline;
+        let dispatch: &mut dyn Dispatch<C::Request, C::Response> = match &self.inline {
+            Some(handler) => {
+                inline = Inline::<C> {
+                    handler: &**handler,
+                    counters: &self.counters,
+                    slow_handler: self.slow_handler,
+                };
+                &mut inline
+            }
+            None => &mut to_pool,
+        };
+        let mut env = Env {
+            dispatch,
             reactor: self.index,
             counters: &self.counters,
             limits: &self.limits,
@@ -396,61 +398,55 @@ impl<C: Codec> Reactor<C> {
             now: self.now,
             drain_deadline: self.draining,
         };
-        let step = f(conn, &mut io);
-        // Keep the stats' buffered-bytes gauge current.
-        let buffered = conn.buffered();
-        let accounted = conn.accounted_mut();
-        if buffered > *accounted {
+        let step = f(&mut entry.conn, &mut env);
+        let buffered = entry.conn.buffered();
+        if buffered > entry.accounted {
             Counters::add(
                 &self.counters.bytes_buffered,
-                (buffered - *accounted) as u64,
+                (buffered - entry.accounted) as u64,
             );
         } else {
             Counters::sub(
                 &self.counters.bytes_buffered,
-                (*accounted - buffered) as u64,
+                (entry.accounted - buffered) as u64,
             );
         }
-        *accounted = buffered;
+        entry.accounted = buffered;
         match step {
             Step::Close => {
                 self.close(key);
-                return true;
+                return;
             }
             Step::Revisit => self.revisit.push(key),
             Step::Wait => {}
         }
-        if conn.is_stalled() {
+        if entry.conn.is_stalled() {
             self.stalled.push(key);
         }
-        if let Some(deadline) = conn.next_deadline(&self.limits) {
-            if conn.armed.is_none_or(|armed| deadline < armed) {
-                conn.armed = Some(deadline);
-                self.timers
-                    .push(Reverse((deadline, key.slot, key.generation)));
-            }
-        }
-        true
+        let deadline = entry.conn.next_deadline(&self.limits);
+        self.timers.arm(key, &mut entry.armed, deadline);
     }
 
     fn close(&mut self, key: ConnKey) {
         let slot = &mut self.slots[key.slot as usize];
-        let Some(mut conn) = slot.conn.take() else {
+        let Some(mut entry) = slot.entry.take() else {
             return;
         };
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(key.slot);
         self.live -= 1;
-        let _ = self.poll.registry().deregister(conn.stream());
-        Counters::sub(&self.counters.bytes_buffered, *conn.accounted_mut() as u64);
+        self.timers.disarm(key, &mut entry.armed);
+        let _ = self.poll.registry().deregister(entry.conn.stream_mut());
+        Counters::sub(&self.counters.bytes_buffered, entry.accounted as u64);
+        entry.conn.release(&self.counters);
         log::log!(
             self.log_level,
             "connection {} from {} closed after {} requests",
-            conn.ctx().connection_id,
-            conn.ctx().peer,
-            conn.requests()
+            entry.conn.ctx().connection_id,
+            entry.conn.ctx().peer,
+            entry.conn.requests()
         );
-        drop(conn);
+        drop(entry);
         self.counters_closed();
     }
 
@@ -460,7 +456,7 @@ impl<C: Codec> Reactor<C> {
     }
 
     fn force_close_all(&mut self) {
-        let keys: Vec<ConnKey> = self.live_keys().collect();
+        let keys = self.live_keys();
         if !keys.is_empty() {
             log::warn!(
                 "reactor {}: shutdown deadline passed; closing {} connections",

@@ -1,25 +1,27 @@
-//! Starting and stopping a server: the [`Builder`], the running server's [`ServerHandle`],
-//! and the [`ShutdownTrigger`] another thread (a signal handler) can use to stop it.
+//! Configuring and starting a server: the [`Builder`], its settings checked before any
+//! thread starts, and the wiring of acceptor, reactors and workers.
 
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::thread;
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::acceptor::{AcceptGate, Acceptor};
+use crate::acceptor::Acceptor;
 use crate::codec::Codec;
 #[cfg(doc)]
 use crate::codec::DecodeError;
-use crate::connection::{InlineHandler, Limits};
+use crate::connection::Limits;
+use crate::handle::{Running, ServerHandle, ShutdownTrigger, StatsReader, Threads};
 use crate::handler::Handler;
-use crate::pool::{Job, Pool, WorkerShared};
-use crate::reactor::{Inbound, Mailbox, Reactor, ReactorParts};
-use crate::stats::{Counters, Stats};
+use crate::message::Mailbox;
+use crate::pool::{Pool, WorkerShared};
+use crate::reactor::{InlineHandler, Reactor, ReactorParts};
+use crate::stats::Counters;
+use crate::sys::{spawn_thread, Spawn};
 
 enum Listen {
     Addr(io::Result<Vec<SocketAddr>>),
@@ -27,6 +29,9 @@ enum Listen {
 }
 
 /// Configures and starts a server. Every option has a default, given in its documentation.
+/// Settings are checked by [`start`](Builder::start): one that cannot work (a zero count or
+/// size) makes it fail with [`io::ErrorKind::InvalidInput`] naming the setting. Durations may
+/// be as large as you like: `Duration::MAX` means "never".
 ///
 /// ```no_run
 /// use reactor_pool::{handler_fn, Builder, Context, LineCodec};
@@ -38,11 +43,13 @@ enum Listen {
 /// handle.join();
 /// # Ok::<(), std::io::Error>(())
 /// ```
+#[must_use = "a Builder does nothing until start or serve is called"]
 pub struct Builder {
     listen: Listen,
+    trigger: Option<ShutdownTrigger>,
     workers: usize,
     reactors: usize,
-    backlog: i32,
+    backlog: u32,
     reuse_port: bool,
     max_connections: usize,
     job_queue_capacity: usize,
@@ -56,6 +63,10 @@ pub struct Builder {
     limits: Limits,
 }
 
+/// Room above the built-in codecs' maximum frame for framing bytes, so the connection's
+/// backstop never rejects a frame the codec accepts.
+const FRAMING_ALLOWANCE: usize = 64 * 1024;
+
 fn default_parallelism() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -64,6 +75,7 @@ impl Builder {
     fn new(listen: Listen) -> Self {
         Builder {
             listen,
+            trigger: None,
             workers: 4 * default_parallelism(),
             reactors: 1,
             backlog: 1024,
@@ -78,7 +90,7 @@ impl Builder {
             batch_scheduling: true,
             inline: false,
             limits: Limits {
-                max_frame: 1 << 20,
+                max_frame: crate::codec::DEFAULT_MAX_FRAME + FRAMING_ALLOWANCE,
                 max_in_flight: 32,
                 output_high_water: 256 * 1024,
                 read_per_wakeup: 256 * 1024,
@@ -107,20 +119,20 @@ impl Builder {
     /// Worker threads that run the handler. Default: 4 × the available cores. Size it to
     /// how many handler calls may block at once. Ignored with [`Builder::inline`].
     pub fn workers(mut self, n: usize) -> Self {
-        self.workers = n.max(1);
+        self.workers = n;
         self
     }
 
     /// Reactor threads that own the sockets. Default: 1. Connections are spread over them
     /// round-robin.
     pub fn reactors(mut self, n: usize) -> Self {
-        self.reactors = n.max(1);
+        self.reactors = n;
         self
     }
 
     /// The listen backlog when this builder binds the socket. Default: 1024.
     pub fn backlog(mut self, n: u32) -> Self {
-        self.backlog = i32::try_from(n).unwrap_or(i32::MAX);
+        self.backlog = n;
         self
     }
 
@@ -136,30 +148,34 @@ impl Builder {
     /// Connections open at once. At the limit the server stops accepting (newcomers wait in
     /// the listen backlog) and resumes when one closes. Default: 10,000.
     pub fn max_connections(mut self, n: usize) -> Self {
-        self.max_connections = n.max(1);
+        self.max_connections = n;
         self
     }
 
-    /// The most bytes of one request a connection buffers: input beyond this without the
-    /// codec producing a request is a [`DecodeError::FrameTooLarge`] protocol error. This
-    /// bounds memory whatever the codec; the built-in codecs also check their own maximum.
-    /// Default: 1 MiB.
+    /// The most bytes of one unfinished request a connection buffers, its framing (length
+    /// prefix, line ending, headers) included: input beyond this without the codec producing
+    /// a request is a [`DecodeError::FrameTooLarge`] protocol error. This bounds memory
+    /// whatever the codec. It is a backstop: keep it above your codec's own maximum plus its
+    /// framing, so the codec's check is the one that applies and a request at the codec's
+    /// limit is accepted however TCP splits it. Default: 1 MiB + 64 KiB (the built-in codecs'
+    /// [`DEFAULT_MAX_FRAME`](crate::DEFAULT_MAX_FRAME) plus room for framing). Zero is
+    /// invalid.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
-        self.limits.max_frame = bytes.max(1);
+        self.limits.max_frame = bytes;
         self
     }
 
     /// Requests of one connection handed to the pool and not yet answered. At the limit the
     /// server stops reading that connection until a reply is written. Default: 32.
     pub fn max_in_flight_per_connection(mut self, n: usize) -> Self {
-        self.limits.max_in_flight = n.max(1);
+        self.limits.max_in_flight = n;
         self
     }
 
     /// Requests waiting for a worker, over all connections. When the queue is full, a
     /// connection with a new request stops being read until there is room. Default: 1024.
     pub fn job_queue_capacity(mut self, n: usize) -> Self {
-        self.job_queue_capacity = n.max(1);
+        self.job_queue_capacity = n;
         self
     }
 
@@ -168,20 +184,20 @@ impl Builder {
     /// replies still to come, so a connection's output stays under this mark plus one read.
     /// Default: 256 KiB.
     pub fn output_high_water(mut self, bytes: usize) -> Self {
-        self.limits.output_high_water = bytes.max(1);
+        self.limits.output_high_water = bytes;
         self
     }
 
     /// Size of the buffer each `read()` fills (one per reactor). Default: 64 KiB.
     pub fn read_buffer(mut self, bytes: usize) -> Self {
-        self.read_buffer = bytes.max(1);
+        self.read_buffer = bytes;
         self
     }
 
     /// Bytes read from one connection per readiness event before the reactor turns to the
     /// others, so one busy peer cannot starve the rest. Default: 256 KiB.
     pub fn read_per_wakeup(mut self, bytes: usize) -> Self {
-        self.limits.read_per_wakeup = bytes.max(1);
+        self.limits.read_per_wakeup = bytes;
         self
     }
 
@@ -270,13 +286,53 @@ impl Builder {
         self
     }
 
+    /// The trigger that stops this server: firing it makes [`ServerHandle::join`] and
+    /// [`Builder::serve`] shut the server down gracefully and return. Create it first, hand
+    /// a clone to whatever decides when to stop (a signal-handling thread), then start.
+    /// Default: a new trigger, which [`ServerHandle::shutdown_trigger`] returns.
+    pub fn shutdown_trigger(mut self, trigger: ShutdownTrigger) -> Self {
+        self.trigger = Some(trigger);
+        self
+    }
+
+    /// Checks every setting; names the first that cannot work.
+    fn validate(&self) -> io::Result<()> {
+        let positive = [
+            ("workers", if self.inline { 1 } else { self.workers }),
+            ("reactors", self.reactors),
+            ("max_connections", self.max_connections),
+            ("job_queue_capacity", self.job_queue_capacity),
+            ("read_buffer", self.read_buffer),
+            ("read_per_wakeup", self.limits.read_per_wakeup),
+            ("max_frame_size", self.limits.max_frame),
+            ("max_in_flight_per_connection", self.limits.max_in_flight),
+            ("output_high_water", self.limits.output_high_water),
+        ];
+        for (setting, value) in positive {
+            if value == 0 {
+                return Err(invalid(format!("{setting} must be at least 1")));
+            }
+        }
+        if i32::try_from(self.backlog).is_err() {
+            return Err(invalid(format!(
+                "backlog must be at most {}, not {}",
+                i32::MAX,
+                self.backlog
+            )));
+        }
+        if self.thread_name.contains('\0') {
+            return Err(invalid("thread_name must not contain a NUL byte".into()));
+        }
+        Ok(())
+    }
+
     fn listener(&mut self) -> io::Result<StdListener> {
         match std::mem::replace(&mut self.listen, Listen::Addr(Ok(Vec::new()))) {
             Listen::Listener(listener) => Ok(listener),
             Listen::Addr(addrs) => {
                 let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
                 for addr in addrs? {
-                    match bind(addr, self.backlog, self.reuse_port) {
+                    match bind(addr, self.backlog as i32, self.reuse_port) {
                         Ok(listener) => return Ok(listener),
                         Err(e) => last = e,
                     }
@@ -287,11 +343,32 @@ impl Builder {
     }
 
     /// Binds (unless given a listener), starts every thread, and returns at once.
-    pub fn start<C, H>(mut self, codec: C, handler: H) -> io::Result<ServerHandle>
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::InvalidInput`] naming the setting when one cannot work; the error of
+    /// binding or listening; or the error of creating a poll or starting a thread, in which
+    /// case every thread already started is stopped and joined before this returns.
+    pub fn start<C, H>(self, codec: C, handler: H) -> io::Result<ServerHandle>
     where
         C: Codec,
         H: Handler<Request = C::Request, Response = C::Response>,
     {
+        self.start_with(codec, handler, &mut spawn_thread)
+    }
+
+    /// [`start`](Builder::start) with the thread spawner given, so a test can make it fail.
+    fn start_with<C, H>(
+        mut self,
+        codec: C,
+        handler: H,
+        spawn: &mut Spawn<'_>,
+    ) -> io::Result<ServerHandle>
+    where
+        C: Codec,
+        H: Handler<Request = C::Request, Response = C::Response>,
+    {
+        self.validate()?;
         let std_listener = self.listener()?;
         std_listener.set_nonblocking(true)?;
         let local_addr = std_listener.local_addr()?;
@@ -327,66 +404,85 @@ impl Builder {
             reactors.push(reactor);
             mailboxes.push(mailbox);
         }
-        // Only reactors hold job senders: when the last reactor exits, the workers finish
-        // the queue and exit too.
+        // Only reactors hold job senders: when the last reactor exits (or is dropped unstarted)
+        // the workers finish the queue and exit too.
         drop(jobs_tx);
         let mailboxes: Arc<[Mailbox<C::Response>]> = mailboxes.into();
 
-        let pool = Pool::spawn(
-            if self.inline { 0 } else { self.workers },
-            &self.thread_name,
-            WorkerShared {
-                handler,
-                jobs: jobs_rx.clone(),
-                mailboxes: Arc::clone(&mailboxes),
-                counters: Arc::clone(&counters),
-                slow_handler: self.slow_handler,
-                batch_scheduling: self.batch_scheduling,
-            },
-        )?;
-        let mut reactor_threads = Vec::with_capacity(reactors.len());
+        let workers = if self.inline { 0 } else { self.workers };
+        let shared = WorkerShared {
+            handler,
+            jobs: jobs_rx.clone(),
+            mailboxes: Arc::clone(&mailboxes),
+            counters: Arc::clone(&counters),
+            slow_handler: self.slow_handler,
+            batch_scheduling: self.batch_scheduling,
+        };
+        let pool = match Pool::spawn(workers, &self.thread_name, shared, spawn) {
+            Ok(pool) => pool,
+            Err((error, started)) => {
+                // Dropping the unstarted reactors drops every job sender: the workers exit.
+                drop(reactors);
+                started.join(crate::clock::after(
+                    std::time::Instant::now(),
+                    self.shutdown_timeout,
+                ));
+                return Err(error);
+            }
+        };
+        let mut threads = Box::new(Threads {
+            gate,
+            acceptor: None,
+            reactors: Vec::with_capacity(reactors.len()),
+            mailboxes,
+            pool,
+            jobs: jobs_rx.clone(),
+            counters: Arc::clone(&counters),
+            timeout: self.shutdown_timeout,
+        });
         let batch_scheduling = self.batch_scheduling;
         for (index, reactor) in reactors.into_iter().enumerate() {
-            reactor_threads.push(
-                thread::Builder::new()
-                    .name(format!("{}-reactor-{index}", self.thread_name))
-                    .spawn(move || {
-                        if batch_scheduling {
-                            crate::sys::prefer_batch_scheduling();
-                        }
-                        reactor.run()
-                    })?,
-            );
+            let name = format!("{}-reactor-{index}", self.thread_name);
+            let run = Box::new(move || {
+                if batch_scheduling {
+                    crate::sys::prefer_batch_scheduling();
+                }
+                reactor.run()
+            });
+            // A reactor that could not start was dropped with its job sender; the others
+            // are told to stop below, so the workers see every sender gone.
+            match spawn(name, run) {
+                Ok(thread) => threads.reactors.push(thread),
+                Err(error) => return Err(stopped(threads, error)),
+            }
         }
-        let acceptor_mailboxes = Arc::clone(&mailboxes);
-        let acceptor_thread = thread::Builder::new()
-            .name(format!("{}-acceptor", self.thread_name))
-            .spawn(move || acceptor.run(acceptor_mailboxes))?;
+        let acceptor_mailboxes = Arc::clone(&threads.mailboxes);
+        let name = format!("{}-acceptor", self.thread_name);
+        match spawn(name, Box::new(move || acceptor.run(acceptor_mailboxes))) {
+            Ok(thread) => threads.acceptor = Some(thread),
+            Err(error) => return Err(stopped(threads, error)),
+        }
 
-        let (trigger_tx, triggered) = crossbeam_channel::bounded(1);
         log::debug!("listening on {local_addr}");
-        let queue = jobs_rx.clone();
+        let queue = jobs_rx;
         Ok(ServerHandle {
             local_addr,
             stats: StatsReader {
                 counters,
                 queue_depth: Arc::new(move || queue.len()),
             },
-            threads: Box::new(Threads {
-                gate,
-                acceptor: acceptor_thread,
-                reactors: reactor_threads,
-                mailboxes,
-                pool,
-                jobs: jobs_rx,
-                timeout: self.shutdown_timeout,
-            }),
-            trigger: ShutdownTrigger { tx: trigger_tx },
-            triggered,
+            threads: Some(threads),
+            trigger: self.trigger.unwrap_or_default(),
         })
     }
 
-    /// Starts the server and blocks until a [`ShutdownTrigger`] stops it.
+    /// Starts the server and blocks until its [`ShutdownTrigger`] fires (give one with
+    /// [`Builder::shutdown_trigger`], and fire it from a signal-handling thread, say), then
+    /// shuts down gracefully as [`ServerHandle::shutdown`] does and returns.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Builder::start).
     pub fn serve<C, H>(self, codec: C, handler: H) -> io::Result<()>
     where
         C: Codec,
@@ -395,6 +491,17 @@ impl Builder {
         self.start(codec, handler)?.join();
         Ok(())
     }
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+/// Starting failed part-way: stops and joins what did start, and returns `error`.
+fn stopped<R: Running + 'static>(threads: Box<R>, error: io::Error) -> io::Error {
+    log::error!("cannot start a server thread: {error}; stopping the threads already started");
+    threads.stop();
+    error
 }
 
 fn bind(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<StdListener> {
@@ -418,154 +525,5 @@ impl fmt::Debug for Builder {
             .field("job_queue_capacity", &self.job_queue_capacity)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
-    }
-}
-
-/// The threads of a running server, behind a trait object so the handle is not generic.
-trait Running: Send {
-    /// Stops accepting, drains, closes and joins; returns workers still stuck in a handler.
-    fn stop(self: Box<Self>) -> usize;
-}
-
-struct Threads<Req, Resp> {
-    gate: Arc<AcceptGate>,
-    acceptor: JoinHandle<()>,
-    reactors: Vec<JoinHandle<()>>,
-    mailboxes: Arc<[Mailbox<Resp>]>,
-    pool: Pool,
-    jobs: Receiver<Job<Req>>,
-    timeout: Duration,
-}
-
-/// Reads a running server's counters from any thread; from [`ServerHandle::stats_reader`].
-#[derive(Clone)]
-pub struct StatsReader {
-    counters: Arc<Counters>,
-    queue_depth: Arc<dyn Fn() -> usize + Send + Sync>,
-}
-
-impl StatsReader {
-    /// A snapshot of the server's live counters.
-    pub fn stats(&self) -> Stats {
-        self.counters.snapshot((self.queue_depth)())
-    }
-}
-
-impl fmt::Debug for StatsReader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StatsReader").finish_non_exhaustive()
-    }
-}
-
-impl<Req: Send, Resp: Send> Running for Threads<Req, Resp> {
-    fn stop(self: Box<Self>) -> usize {
-        let Threads {
-            gate,
-            acceptor,
-            reactors,
-            mailboxes,
-            pool,
-            jobs,
-            timeout,
-        } = *self;
-        gate.stop();
-        // The acceptor is the only thread that touches the listener: once it is joined the
-        // listening socket is closed and no connection can arrive.
-        let _ = acceptor.join();
-        let deadline = Instant::now() + timeout;
-        for mailbox in mailboxes.iter() {
-            let _ = mailbox.send(Inbound::Shutdown { deadline });
-        }
-        for reactor in reactors {
-            let _ = reactor.join();
-        }
-        // Jobs still queued have no connection left to answer: skip them.
-        while jobs.try_recv().is_ok() {}
-        pool.join(deadline)
-    }
-}
-
-/// A running server: its address, its counters, and the way to stop it.
-///
-/// Dropping the handle leaves the server running in the background until the process exits.
-pub struct ServerHandle {
-    local_addr: SocketAddr,
-    stats: StatsReader,
-    threads: Box<dyn Running>,
-    trigger: ShutdownTrigger,
-    triggered: Receiver<()>,
-}
-
-impl ServerHandle {
-    /// The address the server accepts on (with the real port when bound to port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// A snapshot of the server's live counters.
-    pub fn stats(&self) -> Stats {
-        self.stats.stats()
-    }
-
-    /// A cloneable reader of the counters, for a thread that reports them.
-    pub fn stats_reader(&self) -> StatsReader {
-        self.stats.clone()
-    }
-
-    /// A cloneable trigger that makes [`join`](ServerHandle::join) shut the server down; for a
-    /// signal-handling thread, say.
-    pub fn shutdown_trigger(&self) -> ShutdownTrigger {
-        self.trigger.clone()
-    }
-
-    /// Shuts the server down gracefully and waits for it:
-    ///
-    /// 1. the listener closes at once (new connections are refused);
-    /// 2. each connection stops taking requests; requests already handed to the pool finish
-    ///    and their replies are written; then the connection closes cleanly (our FIN, input
-    ///    drained so the peer sees no reset);
-    /// 3. at the shutdown timeout ([`Builder::shutdown_timeout`]) whatever is left is closed,
-    ///    and every thread is joined — except workers still blocked in a handler past the
-    ///    deadline, which are left to finish on their own (and logged).
-    pub fn shutdown(self) {
-        let stuck = self.threads.stop();
-        if stuck > 0 {
-            log::warn!(
-                "shutdown: {stuck} workers still in a handler past the deadline; left running"
-            );
-        }
-        log::debug!("server on {} stopped", self.local_addr);
-    }
-
-    /// Blocks until a [`ShutdownTrigger`] fires, then shuts down as
-    /// [`shutdown`](ServerHandle::shutdown) does.
-    pub fn join(self) {
-        // The handle keeps a trigger itself, so this waits for a message, never a disconnect.
-        let _ = self.triggered.recv();
-        self.shutdown();
-    }
-}
-
-impl fmt::Debug for ServerHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerHandle")
-            .field("local_addr", &self.local_addr)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Makes a server's [`ServerHandle::join`] return after a graceful shutdown. Cheap to clone;
-/// firing it more than once is harmless.
-#[derive(Clone, Debug)]
-pub struct ShutdownTrigger {
-    tx: Sender<()>,
-}
-
-impl ShutdownTrigger {
-    /// Asks the server to shut down.
-    pub fn fire(&self) {
-        match self.tx.try_send(()) {
-            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
-        }
     }
 }

@@ -17,6 +17,7 @@ pub(crate) struct Counters {
     pub accept_errors: AtomicU64,
     pub resets: AtomicU64,
     pub replies_dropped: AtomicU64,
+    pub timers: AtomicU64,
 }
 
 impl Counters {
@@ -50,6 +51,7 @@ impl Counters {
             accept_errors: self.accept_errors.load(Relaxed),
             resets: self.resets.load(Relaxed),
             replies_dropped,
+            timers: self.timers.load(Relaxed),
         }
     }
 }
@@ -81,7 +83,7 @@ pub struct Stats {
     pub protocol_errors: u64,
     /// Connections closed by a timeout (idle, partial frame, write stall, drain deadline).
     pub timeouts: u64,
-    /// Handler calls that panicked.
+    /// Calls of user code (handler or codec) that panicked.
     pub panics: u64,
     /// Handler calls that ran longer than the slow-handler threshold.
     pub slow_handlers: u64,
@@ -90,6 +92,8 @@ pub struct Stats {
     /// Connections the peer reset or that failed with an I/O error.
     pub resets: u64,
     /// Responses dropped unwritten: their connection had closed or was ending, or the
-    /// handler panicked.
+    /// handler or codec panicked.
     pub replies_dropped: u64,
+    /// Timer entries the reactors hold: at most one per open connection.
+    pub timers: u64,
 }

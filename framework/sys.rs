@@ -2,7 +2,21 @@
 //! `unsafe` code (one system call that no well-kept crate wraps on its own). Sockets go
 //! through mio and socket2.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::thread::{self, JoinHandle};
+
+/// Starts a named thread; the server starts every thread through one of these, so a test
+/// can stand in a spawner that fails.
+pub(crate) type Spawn<'a> =
+    dyn FnMut(String, Box<dyn FnOnce() + Send>) -> io::Result<JoinHandle<()>> + 'a;
+
+/// The real [`Spawn`]: a named OS thread.
+pub(crate) fn spawn_thread(
+    name: String,
+    run: Box<dyn FnOnce() + Send>,
+) -> io::Result<JoinHandle<()>> {
+    thread::Builder::new().name(name).spawn(run)
+}
 
 /// Whether a failed `accept()` means the process or system is out of descriptors or
 /// memory (EMFILE, ENFILE, ENOBUFS, ENOMEM). Retrying such an error at once would spin:
@@ -61,5 +75,17 @@ pub(crate) fn prefer_batch_scheduling() {
         if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
             log::warn!("cannot put server threads under SCHED_BATCH: {e}");
         }
+    }
+}
+
+/// A byte stream the connection reads and writes, and whose write side it can shut down.
+pub(crate) trait Transport: Read + Write {
+    /// Sends our FIN; the peer can still send to us.
+    fn shutdown_write(&mut self) -> io::Result<()>;
+}
+
+impl Transport for mio::net::TcpStream {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
     }
 }

@@ -1,0 +1,641 @@
+//! The connection state machine driven over an in-memory stream: every state transition,
+//! short reads and writes at every byte, and the regressions of the hardening issue.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::codec::{AfterReply, Codec, DecodeError, Decoded, LengthPrefixedCodec, LineCodec};
+use crate::message::{Dispatch, Dispatched, HandlerPanicked};
+
+/// The peer's end of an in-memory connection, as the server's socket sees it.
+#[derive(Default)]
+struct MemStream {
+    /// Bytes the peer sent that the server has not read.
+    incoming: VecDeque<u8>,
+    /// The peer sent FIN after `incoming`.
+    peer_fin: bool,
+    /// The next read fails with a reset.
+    reset: bool,
+    /// Most bytes one read returns (0: no limit).
+    read_chunk: usize,
+    /// Bytes the socket buffer takes before WouldBlock.
+    room: usize,
+    /// Most bytes one write takes (0: no limit).
+    write_chunk: usize,
+    /// What the server wrote, in order.
+    sent: Vec<u8>,
+    /// The server shut down its write side (sent FIN).
+    fin_sent: bool,
+}
+
+impl Read for MemStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.reset {
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        if self.incoming.is_empty() {
+            return if self.peer_fin {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        }
+        let mut n = buf.len().min(self.incoming.len());
+        if self.read_chunk > 0 {
+            n = n.min(self.read_chunk);
+        }
+        for (slot, byte) in buf.iter_mut().zip(self.incoming.drain(..n)) {
+            *slot = byte;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for MemStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        assert!(!self.fin_sent, "write after shutdown(Write)");
+        if self.reset {
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        let mut n = buf.len().min(self.room);
+        if self.write_chunk > 0 {
+            n = n.min(self.write_chunk);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.room -= n;
+        self.sent.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for MemStream {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.fin_sent = true;
+        Ok(())
+    }
+}
+
+/// A stand-in for the pool: keeps the jobs; refuses them while `full`.
+struct Jobs<Req> {
+    queued: Vec<Job<Req>>,
+    full: bool,
+}
+
+impl<Req, Resp> Dispatch<Req, Resp> for Jobs<Req> {
+    fn dispatch(&mut self, job: Job<Req>) -> Dispatched<Req, Resp> {
+        if self.full {
+            return Dispatched::Full(job);
+        }
+        self.queued.push(job);
+        Dispatched::Queued
+    }
+}
+
+/// A line codec whose user code misbehaves on cue: decoding `panic` panics, encoding
+/// `panic` panics, and a reply `close` ends the connection.
+#[derive(Clone)]
+struct Cues(LineCodec);
+
+impl Codec for Cues {
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded<Vec<u8>>>, DecodeError> {
+        assert!(!input.starts_with(b"panic\n"), "decode cue");
+        self.0.decode(input)
+    }
+    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+        output.extend_from_slice(b"partial");
+        assert!(response != b"panic", "encode cue");
+        output.truncate(output.len() - 7);
+        let close = response == b"close";
+        self.0.encode(response, output);
+        if close {
+            AfterReply::Close
+        } else {
+            AfterReply::KeepOpen
+        }
+    }
+    fn error_reply(&mut self, error: &DecodeError, output: &mut Vec<u8>) {
+        output.extend_from_slice(format!("ERR {error}\n").as_bytes());
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_frame: 1 << 20,
+        max_in_flight: 32,
+        output_high_water: 1024,
+        read_per_wakeup: 1 << 20,
+        linger: Duration::from_secs(2),
+        idle_timeout: Some(Duration::from_secs(60)),
+        partial_frame_timeout: Some(Duration::from_secs(30)),
+        write_stall_timeout: Some(Duration::from_secs(30)),
+    }
+}
+
+/// One connection, its peer's stream, and a stand-in pool.
+struct Harness<C: Codec> {
+    conn: Connection<C, MemStream>,
+    jobs: Jobs<C::Request>,
+    counters: Counters,
+    limits: Limits,
+    scratch: Vec<u8>,
+    now: Instant,
+    step: Step,
+}
+
+impl<C: Codec> Harness<C> {
+    fn new(codec: C, limits: Limits) -> Self {
+        let now = Instant::now();
+        let stream = MemStream {
+            room: usize::MAX,
+            ..MemStream::default()
+        };
+        let ctx = Context {
+            peer: SocketAddr::from(([127, 0, 0, 1], 7500)),
+            connection_id: 1,
+        };
+        let key = ConnKey {
+            slot: 0,
+            generation: 0,
+        };
+        Harness {
+            conn: Connection::new(stream, key, ctx, codec, &limits, now),
+            jobs: Jobs {
+                queued: Vec::new(),
+                full: false,
+            },
+            counters: Counters::default(),
+            limits,
+            scratch: vec![0; 64 * 1024],
+            now,
+            step: Step::Wait,
+        }
+    }
+
+    fn with<R>(
+        &mut self,
+        f: impl FnOnce(&mut Connection<C, MemStream>, &mut Env<'_, C>) -> R,
+    ) -> R {
+        let mut env = Env {
+            dispatch: &mut self.jobs,
+            reactor: 0,
+            counters: &self.counters,
+            limits: &self.limits,
+            scratch: &mut self.scratch,
+            now: self.now,
+            drain_deadline: None,
+        };
+        f(&mut self.conn, &mut env)
+    }
+
+    /// A readiness event for whatever the stream has, then a drive, as the reactor does;
+    /// again while the drive took some of the input (bytes still waiting after a short read
+    /// arrived later, so the kernel announces them with a new edge).
+    fn event(&mut self) -> Step {
+        loop {
+            let (fin, waiting) = (self.stream().peer_fin, self.stream().incoming.len());
+            self.conn.on_event(true, fin, true);
+            self.step = self.with(|conn, env| conn.drive(env));
+            let left = self.stream().incoming.len();
+            if self.step == Step::Close || left == 0 || left == waiting {
+                return self.step;
+            }
+        }
+    }
+
+    fn stream(&mut self) -> &mut MemStream {
+        self.conn.stream_mut()
+    }
+
+    fn peer_sends(&mut self, bytes: &[u8]) -> Step {
+        self.stream().incoming.extend(bytes);
+        self.event()
+    }
+
+    fn peer_fin(&mut self) -> Step {
+        self.stream().peer_fin = true;
+        self.event()
+    }
+
+    /// Workers answer every queued job with `answer(request)`, in the order given by `order`
+    /// (indices into the queue, a permutation), then the reactor drives the connection.
+    fn answer_in(&mut self, order: &[usize], answer: impl Fn(C::Request) -> C::Response) -> Step {
+        let mut jobs: Vec<Option<Job<C::Request>>> = std::mem::take(&mut self.jobs.queued)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for &i in order {
+            let job = jobs[i].take().expect("each job answered once");
+            let reply = Reply {
+                key: job.key,
+                seq: job.seq,
+                outcome: Ok(answer(job.request)),
+            };
+            self.conn.on_reply(reply, &self.counters, self.now);
+        }
+        self.jobs.queued = jobs.into_iter().flatten().collect();
+        self.step = self.with(|conn, env| conn.drive(env));
+        self.step
+    }
+
+    fn answer_all(&mut self, answer: impl Fn(C::Request) -> C::Response) -> Step {
+        let order: Vec<usize> = (0..self.jobs.queued.len()).collect();
+        self.answer_in(&order, answer)
+    }
+
+    fn sent(&mut self) -> String {
+        String::from_utf8_lossy(&self.stream().sent).into_owned()
+    }
+
+    fn state(&self) -> &'static str {
+        match self.conn.state {
+            State::Open => "Open",
+            State::ReadClosed => "ReadClosed",
+            State::Ending { .. } => "Ending",
+            State::Flushing { .. } => "Flushing",
+            State::Lingering { .. } => "Lingering",
+            State::Closed => "Closed",
+        }
+    }
+
+    fn stats(&self) -> crate::Stats {
+        self.counters.snapshot(0)
+    }
+}
+
+fn upper(line: Vec<u8>) -> Vec<u8> {
+    line.to_ascii_uppercase()
+}
+
+fn lines() -> Harness<LineCodec> {
+    Harness::new(LineCodec::new(), limits())
+}
+
+#[test]
+fn open_decodes_dispatches_and_writes_replies_in_request_order() {
+    let mut h = lines();
+    h.peer_sends(b"a\nb\nc\n");
+    assert_eq!(
+        (h.state(), h.jobs.queued.len()),
+        ("Open", 2),
+        "two fit before a reply"
+    );
+    h.answer_in(&[1, 0], upper);
+    assert_eq!(h.sent(), "A\nB\n");
+    h.answer_all(upper);
+    assert_eq!((h.sent().as_str(), h.state()), ("A\nB\nC\n", "Open"));
+    assert_eq!(h.stats().in_flight, 0);
+}
+
+#[test]
+fn read_closed_answers_what_was_received_then_closes() {
+    let mut h = lines();
+    h.stream().incoming.extend(b"a\nb");
+    assert_eq!(h.peer_fin(), Step::Wait);
+    assert_eq!(h.state(), "ReadClosed");
+    assert_eq!(h.answer_all(upper), Step::Close);
+    assert_eq!(h.sent(), "A\n", "the unfinished `b` gets nothing");
+    assert!(!h.stream().fin_sent, "our FIN is the close itself");
+}
+
+#[test]
+fn ending_writes_owed_replies_then_the_error_reply_then_lingers_until_the_peer_fin() {
+    let mut h = Harness::new(Cues(LineCodec::with_max_frame(4)), limits());
+    h.peer_sends(b"ok\ntoolong\n");
+    assert_eq!(h.state(), "Ending");
+    assert_eq!(h.sent(), "", "the owed reply comes first");
+    h.answer_all(|r| r);
+    assert_eq!(h.state(), "Lingering");
+    assert_eq!(
+        h.sent(),
+        "ok\nERR frame of 7 bytes exceeds the maximum of 4\n"
+    );
+    assert!(h.stream().fin_sent);
+    assert_eq!(h.peer_sends(b"more input is discarded"), Step::Wait);
+    assert_eq!(h.peer_fin(), Step::Close);
+}
+
+#[test]
+fn flushing_waits_for_room_and_lingering_ends_at_its_deadline() {
+    let mut h = lines();
+    h.stream().room = 2;
+    h.peer_sends(b"abcd\n");
+    h.answer_all(upper);
+    h.with(|conn, env| conn.shut_down(env));
+    assert_eq!(h.state(), "Flushing");
+    h.stream().room = usize::MAX;
+    h.event();
+    assert_eq!((h.state(), h.sent().as_str()), ("Lingering", "ABCD\n"));
+    h.now += Duration::from_secs(3);
+    assert_eq!(h.with(|conn, env| conn.on_timer(env)), Step::Close);
+    assert_eq!(
+        h.stats().timeouts,
+        0,
+        "the end of a linger is not a timeout"
+    );
+}
+
+/// Regression (bug 4): a reset was counted by the read and again by the write.
+#[test]
+fn a_reset_with_output_pending_is_counted_once() {
+    let mut h = lines();
+    h.stream().room = 1;
+    h.peer_sends(b"a\n");
+    h.answer_all(upper);
+    h.stream().reset = true;
+    assert_eq!(h.event(), Step::Close);
+    assert_eq!(h.stats().resets, 1);
+}
+
+#[test]
+fn short_reads_at_every_byte_still_give_every_reply_in_order() {
+    let input = b"one\ntwo\r\nthree\nfour\n";
+    for chunk in 1..=input.len() {
+        let mut h = lines();
+        h.stream().read_chunk = chunk;
+        h.stream().incoming.extend(input);
+        h.stream().peer_fin = true;
+        for _ in 0..100 {
+            if h.event() == Step::Close || h.answer_all(upper) == Step::Close {
+                break;
+            }
+        }
+        assert_eq!(
+            h.sent(),
+            "ONE\nTWO\nTHREE\nFOUR\n",
+            "reads of {chunk} bytes"
+        );
+        assert_eq!(h.step, Step::Close);
+    }
+}
+
+#[test]
+fn short_writes_at_every_byte_still_write_everything_then_close() {
+    let want = "ALPHA\nBETA\n";
+    for chunk in 1..=want.len() {
+        let mut h = lines();
+        h.stream().write_chunk = chunk;
+        h.stream().room = chunk;
+        h.stream().incoming.extend(b"alpha\nbeta\n");
+        h.stream().peer_fin = true;
+        h.event();
+        h.answer_all(upper);
+        h.answer_all(upper);
+        for _ in 0..100 {
+            if h.step == Step::Close {
+                break;
+            }
+            h.stream().room = chunk;
+            h.event();
+        }
+        assert_eq!((h.sent().as_str(), h.step), (want, Step::Close), "{chunk}");
+    }
+}
+
+/// Regression (bug 11): after a half-close, a reply over the high-water mark was written
+/// but nothing drove the connection to its FIN.
+#[test]
+fn half_close_after_a_reply_over_the_high_water_mark_still_closes() {
+    let mut h = lines();
+    h.stream().room = 100;
+    h.stream().incoming.extend(b"big\n");
+    h.peer_fin();
+    h.answer_all(|_| vec![b'x'; 5000]);
+    assert_eq!(h.state(), "Flushing");
+    h.stream().room = usize::MAX;
+    assert_eq!(h.event(), Step::Close);
+    assert_eq!(h.stream().sent.len(), 5001);
+}
+
+/// Regression (bug 12): a request pipelined behind a reply over the high-water mark was
+/// never dispatched once writing made room.
+#[test]
+fn a_request_pipelined_behind_a_reply_over_the_mark_is_answered() {
+    let mut h = lines();
+    h.stream().room = 100;
+    // A request as large as the mark, then a small one, in one write.
+    let mut input = vec![b'x'; 2000];
+    input.extend_from_slice(b"\nping\n");
+    h.peer_sends(&input);
+    assert_eq!(h.jobs.queued.len(), 1, "the large request fills the room");
+    h.answer_all(|r| r);
+    assert!(
+        h.jobs.queued.is_empty(),
+        "output over the mark pauses dispatch"
+    );
+    h.stream().room = usize::MAX;
+    h.event();
+    assert_eq!(
+        h.jobs.queued.len(),
+        1,
+        "writing made room: `ping` is dispatched"
+    );
+    h.answer_all(|r| r);
+    assert!(h.sent().ends_with("xx\nping\n"));
+}
+
+/// Regression (bug 9): small requests with large replies pinned the in-flight limit's
+/// worth of large replies when the peer stopped reading.
+#[test]
+fn replies_larger_than_requests_keep_output_near_the_high_water_mark() {
+    let mut h = lines();
+    h.stream().room = 0;
+    h.peer_sends(&b"get\n".repeat(32));
+    for _ in 0..32 {
+        h.answer_all(|_| vec![b'v'; 4096]);
+    }
+    let buffered = h.conn.buffered();
+    assert!(
+        buffered <= 2 * 4097 + 32 * 4,
+        "{buffered} bytes buffered for a peer that reads nothing"
+    );
+    assert_eq!(h.stats().responses, 2);
+}
+
+/// Regression (bug 3): replies already back when a reply closed the connection were never
+/// counted, so `in_flight` stayed above zero.
+#[test]
+fn replies_after_a_closing_reply_are_counted_as_dropped() {
+    let mut h = Harness::new(Cues(LineCodec::new()), limits());
+    h.peer_sends(b"close\nafter\n");
+    h.answer_in(&[1, 0], |r| r);
+    assert_eq!(h.sent(), "close\n");
+    assert_eq!(h.state(), "Lingering");
+    let stats = h.stats();
+    assert_eq!(
+        (stats.in_flight, stats.replies_dropped),
+        (0, 1),
+        "{stats:?}"
+    );
+}
+
+/// Regression (bug 1): a panic in the codec killed the reactor; now it ends its connection
+/// after the replies owed before it.
+#[test]
+fn a_panic_in_decode_ends_only_the_connection_after_its_owed_replies() {
+    let mut h = Harness::new(Cues(LineCodec::new()), limits());
+    h.peer_sends(b"a\npanic\n");
+    assert_eq!(h.state(), "Ending");
+    h.answer_all(|r| r);
+    assert_eq!((h.sent().as_str(), h.state()), ("a\n", "Lingering"));
+    assert_eq!(h.stats().panics, 1);
+}
+
+#[test]
+fn a_panic_in_encode_drops_its_half_written_reply_and_ends_the_connection() {
+    let mut h = Harness::new(Cues(LineCodec::new()), limits());
+    h.peer_sends(b"a\nb\n");
+    h.answer_in(&[1], |r| r);
+    h.answer_in(&[0], |_| b"panic".to_vec());
+    assert_eq!((h.sent().as_str(), h.state()), ("", "Lingering"));
+    let stats = h.stats();
+    assert_eq!((stats.panics, stats.in_flight), (1, 0), "{stats:?}");
+}
+
+/// Regression (bug 1, `clamp(1, 0)`): a codec that claims to use no bytes (or more than it
+/// was given) is a protocol error, not a panic or a spin.
+#[test]
+fn a_codec_that_reports_using_no_bytes_is_a_protocol_error() {
+    #[derive(Clone)]
+    struct Zero;
+    impl Codec for Zero {
+        type Request = ();
+        type Response = ();
+        fn decode(&mut self, _: &[u8]) -> Result<Option<Decoded<()>>, DecodeError> {
+            Ok(Some(((), 0)))
+        }
+        fn encode(&mut self, _: (), _: &mut Vec<u8>) -> AfterReply {
+            AfterReply::KeepOpen
+        }
+    }
+    let mut h = Harness::new(Zero, limits());
+    h.peer_sends(b"x");
+    assert_eq!((h.state(), h.stats().protocol_errors), ("Lingering", 1));
+}
+
+/// Regression (bug 2): a legal frame at the codec's maximum was rejected by the
+/// connection's own limit when TCP split it, because the limit counted the framing too.
+#[test]
+fn a_frame_at_the_codec_maximum_is_accepted_however_it_is_split() {
+    let max = 4096;
+    let mut frame = (max as u32).to_be_bytes().to_vec();
+    frame.extend(vec![b'p'; max]);
+    let mut limits = limits();
+    limits.max_frame = max + 64;
+    limits.output_high_water = 1 << 20;
+    for chunk in [1, 7, 4095, 4099] {
+        let mut h = Harness::new(LengthPrefixedCodec::with_max_frame(max), limits.clone());
+        h.stream().read_chunk = chunk;
+        h.peer_sends(&frame);
+        assert_eq!(
+            (h.state(), h.jobs.queued.len()),
+            ("Open", 1),
+            "chunk {chunk}"
+        );
+    }
+}
+
+/// Regression (bug 5): `Instant + Duration::MAX` panicked the reactor.
+#[test]
+fn huge_timeouts_saturate_instead_of_overflowing() {
+    let mut limits = limits();
+    limits.idle_timeout = Some(Duration::MAX);
+    limits.linger = Duration::MAX;
+    let mut h = Harness::new(LineCodec::new(), limits.clone());
+    assert!(h.conn.next_deadline(&limits).is_some());
+    h.with(|conn, env| conn.shut_down(env));
+    assert_eq!(h.state(), "Lingering");
+}
+
+#[test]
+fn a_stalled_request_pauses_reading_until_the_queue_takes_it() {
+    let mut h = lines();
+    h.jobs.full = true;
+    h.peer_sends(b"a\nb\n");
+    assert!(h.conn.is_stalled());
+    assert_eq!(h.stats().requests, 0, "counted only when the pool takes it");
+    h.jobs.full = false;
+    h.event();
+    assert_eq!((h.jobs.queued.len(), h.stats().requests), (2, 2));
+}
+
+#[test]
+fn a_handler_panic_ends_the_connection_after_the_replies_before_it() {
+    let mut h = lines();
+    h.peer_sends(b"a\nb\n");
+    let jobs = std::mem::take(&mut h.jobs.queued);
+    for job in jobs {
+        let outcome = if job.seq == 1 {
+            Err(HandlerPanicked)
+        } else {
+            Ok(job.request)
+        };
+        h.conn.on_reply(
+            Reply {
+                key: job.key,
+                seq: job.seq,
+                outcome,
+            },
+            &h.counters,
+            h.now,
+        );
+    }
+    h.event();
+    assert_eq!((h.sent().as_str(), h.state()), ("a\n", "Lingering"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Bugs 11 and 12 as a property: whatever the reply sizes around the high-water mark,
+    /// however the input is split and wherever the FIN falls, every request is answered in
+    /// order and then the connection closes.
+    #[test]
+    fn every_request_is_answered_in_order_then_the_connection_closes(
+        sizes in prop::collection::vec(0usize..3000, 1..12),
+        read_chunk in 1usize..40,
+        room_step in 1usize..3000,
+        fin_early in any::<bool>(),
+        reverse in any::<bool>(),
+    ) {
+        let mut h = lines();
+        let requests: String = (0..sizes.len()).map(|i| format!("{i}\n")).collect();
+        let want: String = sizes.iter().map(|&n| format!("{}\n", "r".repeat(n))).collect();
+        h.stream().read_chunk = read_chunk;
+        h.stream().room = 0;
+        h.stream().incoming.extend(requests.as_bytes());
+        h.stream().peer_fin = fin_early;
+        let size_of = |r: Vec<u8>| {
+            let i: usize = String::from_utf8(r).unwrap().parse().unwrap();
+            vec![b'r'; sizes[i]]
+        };
+        for _ in 0..10_000 {
+            if h.step == Step::Close {
+                break;
+            }
+            h.event();
+            let n = h.jobs.queued.len();
+            let order: Vec<usize> = if reverse { (0..n).rev().collect() } else { (0..n).collect() };
+            h.answer_in(&order, size_of);
+            h.stream().room = room_step;
+            if h.stream().incoming.is_empty() {
+                h.stream().peer_fin = true;
+            }
+        }
+        prop_assert_eq!(h.step, Step::Close);
+        prop_assert_eq!(h.sent(), want);
+        prop_assert_eq!(h.stats().in_flight, 0);
+    }
+}

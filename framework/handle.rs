@@ -1,0 +1,216 @@
+//! A running server: the [`ServerHandle`] that stops it, the [`ShutdownTrigger`] another
+//! thread (a signal handler) fires, and the [`StatsReader`] that reads its counters.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::acceptor::AcceptGate;
+use crate::clock;
+use crate::message::{Inbound, Job, Mailbox};
+use crate::pool::Pool;
+use crate::stats::{Counters, Stats};
+
+/// The threads of a running server, behind a trait object so the handle is not generic.
+pub(crate) trait Running: Send + Sync {
+    /// Stops accepting, drains, closes and joins; returns workers still stuck in a handler.
+    fn stop(self: Box<Self>) -> usize;
+}
+
+/// Every thread of a server, or those started so far when starting failed part-way.
+pub(crate) struct Threads<Req, Resp> {
+    pub gate: Arc<AcceptGate>,
+    /// `None` until the acceptor thread started.
+    pub acceptor: Option<JoinHandle<()>>,
+    pub reactors: Vec<JoinHandle<()>>,
+    pub mailboxes: Arc<[Mailbox<Resp>]>,
+    pub pool: Pool,
+    pub jobs: Receiver<Job<Req>>,
+    pub counters: Arc<Counters>,
+    pub timeout: Duration,
+}
+
+impl<Req: Send, Resp: Send> Running for Threads<Req, Resp> {
+    fn stop(self: Box<Self>) -> usize {
+        let Threads {
+            gate,
+            acceptor,
+            reactors,
+            mailboxes,
+            pool,
+            jobs,
+            counters,
+            timeout,
+        } = *self;
+        gate.stop();
+        // The acceptor is the only thread that touches the listener: once it is joined the
+        // listening socket is closed and no connection can arrive.
+        if let Some(acceptor) = acceptor {
+            let _ = acceptor.join();
+        }
+        let deadline = clock::after(Instant::now(), timeout);
+        for mailbox in mailboxes.iter() {
+            let _ = mailbox.send(Inbound::Shutdown { deadline });
+        }
+        for reactor in reactors {
+            let _ = reactor.join();
+        }
+        // Jobs still queued have no connection left to answer: skip them, counted as
+        // dropped so the stats show nothing in flight.
+        while jobs.try_recv().is_ok() {
+            Counters::add(&counters.replies_dropped, 1);
+        }
+        // The reactors held the last job senders, so the workers now finish and exit.
+        pool.join(deadline)
+    }
+}
+
+/// Reads a running server's counters from any thread; from [`ServerHandle::stats_reader`].
+#[derive(Clone)]
+pub struct StatsReader {
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) queue_depth: Arc<dyn Fn() -> usize + Send + Sync>,
+}
+
+impl StatsReader {
+    /// A snapshot of the server's live counters.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot((self.queue_depth)())
+    }
+}
+
+impl fmt::Debug for StatsReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatsReader").finish_non_exhaustive()
+    }
+}
+
+/// A running server: its address, its counters, and the way to stop it.
+///
+/// It is `Send` and `Sync`: one thread may wait in [`join`](ServerHandle::join) while others
+/// read [`stats`](ServerHandle::stats). **Dropping the handle shuts the server down** as
+/// [`shutdown`](ServerHandle::shutdown) does, and waits for it; keep the handle for as long
+/// as the server should run.
+#[must_use = "dropping a ServerHandle shuts the server down at once"]
+pub struct ServerHandle {
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) stats: StatsReader,
+    /// `None` once stopped.
+    pub(crate) threads: Option<Box<dyn Running>>,
+    pub(crate) trigger: ShutdownTrigger,
+}
+
+impl ServerHandle {
+    /// The address the server accepts on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A snapshot of the server's live counters.
+    pub fn stats(&self) -> Stats {
+        self.stats.stats()
+    }
+
+    /// A cloneable reader of the counters, for a thread that reports them.
+    pub fn stats_reader(&self) -> StatsReader {
+        self.stats.clone()
+    }
+
+    /// A cloneable trigger that makes [`join`](ServerHandle::join) shut the server down; for a
+    /// signal-handling thread, say. It is the trigger given to
+    /// [`Builder::shutdown_trigger`](crate::Builder::shutdown_trigger), if one was.
+    pub fn shutdown_trigger(&self) -> ShutdownTrigger {
+        self.trigger.clone()
+    }
+
+    /// Shuts the server down gracefully and waits for it:
+    ///
+    /// 1. the listener closes at once (new connections are refused);
+    /// 2. each connection stops taking requests; requests already handed to the pool finish
+    ///    and their replies are written; then the connection closes cleanly (our FIN, input
+    ///    drained so the peer sees no reset);
+    /// 3. at the shutdown timeout ([`Builder::shutdown_timeout`](crate::Builder::shutdown_timeout))
+    ///    whatever is left is closed, and every thread is joined — except workers still
+    ///    blocked in a handler past the deadline, which are left to finish on their own (and
+    ///    logged).
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    /// Blocks until the server's [`ShutdownTrigger`] fires, then shuts down as
+    /// [`shutdown`](ServerHandle::shutdown) does.
+    pub fn join(mut self) {
+        self.trigger.wait();
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let Some(threads) = self.threads.take() else {
+            return;
+        };
+        let stuck = threads.stop();
+        if stuck > 0 {
+            log::warn!(
+                "shutdown: {stuck} workers still in a handler past the deadline; left running"
+            );
+        }
+        log::debug!("server on {} stopped", self.local_addr);
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes a server's [`ServerHandle::join`] (and so [`Builder::serve`](crate::Builder::serve))
+/// return after a graceful shutdown. Cheap to clone; firing it more than once, or before the
+/// server has started, is harmless (a server started with a trigger that already fired stops
+/// at once).
+#[derive(Clone, Debug)]
+pub struct ShutdownTrigger {
+    tx: Sender<()>,
+    rx: Receiver<()>,
+}
+
+impl ShutdownTrigger {
+    /// A trigger not yet tied to a server; give it to
+    /// [`Builder::shutdown_trigger`](crate::Builder::shutdown_trigger).
+    pub fn new() -> Self {
+        // One slot: a fired trigger stays fired, however often it is fired.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        ShutdownTrigger { tx, rx }
+    }
+
+    /// Asks the server to shut down.
+    pub fn fire(&self) {
+        match self.tx.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+        }
+    }
+
+    /// Blocks until the trigger fires. The trigger holds both ends of its channel, so this
+    /// waits for a message, never a disconnect.
+    fn wait(&self) {
+        let _ = self.rx.recv();
+    }
+}
+
+impl Default for ShutdownTrigger {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,210 @@
+//! What crosses between threads: the key that names a connection, a request on its way to a
+//! worker ([`Job`]), a response on its way back ([`Reply`]), and the reactor's [`Mailbox`].
+//!
+//! This module sits below every thread's module (acceptor, reactor, connection, pool) and
+//! imports nothing above it, so those can each import it without importing one another.
+
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+use mio::net::TcpStream;
+use mio::{Token, Waker};
+
+use crate::handler::Context;
+
+/// Names a connection slot and the generation of its current occupant, so a reply or an
+/// event for a connection that closed is never applied to a later one in the same slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct ConnKey {
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// What a readiness event's token says about its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EventKey {
+    pub slot: u32,
+    /// `None` where the token is too narrow to carry the generation (32-bit targets); the
+    /// event then applies to whatever occupies the slot. A stale event costs one drive that
+    /// finds nothing to do; it cannot deliver data, which is read from the socket itself.
+    pub generation: Option<u32>,
+}
+
+impl ConnKey {
+    /// The token this connection registers with the poll.
+    pub fn token(self) -> Token {
+        Token(pack_token(self, usize::BITS) as usize)
+    }
+}
+
+impl EventKey {
+    pub fn from_token(token: Token) -> EventKey {
+        unpack_token(token.0 as u64, usize::BITS)
+    }
+
+    /// Whether `key` is the connection this event was registered for.
+    pub fn matches(self, key: ConnKey) -> bool {
+        self.slot == key.slot && self.generation.is_none_or(|g| g == key.generation)
+    }
+}
+
+/// Packs `key` into a token of `bits` bits: slot and generation where 64 bits fit both, the
+/// slot alone otherwise.
+fn pack_token(key: ConnKey, bits: u32) -> u64 {
+    if bits >= 64 {
+        (u64::from(key.generation) << 32) | u64::from(key.slot)
+    } else {
+        u64::from(key.slot)
+    }
+}
+
+fn unpack_token(raw: u64, bits: u32) -> EventKey {
+    EventKey {
+        slot: raw as u32,
+        generation: (bits >= 64).then_some((raw >> 32) as u32),
+    }
+}
+
+/// One request on its way to a worker.
+pub(crate) struct Job<Req> {
+    /// Index of the reactor that owns the connection, where the reply goes.
+    pub reactor: usize,
+    pub key: ConnKey,
+    /// Position of the request on its connection; replies are written in this order.
+    pub seq: u64,
+    pub request: Req,
+    pub ctx: Context,
+}
+
+/// A handler's answer, on its way back to the reactor.
+pub(crate) struct Reply<Resp> {
+    pub key: ConnKey,
+    pub seq: u64,
+    /// `Err` when the handler panicked: the connection is closed.
+    pub outcome: Result<Resp, HandlerPanicked>,
+}
+
+/// The handler panicked while serving a request.
+#[derive(Debug)]
+pub(crate) struct HandlerPanicked;
+
+/// What other threads send a reactor.
+pub(crate) enum Inbound<Resp> {
+    /// A handler's reply.
+    Reply(Reply<Resp>),
+    /// A connection from the acceptor.
+    Connection(TcpStream, Context),
+    /// Stop: finish in-flight requests, flush, close; force-close what is left at `deadline`.
+    Shutdown { deadline: Instant },
+}
+
+/// The sending side of a reactor's inbox, with coalesced wake-ups: a sender wakes the
+/// reactor only when no wake-up is pending, so a burst of replies costs one `Waker::wake`.
+pub(crate) struct Mailbox<Resp> {
+    tx: Sender<Inbound<Resp>>,
+    waker: Arc<Waker>,
+    wake_pending: Arc<AtomicBool>,
+}
+
+/// The reactor's side of the wake-up protocol (see [`Mailbox::send`]).
+pub(crate) struct WakeFlag(Arc<AtomicBool>);
+
+impl<Resp> Mailbox<Resp> {
+    /// A mailbox over `tx` whose reactor polls with `waker`, and the flag the reactor keeps.
+    pub fn new(tx: Sender<Inbound<Resp>>, waker: Arc<Waker>) -> (Self, WakeFlag) {
+        let wake_pending = Arc::new(AtomicBool::new(false));
+        let flag = WakeFlag(Arc::clone(&wake_pending));
+        (
+            Mailbox {
+                tx,
+                waker,
+                wake_pending,
+            },
+            flag,
+        )
+    }
+
+    /// Posts a message; fails, handing it back, only when the reactor has exited.
+    pub fn send(&self, message: Inbound<Resp>) -> Result<(), Inbound<Resp>> {
+        self.tx.send(message).map_err(|e| e.into_inner())?;
+        // The reactor keeps the flag set while it is awake and drains its inbox on every
+        // turn; it clears the flag just before it sleeps and then drains once more. With a
+        // SeqCst fence on both sides, either the reactor's last drain sees our message, or
+        // our swap below sees the flag it cleared and wakes it: never neither.
+        fence(Ordering::SeqCst);
+        if !self.wake_pending.swap(true, Ordering::SeqCst) {
+            if let Err(e) = self.waker.wake() {
+                log::error!("cannot wake reactor: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WakeFlag {
+    /// The reactor is about to sleep: from now on a sender must wake it. The caller drains
+    /// its inbox once more after this, so a message sent before the flag cleared is seen.
+    pub fn about_to_sleep(&self) {
+        self.0.store(false, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// The reactor is awake and will drain its inbox before it sleeps: no wake-up needed.
+    pub fn awake(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What became of a request handed to [`Dispatch::dispatch`].
+pub(crate) enum Dispatched<Req, Resp> {
+    /// A worker will answer it.
+    Queued,
+    /// The job queue is full: the job comes back, to be offered again later.
+    Full(Job<Req>),
+    /// Answered at once (inline mode).
+    Answered(Reply<Resp>),
+    /// Nobody is left to answer: the server is being torn down.
+    Gone,
+}
+
+/// Where a connection's requests go: the worker pool, or an inline handler.
+pub(crate) trait Dispatch<Req, Resp> {
+    fn dispatch(&mut self, job: Job<Req>) -> Dispatched<Req, Resp>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_on_64_bit_targets_carries_slot_and_generation() {
+        let key = ConnKey {
+            slot: 7,
+            generation: 3,
+        };
+        let event = unpack_token(pack_token(key, 64), 64);
+        assert!(event.matches(key));
+        assert!(!event.matches(ConnKey {
+            slot: 7,
+            generation: 4
+        }));
+    }
+
+    /// Regression: on 32-bit targets the token cut the generation off but the lookup still
+    /// compared it, so a slot reused by a later connection (generation 1) got no events.
+    #[test]
+    fn token_on_32_bit_targets_still_reaches_a_reused_slot() {
+        let reused = ConnKey {
+            slot: 5,
+            generation: 1,
+        };
+        let event = unpack_token(pack_token(reused, 32), 32);
+        assert!(event.matches(reused));
+        assert!(!event.matches(ConnKey {
+            slot: 6,
+            generation: 1
+        }));
+    }
+}
