@@ -441,7 +441,8 @@ impl Builder {
             timeout: self.shutdown_timeout,
         });
         let batch_scheduling = self.batch_scheduling;
-        for (index, reactor) in reactors.into_iter().enumerate() {
+        let mut unstarted = reactors.into_iter().enumerate();
+        while let Some((index, reactor)) = unstarted.next() {
             let name = format!("{}-reactor-{index}", self.thread_name);
             let run = Box::new(move || {
                 if batch_scheduling {
@@ -449,11 +450,14 @@ impl Builder {
                 }
                 reactor.run()
             });
-            // A reactor that could not start was dropped with its job sender; the others
-            // are told to stop below, so the workers see every sender gone.
             match spawn(name, run) {
                 Ok(thread) => threads.reactors.push(thread),
-                Err(error) => return Err(stopped(threads, error)),
+                Err(error) => {
+                    // The reactors not started hold job senders: drop them, so the workers
+                    // see every sender gone once the started reactors stop.
+                    drop(unstarted);
+                    return Err(stopped(threads, error));
+                }
             }
         }
         let acceptor_mailboxes = Arc::clone(&threads.mailboxes);
@@ -525,5 +529,56 @@ impl fmt::Debug for Builder {
             .field("job_queue_capacity", &self.job_queue_capacity)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::LineCodec;
+    use crate::handler::{handler_fn, Context};
+    use crossbeam_channel::TryRecvError;
+
+    /// Regression (bug 8): a thread that failed to start left the threads already started
+    /// running forever. Each spawn position fails once; each time, every thread that did
+    /// start has ended by the time `start` returns its error.
+    #[test]
+    fn a_failed_thread_spawn_stops_the_threads_already_started() {
+        // 2 workers, then 2 reactors, then the acceptor.
+        for fail_at in 0..5 {
+            // Each started thread holds a sender: all gone means all threads ended.
+            let (alive, all_ended) = crossbeam_channel::unbounded::<()>();
+            let mut calls = 0;
+            let mut spawn = |name: String, run: Box<dyn FnOnce() + Send>| {
+                calls += 1;
+                if calls > fail_at {
+                    return Err(io::Error::other(format!("no thread for {name}")));
+                }
+                let alive = alive.clone();
+                spawn_thread(
+                    name,
+                    Box::new(move || {
+                        run();
+                        drop(alive);
+                    }),
+                )
+            };
+            let error = Builder::bind("127.0.0.1:0")
+                .workers(2)
+                .reactors(2)
+                .start_with(
+                    LineCodec::new(),
+                    handler_fn(|r: Vec<u8>, _: &Context| r),
+                    &mut spawn,
+                )
+                .expect_err("a spawn failed");
+            assert!(error.to_string().contains("no thread"), "{error}");
+            drop(alive);
+            assert_eq!(
+                all_ended.try_recv(),
+                Err(TryRecvError::Disconnected),
+                "a thread started before spawn {fail_at} failed kept running"
+            );
+        }
     }
 }
