@@ -203,7 +203,8 @@ fn the_handle_is_send_and_sync_and_dropping_it_shuts_the_server_down() {
 #[test]
 fn settings_that_cannot_work_are_refused_by_name() {
     let echo = || handler_fn(|r: Vec<u8>, _: &Context| r);
-    let cases: [(&str, fn(Builder) -> Builder); 10] = [
+    type Setting = fn(Builder) -> Builder;
+    let cases: [(&str, Setting); 10] = [
         ("workers", |b| b.workers(0)),
         ("reactors", |b| b.reactors(0)),
         ("max_connections", |b| b.max_connections(0)),
