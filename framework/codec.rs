@@ -197,8 +197,9 @@ impl Codec for LineCodec {
             None => {
                 self.scanned = input.len();
                 // Past the limit, only the `\r` of a line exactly at the limit may wait.
-                let may_end_at_limit =
-                    input.len() == self.max_line + 1 && input.last() == Some(&b'\r');
+                // (`max_line` may be usize::MAX: compare without adding to it.)
+                let may_end_at_limit = input.len().checked_sub(1) == Some(self.max_line)
+                    && input.last() == Some(&b'\r');
                 if input.len() > self.max_line && !may_end_at_limit {
                     return Err(DecodeError::FrameTooLarge {
                         size: input.len(),
@@ -272,11 +273,16 @@ impl Codec for LengthPrefixedCodec {
         }
     }
 
-    /// # Panics
-    ///
-    /// If the response is longer than `u32::MAX` bytes, which the prefix cannot express.
+    /// A response longer than `u32::MAX` bytes, which the prefix cannot express, is not
+    /// written: it is logged and the connection is closed after the replies before it.
     fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
-        let len = u32::try_from(response.len()).expect("response longer than u32::MAX bytes");
+        let Ok(len) = u32::try_from(response.len()) else {
+            log::error!(
+                "a response of {} bytes does not fit a u32 length prefix; closing the connection",
+                response.len()
+            );
+            return AfterReply::Close;
+        };
         output.extend_from_slice(&len.to_be_bytes());
         output.extend_from_slice(&response);
         AfterReply::KeepOpen
@@ -319,6 +325,27 @@ mod tests {
             codec.decode(b"abcde"),
             Err(DecodeError::FrameTooLarge { size: 5, max: 4 })
         ));
+    }
+
+    /// Regression (bug 7): `max_line + 1` overflowed for `usize::MAX`.
+    #[test]
+    fn line_codec_with_no_limit_does_not_overflow() {
+        let mut codec = LineCodec::with_max_frame(usize::MAX);
+        assert_eq!(codec.decode(b"abc").unwrap(), None);
+        assert_eq!(codec.decode(b"abc\n").unwrap(), Some((b"abc".to_vec(), 4)));
+    }
+
+    /// Regression (bug 1): a reply the prefix cannot express panicked (`expect`) on the
+    /// reactor. Now it closes the connection. (The 4 GiB buffer is zeroed pages the
+    /// kernel maps lazily, and the codec never touches it.)
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn length_prefixed_closes_instead_of_panicking_on_a_reply_over_4_gib() {
+        let mut codec = LengthPrefixedCodec::new();
+        let mut output = Vec::new();
+        let huge = vec![0u8; u32::MAX as usize + 1];
+        assert_eq!(codec.encode(huge, &mut output), AfterReply::Close);
+        assert!(output.is_empty());
     }
 
     #[test]

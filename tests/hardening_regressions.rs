@@ -233,3 +233,85 @@ fn settings_that_cannot_work_are_refused_by_name() {
         .expect("inline with zero workers");
     inline.shutdown();
 }
+
+/// A line server whose reply to `big N` is N bytes of `b` (plus the newline); anything else
+/// is echoed.
+fn big_reply_server(name: &str, high_water: usize) -> ServerHandle {
+    Builder::bind("127.0.0.1:0")
+        .workers(2)
+        .output_high_water(high_water)
+        .thread_name(name)
+        .start(
+            LineCodec::new(),
+            handler_fn(
+                |line: Vec<u8>, _: &Context| match line.strip_prefix(b"big ") {
+                    Some(n) => vec![b'b'; std::str::from_utf8(n).unwrap().parse().unwrap()],
+                    None => line,
+                },
+            ),
+        )
+        .expect("start")
+}
+
+/// Bug 9: the room check counted request sizes, so a peer that stopped reading could pin
+/// the in-flight limit's worth of large replies (kv_server: 32 × 8 MiB).
+#[test]
+fn a_peer_that_stops_reading_cannot_pin_many_large_replies() {
+    common::init_logging();
+    const REPLY: usize = 1 << 20;
+    let server = big_reply_server("hr-pin", 256 * 1024);
+    let mut client = common::connect_with_recv_buffer(server.local_addr(), 4096);
+    send(&mut client, format!("big {REPLY}\n").repeat(32).as_bytes());
+    let stats = wait_for_stats(&server, "the replies it let through", |s| {
+        s.responses >= 1 && s.in_flight == 0
+    });
+    // The kernel's socket buffers take a few replies off the server's hands; what the server
+    // itself holds stays near the mark: at most two replies' worth.
+    assert!(
+        stats.requests < 32,
+        "all {} large replies taken on for a peer that reads nothing",
+        stats.requests
+    );
+    assert!(
+        stats.bytes_buffered <= 2 * (REPLY as u64 + 1) + 32 * 16,
+        "{stats:#?}"
+    );
+    // Once the peer reads, every reply comes, in order.
+    let got = read_exactly(&mut client, 32 * (REPLY + 1));
+    assert!(got.iter().filter(|&&b| b == b'\n').count() == 32);
+    server.shutdown();
+}
+
+/// Bug 11: after `shutdown(SHUT_WR)`, a reply over the high-water mark arrived whole but the
+/// server's FIN never followed.
+#[test]
+fn half_close_after_a_reply_over_the_high_water_mark_gets_the_fin() {
+    common::init_logging();
+    let server = big_reply_server("hr-hc", 64 * 1024);
+    for _ in 0..5 {
+        let mut client = connect(server.local_addr());
+        send(&mut client, b"big 262144\n");
+        client.shutdown(Shutdown::Write).expect("half-close");
+        let got = expect_clean_eof(&mut client, "a half-closed peer owed a large reply");
+        assert_eq!(got.len(), 262_145);
+    }
+    let stats = wait_for_stats(&server, "all closed", |s| s.connections_open == 0);
+    assert_eq!(stats.connections_closed, 5);
+    server.shutdown();
+}
+
+/// Bug 12: a request pipelined behind a reply over the high-water mark was never answered.
+#[test]
+fn a_request_pipelined_behind_a_large_reply_is_answered() {
+    common::init_logging();
+    let server = big_reply_server("hr-pipe", 64 * 1024);
+    let mut client = connect(server.local_addr());
+    for _ in 0..10 {
+        let mut request = b"big 300000\n".to_vec();
+        request.extend(b"ping\n".repeat(100));
+        send(&mut client, &request);
+        let got = read_exactly(&mut client, 300_001 + 500);
+        assert!(got.ends_with(&b"ping\n".repeat(100)));
+    }
+    server.shutdown();
+}
