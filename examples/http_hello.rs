@@ -27,7 +27,7 @@ mod protocol_main;
 #[path = "support/shutdown.rs"]
 mod shutdown;
 
-use reactor_pool::{AfterReply, Builder, Codec, Context, DecodeError, Decoded, Handler};
+use reactor_pool::{AfterReply, Builder, Codec, Context, DecodeError, Decoded, Handler, Replies};
 
 /// Bytes of request line plus headers accepted before answering 431.
 const MAX_HEADER_BYTES: usize = 8 * 1024;
@@ -243,7 +243,7 @@ impl Codec for HttpCodec {
     fn error_reply(&mut self, error: &DecodeError, out: &mut Vec<u8>) {
         let status = match error {
             DecodeError::FrameTooLarge { .. } => 431,
-            DecodeError::Invalid(_) => self.error_status,
+            _ => self.error_status,
         };
         let body = format!("{}\n", reason(status));
         write_head(out, false, status, "text/plain", body.len());
@@ -257,8 +257,17 @@ struct Hello;
 impl Handler for Hello {
     type Request = Request;
     type Response = Response;
+    type Session = ();
 
-    fn call(&self, request: Request, _ctx: &Context) -> Response {
+    fn open(&self, _ctx: &Context, _greeting: &mut Replies<Response>) {}
+
+    fn call(&self, _: &mut (), request: Request, _: &Context, replies: &mut Replies<Response>) {
+        replies.send(Hello::respond(request));
+    }
+}
+
+impl Hello {
+    fn respond(request: Request) -> Response {
         let text = |status: u16, body: &str| Response {
             status,
             content_type: "text/plain",

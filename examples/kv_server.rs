@@ -31,7 +31,7 @@ mod protocol_main;
 #[path = "support/shutdown.rs"]
 mod shutdown;
 
-use reactor_pool::{AfterReply, Builder, Codec, Context, DecodeError, Decoded, Handler};
+use reactor_pool::{AfterReply, Builder, Codec, Context, DecodeError, Decoded, Handler, Replies};
 
 /// Largest bulk string accepted (redis allows 512 MiB; a demo needs less).
 const MAX_BULK: usize = 8 * 1024 * 1024;
@@ -270,6 +270,7 @@ impl Codec for RespCodec {
         let why = match error {
             DecodeError::FrameTooLarge { .. } => "request too large".to_string(),
             DecodeError::Invalid(why) => why.clone(),
+            other => other.to_string(),
         };
         write_value(&Value::Error(format!("ERR Protocol error: {why}")), out);
     }
@@ -470,9 +471,12 @@ impl Kv {
 impl Handler for Kv {
     type Request = Vec<Vec<u8>>;
     type Response = Reply;
+    type Session = ();
 
-    fn call(&self, args: Vec<Vec<u8>>, _ctx: &Context) -> Reply {
-        self.run(args)
+    fn open(&self, _ctx: &Context, _greeting: &mut Replies<Reply>) {}
+
+    fn call(&self, _: &mut (), args: Vec<Vec<u8>>, _: &Context, replies: &mut Replies<Reply>) {
+        replies.send(self.run(args));
     }
 }
 

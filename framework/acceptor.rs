@@ -92,7 +92,7 @@ impl Acceptor {
 
     /// Accepts, handing connections to `reactors` round-robin, until told to stop; dropping
     /// `self` then closes the listener.
-    pub fn run<Resp>(mut self, reactors: Arc<[Mailbox<Resp>]>) {
+    pub fn run<Resp, S>(mut self, reactors: Arc<[Mailbox<Resp, S>]>) {
         let mut events = Events::with_capacity(8);
         while !self.gate.stop.load(Ordering::Acquire) {
             // With edge-triggered readiness an unaccepted backlog raises no new event, so
@@ -111,7 +111,7 @@ impl Acceptor {
         log::debug!("acceptor stopped; listener closed");
     }
 
-    fn accept_ready<Resp>(&mut self, reactors: &[Mailbox<Resp>]) {
+    fn accept_ready<Resp, S>(&mut self, reactors: &[Mailbox<Resp, S>]) {
         if let Some(until) = self.paused_until {
             if Instant::now() < until {
                 return;

@@ -8,10 +8,12 @@ use std::fmt;
 
 /// Why a codec could not decode a connection's input.
 ///
-/// A decode error is a protocol error: the connection gets the codec's
-/// [`error_reply`](Codec::error_reply) (if it writes one), the replies it was already owed,
-/// and then a clean close. No other connection notices.
+/// Most decode errors are protocol errors: the connection gets the replies it was already
+/// owed, the codec's [`error_reply`](Codec::error_reply) (if it writes one), and then a clean
+/// close. No other connection notices. [`DecodeError::Refused`] is the exception: the codec
+/// answers that one request itself and the connection reads on.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// A frame is (or is announced to be) longer than the codec's maximum frame size.
     FrameTooLarge {
@@ -23,6 +25,17 @@ pub enum DecodeError {
     },
     /// The bytes do not follow the protocol.
     Invalid(String),
+    /// A bad but recoverable request: its `consumed` bytes (at least one, at most what the
+    /// codec was given) are skipped and answered, in order with the replies to the requests
+    /// around it, by the codec's [`error_reply`](Codec::error_reply) for this error. It never
+    /// reaches the handler, and the connection stays open (Redis's `-ERR unknown command`,
+    /// SMTP's `500`).
+    Refused {
+        /// Bytes the refused request used.
+        consumed: usize,
+        /// Why, for the error reply and the log.
+        reason: String,
+    },
 }
 
 impl fmt::Display for DecodeError {
@@ -32,6 +45,7 @@ impl fmt::Display for DecodeError {
                 write!(f, "frame of {size} bytes exceeds the maximum of {max}")
             }
             DecodeError::Invalid(why) => write!(f, "invalid input: {why}"),
+            DecodeError::Refused { reason, .. } => write!(f, "request refused: {reason}"),
         }
     }
 }
@@ -51,6 +65,19 @@ pub enum AfterReply {
 
 /// A decoded request and how many input bytes it used.
 pub type Decoded<R> = (R, usize);
+
+/// Why the server is ending a connection that did nothing wrong, for
+/// [`Codec::farewell`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Farewell {
+    /// Nothing arrived for the idle timeout.
+    IdleTimeout,
+    /// A request started arriving and did not finish within the partial-frame timeout.
+    PartialFrameTimeout,
+    /// The server is shutting down.
+    Shutdown,
+}
 
 /// Turns a byte stream into requests and responses into bytes.
 ///
@@ -74,10 +101,32 @@ pub trait Codec: Clone + Send + 'static {
     fn encode(&mut self, response: Self::Response, output: &mut Vec<u8>) -> AfterReply;
 
     /// Appends the protocol's error reply for `error` to `output`, if the protocol has one.
+    /// For [`DecodeError::Refused`] it answers that request and the connection reads on;
+    /// for any other error it is the last thing written before a clean close.
     ///
-    /// The default writes nothing: the connection is just closed cleanly.
+    /// The default writes nothing.
     fn error_reply(&mut self, error: &DecodeError, output: &mut Vec<u8>) {
         let _ = (error, output);
+    }
+
+    /// Appends what the protocol says to a peer the server is disconnecting through no fault
+    /// of the peer's (SMTP's `421`), written after every reply the peer is owed and before
+    /// the server's FIN.
+    ///
+    /// The default writes nothing.
+    fn farewell(&mut self, why: Farewell, output: &mut Vec<u8>) {
+        let _ = (why, output);
+    }
+
+    /// Whether decoding stops after `request` until its replies have been encoded, so that
+    /// the bytes after it are decoded in whatever mode encoding that reply switched the
+    /// codec to (SMTP's `DATA`, HTTP's `Upgrade`, `STARTTLS`). The reactor still reads
+    /// ahead; it only holds the bytes.
+    ///
+    /// The default is `false`.
+    fn holds_decoding(&self, request: &Self::Request) -> bool {
+        let _ = request;
+        false
     }
 }
 

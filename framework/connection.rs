@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use crate::buffer::Buffer;
 use crate::clock;
-use crate::codec::Codec;
-use crate::handler::Context;
-use crate::message::{ConnKey, Job, Reply};
-use crate::message::{Dispatch, Dispatched};
-use crate::pipeline::{EndReason, Pipeline, Room};
+use crate::codec::{Codec, Farewell};
+use crate::handler::{CloseReason, Context};
+use crate::message::{Answer, ConnKey, Dispatch, Dispatched, Done};
+use crate::outbox::{Finish, Outbox};
+use crate::pipeline::{Decoded, EndReason, Pipeline, Room};
 use crate::stats::Counters;
 use crate::sys::Transport;
 
@@ -94,8 +94,8 @@ pub(crate) enum Step {
 }
 
 /// What a connection needs from its reactor while being driven.
-pub(crate) struct Env<'a, C: Codec> {
-    pub dispatch: &'a mut dyn Dispatch<C::Request, C::Response>,
+pub(crate) struct Env<'a, C: Codec, S> {
+    pub dispatch: &'a mut dyn Dispatch<C::Request, C::Response, S>,
     pub reactor: usize,
     pub counters: &'a Counters,
     pub limits: &'a Limits,
@@ -106,17 +106,18 @@ pub(crate) struct Env<'a, C: Codec> {
     pub drain_deadline: Option<Instant>,
 }
 
-/// One accepted connection.
-pub(crate) struct Connection<C: Codec, S> {
-    stream: S,
+/// One accepted connection, with session type `S`, over stream `T`.
+pub(crate) struct Connection<C: Codec, S, T> {
+    stream: T,
     key: ConnKey,
     ctx: Context,
     state: State,
     input: Buffer,
     output: Buffer,
     pipeline: Pipeline<C>,
-    /// A decoded request the full job queue refused; reading pauses until it is taken.
-    stalled: Option<Job<C::Request>>,
+    outbox: Outbox<C::Request, S>,
+    /// Why it ended, once that is known: what the handler's close hook is told.
+    ended: Option<CloseReason>,
     read_readiness: Readiness,
     write_readiness: Readiness,
     last_read: Instant,
@@ -125,13 +126,15 @@ pub(crate) struct Connection<C: Codec, S> {
     partial_since: Option<Instant>,
 }
 
-impl<C: Codec, S: Transport> Connection<C, S> {
+impl<C: Codec, S, T: Transport> Connection<C, S, T> {
+    /// A new connection; its first work, the open hook, goes out with the first drive.
+    /// `concurrent` is set in concurrent mode: the session each request gets.
     pub fn new(
-        stream: S,
-        key: ConnKey,
-        ctx: Context,
+        stream: T,
+        (reactor, key, ctx): (usize, ConnKey, Context),
         codec: C,
         limits: &Limits,
+        concurrent: Option<fn() -> S>,
         now: Instant,
     ) -> Self {
         Connection {
@@ -149,7 +152,8 @@ impl<C: Codec, S: Transport> Connection<C, S> {
                     output_high_water: limits.output_high_water,
                 },
             ),
-            stalled: None,
+            outbox: Outbox::new(reactor, key, ctx, concurrent),
+            ended: None,
             read_readiness: Readiness::Ready,
             write_readiness: Readiness::Ready,
             last_read: now,
@@ -158,7 +162,7 @@ impl<C: Codec, S: Transport> Connection<C, S> {
         }
     }
 
-    pub fn stream_mut(&mut self) -> &mut S {
+    pub fn stream_mut(&mut self) -> &mut T {
         &mut self.stream
     }
 
@@ -180,9 +184,9 @@ impl<C: Codec, S: Transport> Connection<C, S> {
         self.input.len() + self.output.len()
     }
 
-    /// Whether this connection holds a request stalled on a full job queue.
+    /// Whether this connection holds work stalled on a full job queue.
     pub fn is_stalled(&self) -> bool {
-        self.stalled.is_some()
+        self.outbox.is_stalled()
     }
 
     /// Readiness reported by the poll; `read_closed` when it also reported the peer's FIN.
@@ -206,30 +210,65 @@ impl<C: Codec, S: Transport> Connection<C, S> {
         }
     }
 
-    /// A handler finished one of this connection's requests. It is encoded now if it is next
-    /// in order; it is written by the next [`drive`](Self::drive), which the reactor runs once
-    /// after taking every reply waiting in its inbox, so replies arriving together leave in
-    /// one write.
-    pub fn on_reply(&mut self, reply: Reply<C::Response>, counters: &Counters, now: Instant) {
-        let owed = reply.seq < self.cut() && reply.seq >= self.pipeline.write_seq();
-        match reply.outcome {
-            Ok(response) if owed => {
-                if self.pipeline.store(reply.seq, response) {
-                    self.encode_ready(counters, now);
+    /// The pool finished work of this connection. Nothing is written yet: the reactor
+    /// drives the connection once after taking everything waiting in its inbox, so replies
+    /// arriving together leave in one write.
+    pub fn on_done(&mut self, done: Done<C::Response, S>, counters: &Counters, now: Instant) {
+        match done {
+            Done::Opened { outcome, .. } => match outcome {
+                Ok((session, greeting)) => {
+                    self.outbox.home(session, false);
+                    if self.takes_requests() || matches!(self.state, State::Ending { .. }) {
+                        let result = self.pipeline.encode_unsolicited(
+                            greeting,
+                            &mut self.output,
+                            &self.ctx,
+                            counters,
+                        );
+                        if let Err(reason) = result {
+                            self.end(0, reason);
+                        }
+                    }
                 }
-            }
-            Ok(_) => Counters::add(&counters.replies_dropped, 1),
-            Err(_) => {
-                Counters::add(&counters.replies_dropped, 1);
-                if owed {
-                    self.end(reply.seq, EndReason::HandlerPanicked);
+                Err(_) => {
+                    self.outbox.lost();
+                    self.end(0, EndReason::HandlerPanicked);
+                }
+            },
+            Done::Ran {
+                answers,
+                skipped,
+                session,
+                ..
+            } => {
+                self.outbox.home(session, true);
+                Counters::add(&counters.replies_dropped, skipped as u64);
+                for (seq, answer) in answers {
+                    let owed = seq < self.cut();
+                    match answer {
+                        Answer::Replied(replies) => {
+                            if !(owed && self.pipeline.store(seq, replies)) {
+                                Counters::add(&counters.replies_dropped, 1);
+                            }
+                        }
+                        Answer::Panicked => {
+                            Counters::add(&counters.replies_dropped, 1);
+                            if owed {
+                                self.end(seq, EndReason::HandlerPanicked);
+                            }
+                        }
+                    }
                 }
             }
         }
+        self.encode_ready(counters, now);
     }
 
-    /// Encodes the replies that are next in order.
+    /// Encodes the replies that are next in order (none before the greeting).
     fn encode_ready(&mut self, counters: &Counters, now: Instant) {
+        if self.outbox.is_opening() {
+            return;
+        }
         if self.output.is_empty() {
             // The write-stall clock starts when there is something to write.
             self.last_write = now;
@@ -245,11 +284,7 @@ impl<C: Codec, S: Transport> Connection<C, S> {
     }
 
     /// The server ends the connection: replies before `cut` are still owed.
-    pub fn end(&mut self, mut cut: u64, reason: EndReason) {
-        if let Some(job) = &self.stalled {
-            // The pool never took it: no reply will come for it or anything after it.
-            cut = cut.min(job.seq);
-        }
+    pub fn end(&mut self, cut: u64, reason: EndReason) {
         let then = match self.state {
             State::Open => AfterFlush::Linger,
             State::ReadClosed => AfterFlush::Close,
@@ -263,11 +298,19 @@ impl<C: Codec, S: Transport> Connection<C, S> {
                 log::warn!("connection {id} ({peer}): protocol error: {e}; closing it")
             }
             EndReason::Timeout(which) => {
-                log::info!("connection {id} ({peer}): {which} timeout; closing it")
+                log::info!("connection {id} ({peer}): {which:?}; closing it")
             }
             _ => {}
         }
-        self.stalled = None;
+        // Work the pool never took gets no reply: the cut moves to its first request.
+        let cut = self.outbox.cut(cut);
+        self.ended.get_or_insert(match &reason {
+            EndReason::Protocol(_) => CloseReason::ProtocolError,
+            EndReason::CodecPanicked | EndReason::HandlerPanicked => CloseReason::Panicked,
+            EndReason::CloseRequested => CloseReason::Requested,
+            EndReason::Timeout(_) => CloseReason::Timeout,
+            EndReason::ServerShutdown => CloseReason::Shutdown,
+        });
         self.input.clear();
         self.partial_since = None;
         self.state = State::Ending { cut, reason, then };
@@ -276,7 +319,7 @@ impl<C: Codec, S: Transport> Connection<C, S> {
     /// Makes every bit of progress there is: dispatch, read, change state, write, and again
     /// while any of them did something (a write may make room to dispatch or read more, and
     /// edge-triggered readiness will not announce bytes that were already waiting).
-    pub fn drive(&mut self, env: &mut Env<'_, C>) -> Step {
+    pub fn drive(&mut self, env: &mut Env<'_, C, S>) -> Step {
         let mut budget = env.limits.read_per_wakeup;
         loop {
             let mut progress = self.dispatch_buffered(env);
@@ -297,10 +340,12 @@ impl<C: Codec, S: Transport> Connection<C, S> {
         }
     }
 
-    /// Whether another request may be dispatched: no stalled job, fewer than the in-flight
-    /// limit, and output plus the replies to come under the high-water mark.
+    /// Whether another request may be decoded: no batch waiting for room in the job queue,
+    /// fewer than the in-flight limit, and output plus the replies to come under the mark.
+    /// (Requests are decoded while the open hook waits for the queue, up to the limit, so a
+    /// protocol error is still seen.)
     fn has_room(&self) -> bool {
-        self.stalled.is_none() && self.pipeline.has_room(self.output.len())
+        !self.outbox.is_batch_stalled() && self.pipeline.has_room(self.output.len())
     }
 
     /// Whether reading now is allowed: the state wants input and no limit is reached.
@@ -319,7 +364,7 @@ impl<C: Codec, S: Transport> Connection<C, S> {
 
     /// Reads until WouldBlock, a limit, or the end of this drive's `budget` of bytes.
     /// Returns whether anything was read (or the stream ended or failed).
-    fn read(&mut self, env: &mut Env<'_, C>, budget: &mut usize) -> bool {
+    fn read(&mut self, env: &mut Env<'_, C, S>, budget: &mut usize) -> bool {
         let mut progress = false;
         while self.read_readiness != Readiness::Exhausted && self.wants_input() {
             if *budget == 0 {
@@ -357,7 +402,7 @@ impl<C: Codec, S: Transport> Connection<C, S> {
     }
 
     /// Decodes the `n` bytes just read into `env.scratch`, keeping what is left over.
-    fn take_input(&mut self, n: usize, env: &mut Env<'_, C>) {
+    fn take_input(&mut self, n: usize, env: &mut Env<'_, C, S>) {
         if self.input.is_empty() {
             // The common case: decode straight from the scratch buffer, copy only leftovers.
             let scratch = std::mem::take(env.scratch);
@@ -373,44 +418,36 @@ impl<C: Codec, S: Transport> Connection<C, S> {
         }
     }
 
-    /// Offers the stalled job again, then dispatches whatever the input buffer decodes to.
-    /// Returns whether a request left.
-    fn dispatch_buffered(&mut self, env: &mut Env<'_, C>) -> bool {
-        let mut progress = false;
-        if let Some(job) = self.stalled.take() {
-            if !self.send_job(job, env) {
-                return false;
+    /// Hands on what waits (the stalled work first), then decodes what the input buffer
+    /// holds and hands that on. Returns whether anything left or was decoded.
+    fn dispatch_buffered(&mut self, env: &mut Env<'_, C, S>) -> bool {
+        let mut progress = self.hand_on(env);
+        if !self.input.is_empty() && self.takes_requests() {
+            let input = std::mem::take(&mut self.input);
+            let used = self.decode_from(input.pending(), env);
+            if self.takes_requests() {
+                self.input = input;
+                self.input.consume(used);
             }
-            progress = true;
+            self.track_partial(env.now, used > 0);
+            progress |= used > 0;
         }
-        if self.input.is_empty() || !self.takes_requests() {
-            return progress;
-        }
-        let input = std::mem::take(&mut self.input);
-        let used = self.decode_from(input.pending(), env);
-        if self.takes_requests() {
-            self.input = input;
-            self.input.consume(used);
-        }
-        self.track_partial(env.now, used > 0);
-        progress || used > 0
+        progress
     }
 
-    /// Decodes and dispatches requests from `src` while limits allow; returns bytes used.
-    fn decode_from(&mut self, src: &[u8], env: &mut Env<'_, C>) -> usize {
+    /// Decodes requests from `src` while limits allow, then hands them on together; returns
+    /// bytes used.
+    fn decode_from(&mut self, src: &[u8], env: &mut Env<'_, C, S>) -> usize {
         let mut used = 0;
         while used < src.len() && self.has_room() && self.takes_requests() {
             match self.pipeline.decode(&src[used..], &self.ctx, env.counters) {
-                Ok(Some((request, seq, size))) => {
+                Ok(Some(Decoded::Request(request, seq, size))) => {
                     used += size;
-                    let job = Job {
-                        reactor: env.reactor,
-                        key: self.key,
-                        seq,
-                        request,
-                        ctx: self.ctx,
-                    };
-                    self.send_job(job, env);
+                    self.outbox.push(seq, request);
+                }
+                Ok(Some(Decoded::Refused(size))) => {
+                    used += size;
+                    self.encode_ready(env.counters, env.now);
                 }
                 Ok(None) => break,
                 Err(reason) => {
@@ -419,33 +456,39 @@ impl<C: Codec, S: Transport> Connection<C, S> {
                 }
             }
         }
+        self.hand_on(env);
         used
     }
 
-    /// Hands a job on (a full queue gives it back and pauses this connection); returns
-    /// whether it was taken.
-    fn send_job(&mut self, job: Job<C::Request>, env: &mut Env<'_, C>) -> bool {
-        match env.dispatch.dispatch(job) {
-            Dispatched::Queued => {
-                // Counted when taken, so a stalled request dropped with its connection
-                // never shows as in flight.
-                Counters::add(&env.counters.requests, 1);
-                true
+    /// Hands the outbox's work to the pool (a full queue gives it back and pauses this
+    /// connection); returns whether any left.
+    fn hand_on(&mut self, env: &mut Env<'_, C, S>) -> bool {
+        let mut progress = false;
+        while let Some(work) = self.outbox.next(env.reactor, self.key, self.ctx) {
+            // Counted when taken, so requests dropped before the pool took them never show
+            // as in flight.
+            let requests = work.requests() as u64;
+            match env.dispatch.dispatch(work) {
+                Dispatched::Queued => Counters::add(&env.counters.requests, requests),
+                Dispatched::Ran(done) => {
+                    Counters::add(&env.counters.requests, requests);
+                    if let Some(done) = done {
+                        self.on_done(done, env.counters, env.now);
+                    }
+                }
+                Dispatched::Full(work) => {
+                    self.outbox.stall(work);
+                    return progress;
+                }
+                Dispatched::Gone(_) => {
+                    // Only while the server is torn down: nobody is left to answer.
+                    self.state = State::Closed;
+                    return progress;
+                }
             }
-            Dispatched::Answered(reply) => {
-                Counters::add(&env.counters.requests, 1);
-                self.on_reply(reply, env.counters, env.now);
-                true
-            }
-            Dispatched::Full(job) => {
-                self.stalled = Some(job);
-                false
-            }
-            Dispatched::Gone => {
-                self.state = State::Closed;
-                false
-            }
+            progress = true;
         }
+        progress
     }
 
     /// Keeps `partial_since` at the instant the unfinished request at the front of the input
@@ -486,16 +529,18 @@ impl<C: Codec, S: Transport> Connection<C, S> {
             self.ctx.connection_id,
             self.ctx.peer
         );
+        self.ended.get_or_insert(CloseReason::Reset);
         self.state = State::Closed;
     }
 
     /// Moves to the next state if the current one has nothing left to wait for; returns
     /// whether it moved.
-    fn advance(&mut self, env: &mut Env<'_, C>) -> bool {
+    fn advance(&mut self, env: &mut Env<'_, C, S>) -> bool {
         match self.state {
             State::ReadClosed
                 if self.in_flight() == 0
-                    && self.stalled.is_none()
+                    && !self.outbox.is_stalled()
+                    && !self.outbox.is_opening()
                     && (self.input.is_empty() || self.has_room()) =>
             {
                 // Everything decodable was decoded and answered: what is left is the start
@@ -521,10 +566,21 @@ impl<C: Codec, S: Transport> Connection<C, S> {
                     unreachable!("matched above")
                 };
                 self.pipeline.drop_unwritten(env.counters);
-                if let EndReason::Protocol(error) = &reason {
-                    let (ctx, counters) = (&self.ctx, env.counters);
-                    self.pipeline
-                        .error_reply(error, &mut self.output, ctx, counters);
+                let (ctx, counters) = (&self.ctx, env.counters);
+                match &reason {
+                    EndReason::Protocol(error) => {
+                        self.pipeline
+                            .error_reply(error, &mut self.output, ctx, counters)
+                    }
+                    EndReason::Timeout(why) => {
+                        self.pipeline
+                            .farewell(*why, &mut self.output, ctx, counters)
+                    }
+                    EndReason::ServerShutdown => {
+                        let why = Farewell::Shutdown;
+                        self.pipeline.farewell(why, &mut self.output, ctx, counters)
+                    }
+                    _ => {}
                 }
                 self.state = State::Flushing { then };
             }
@@ -549,12 +605,19 @@ impl<C: Codec, S: Transport> Connection<C, S> {
     }
 
     /// The reactor is dropping this connection: account for what it still held.
-    pub fn release(&mut self, counters: &Counters) {
+    /// `otherwise` is why it ended if nothing else said so (the peer's FIN, most often).
+    /// Returns where its session is, and why the connection ended, for the close hook.
+    pub fn release(
+        &mut self,
+        counters: &Counters,
+        otherwise: CloseReason,
+    ) -> (Finish<S>, CloseReason) {
         self.pipeline.drop_unwritten(counters);
+        (self.outbox.finish(), self.ended.unwrap_or(otherwise))
     }
 
     /// Writes output until WouldBlock; returns whether anything was written.
-    fn write(&mut self, env: &mut Env<'_, C>) -> bool {
+    fn write(&mut self, env: &mut Env<'_, C, S>) -> bool {
         let mut progress = false;
         while !self.output.is_empty()
             && self.write_readiness == Readiness::Ready
@@ -591,7 +654,7 @@ impl<C: Codec, S: Transport> Connection<C, S> {
     pub fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
         let after = |since: Instant, limit: Option<Duration>| limit.map(|d| clock::after(since, d));
         // Requests in flight or stalled mean the server, not the peer, is the one to wait for.
-        let waiting_on_peer = self.in_flight() == 0 && self.stalled.is_none();
+        let waiting_on_peer = self.in_flight() == 0 && !self.outbox.is_stalled();
         match self.state {
             State::Lingering { until } => Some(until),
             State::Closed => None,
@@ -608,7 +671,7 @@ impl<C: Codec, S: Transport> Connection<C, S> {
     }
 
     /// A timer fired: ends the connection if one of its deadlines has passed.
-    pub fn on_timer(&mut self, env: &mut Env<'_, C>) -> Step {
+    pub fn on_timer(&mut self, env: &mut Env<'_, C, S>) -> Step {
         match self.next_deadline(env.limits) {
             Some(deadline) if deadline <= env.now => {}
             _ => return Step::Wait,
@@ -626,20 +689,21 @@ impl<C: Codec, S: Transport> Connection<C, S> {
                 self.ctx.connection_id,
                 self.ctx.peer
             );
+            self.ended.get_or_insert(CloseReason::Timeout);
             self.state = State::Closed;
             return Step::Close;
         }
         let which = if self.partial_since.is_some() {
-            "partial-frame"
+            Farewell::PartialFrameTimeout
         } else {
-            "idle"
+            Farewell::IdleTimeout
         };
         self.end(self.pipeline.next_seq(), EndReason::Timeout(which));
         self.drive(env)
     }
 
     /// The server is shutting down: finish what is in flight, then close.
-    pub fn shut_down(&mut self, env: &mut Env<'_, C>) -> Step {
+    pub fn shut_down(&mut self, env: &mut Env<'_, C, S>) -> Step {
         self.end(self.pipeline.next_seq(), EndReason::ServerShutdown);
         self.drive(env)
     }

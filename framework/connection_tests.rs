@@ -10,7 +10,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::codec::{AfterReply, Codec, DecodeError, Decoded, LengthPrefixedCodec, LineCodec};
-use crate::message::{Dispatch, Dispatched, HandlerPanicked};
+use crate::handler::Replies;
+use crate::message::{Answer, Dispatch, Dispatched, Done, Work};
 
 /// The peer's end of an in-memory connection, as the server's socket sees it.
 #[derive(Default)]
@@ -86,18 +87,18 @@ impl Transport for MemStream {
     }
 }
 
-/// A stand-in for the pool: keeps the jobs; refuses them while `full`.
+/// A stand-in for the pool: keeps the work; refuses it while `full`.
 struct Jobs<Req> {
-    queued: Vec<Job<Req>>,
+    queued: Vec<Work<Req, ()>>,
     full: bool,
 }
 
-impl<Req, Resp> Dispatch<Req, Resp> for Jobs<Req> {
-    fn dispatch(&mut self, job: Job<Req>) -> Dispatched<Req, Resp> {
+impl<Req, Resp> Dispatch<Req, Resp, ()> for Jobs<Req> {
+    fn dispatch(&mut self, work: Work<Req, ()>) -> Dispatched<Req, Resp, ()> {
         if self.full {
-            return Dispatched::Full(job);
+            return Dispatched::Full(work);
         }
-        self.queued.push(job);
+        self.queued.push(work);
         Dispatched::Queued
     }
 }
@@ -146,7 +147,7 @@ fn limits() -> Limits {
 
 /// One connection, its peer's stream, and a stand-in pool.
 struct Harness<C: Codec> {
-    conn: Connection<C, MemStream>,
+    conn: Connection<C, (), MemStream>,
     jobs: Jobs<C::Request>,
     counters: Counters,
     limits: Limits,
@@ -156,7 +157,38 @@ struct Harness<C: Codec> {
 }
 
 impl<C: Codec> Harness<C> {
+    /// A connection whose open hook has run (no greeting), in order.
     fn new(codec: C, limits: Limits) -> Self {
+        let mut h = Self::opening(codec, limits, None);
+        h.open(Replies::new());
+        h
+    }
+
+    /// A connection in concurrent mode, opened.
+    fn concurrent(codec: C, limits: Limits) -> Self {
+        fn fresh() {}
+        let mut h = Self::opening(codec, limits, Some(fresh));
+        h.open(Replies::new());
+        h
+    }
+
+    /// The open hook answers with `greeting`.
+    fn open(&mut self, greeting: Replies<C::Response>) -> Step {
+        let open = self.jobs.queued.remove(0);
+        let Work::Open { key, ctx, .. } = open else {
+            panic!("the first work is the open hook")
+        };
+        let done = Done::Opened {
+            key,
+            ctx,
+            outcome: Ok(((), greeting)),
+        };
+        self.conn.on_done(done, &self.counters, self.now);
+        self.event()
+    }
+
+    /// A connection whose open hook is still out.
+    fn opening(codec: C, limits: Limits, concurrent: Option<fn()>) -> Self {
         let now = Instant::now();
         let stream = MemStream {
             room: usize::MAX,
@@ -170,8 +202,8 @@ impl<C: Codec> Harness<C> {
             slot: 0,
             generation: 0,
         };
-        Harness {
-            conn: Connection::new(stream, key, ctx, codec, &limits, now),
+        let mut h = Harness {
+            conn: Connection::new(stream, (0, key, ctx), codec, &limits, concurrent, now),
             jobs: Jobs {
                 queued: Vec::new(),
                 full: false,
@@ -181,12 +213,14 @@ impl<C: Codec> Harness<C> {
             scratch: vec![0; 64 * 1024],
             now,
             step: Step::Wait,
-        }
+        };
+        h.event();
+        h
     }
 
     fn with<R>(
         &mut self,
-        f: impl FnOnce(&mut Connection<C, MemStream>, &mut Env<'_, C>) -> R,
+        f: impl FnOnce(&mut Connection<C, (), MemStream>, &mut Env<'_, C, ()>) -> R,
     ) -> R {
         let mut env = Env {
             dispatch: &mut self.jobs,
@@ -229,25 +263,63 @@ impl<C: Codec> Harness<C> {
         self.event()
     }
 
-    /// Workers answer every queued job with `answer(request)`, in the order given by `order`
-    /// (indices into the queue, a permutation), then the reactor drives the connection.
-    fn answer_in(&mut self, order: &[usize], answer: impl Fn(C::Request) -> C::Response) -> Step {
-        let mut jobs: Vec<Option<Job<C::Request>>> = std::mem::take(&mut self.jobs.queued)
+    /// Requests handed to the pool and not yet answered.
+    fn queued(&self) -> usize {
+        self.jobs.queued.iter().map(|w| w.requests()).sum()
+    }
+
+    /// Workers run the queued batches in the order given by `order` (indices into the
+    /// queue, each once), each request answered by `answer` (`None`: the handler panics),
+    /// then the reactor drives the connection.
+    fn run_in(
+        &mut self,
+        order: &[usize],
+        answer: impl Fn(C::Request) -> Option<Replies<C::Response>>,
+    ) -> Step {
+        let mut batches: Vec<Option<Work<C::Request, ()>>> = std::mem::take(&mut self.jobs.queued)
             .into_iter()
             .map(Some)
             .collect();
         for &i in order {
-            let job = jobs[i].take().expect("each job answered once");
-            let reply = Reply {
-                key: job.key,
-                seq: job.seq,
-                outcome: Ok(answer(job.request)),
+            let Some(Work::Batch {
+                key,
+                ctx,
+                requests,
+                session,
+                ..
+            }) = batches[i].take()
+            else {
+                panic!("work {i} is a batch, answered once")
             };
-            self.conn.on_reply(reply, &self.counters, self.now);
+            let total = requests.len();
+            let mut answers = Vec::new();
+            for (seq, request) in requests {
+                match answer(request) {
+                    Some(replies) => answers.push((seq, Answer::Replied(replies))),
+                    None => {
+                        answers.push((seq, Answer::Panicked));
+                        break;
+                    }
+                }
+            }
+            let skipped = total - answers.len();
+            let done = Done::Ran {
+                key,
+                ctx,
+                answers,
+                skipped,
+                session,
+            };
+            self.conn.on_done(done, &self.counters, self.now);
         }
-        self.jobs.queued = jobs.into_iter().flatten().collect();
+        self.jobs.queued = batches.into_iter().flatten().collect();
         self.step = self.with(|conn, env| conn.drive(env));
         self.step
+    }
+
+    /// Workers answer the queued batches in the order given, one response per request.
+    fn answer_in(&mut self, order: &[usize], answer: impl Fn(C::Request) -> C::Response) -> Step {
+        self.run_in(order, |request| Some(one(answer(request))))
     }
 
     fn answer_all(&mut self, answer: impl Fn(C::Request) -> C::Response) -> Step {
@@ -275,6 +347,12 @@ impl<C: Codec> Harness<C> {
     }
 }
 
+fn one<R>(response: R) -> Replies<R> {
+    let mut replies = Replies::new();
+    replies.send(response);
+    replies
+}
+
 fn upper(line: Vec<u8>) -> Vec<u8> {
     line.to_ascii_uppercase()
 }
@@ -284,19 +362,35 @@ fn lines() -> Harness<LineCodec> {
 }
 
 #[test]
-fn open_decodes_dispatches_and_writes_replies_in_request_order() {
+fn open_decodes_and_hands_on_one_batch_then_writes_replies_in_request_order() {
     let mut h = lines();
     h.peer_sends(b"a\nb\nc\n");
     assert_eq!(
-        (h.state(), h.jobs.queued.len()),
-        ("Open", 2),
-        "two fit before a reply"
+        (h.state(), h.jobs.queued.len(), h.queued()),
+        ("Open", 1, 2),
+        "two fit before a reply, in one batch"
     );
-    h.answer_in(&[1, 0], upper);
+    h.answer_all(upper);
     assert_eq!(h.sent(), "A\nB\n");
+    assert_eq!(
+        h.queued(),
+        1,
+        "the next batch leaves when the session is back"
+    );
     h.answer_all(upper);
     assert_eq!((h.sent().as_str(), h.state()), ("A\nB\nC\n", "Open"));
     assert_eq!(h.stats().in_flight, 0);
+}
+
+#[test]
+fn concurrent_mode_hands_on_each_request_and_reorders_the_replies() {
+    let mut h = Harness::concurrent(LineCodec::new(), limits());
+    h.peer_sends(b"a\nb\n");
+    assert_eq!((h.jobs.queued.len(), h.queued()), (2, 2));
+    h.answer_in(&[1], upper);
+    assert_eq!(h.sent(), "", "b waits for a");
+    h.answer_all(upper);
+    assert_eq!(h.sent(), "A\nB\n");
 }
 
 #[test]
@@ -429,19 +523,12 @@ fn a_request_pipelined_behind_a_reply_over_the_mark_is_answered() {
     let mut input = vec![b'x'; 2000];
     input.extend_from_slice(b"\nping\n");
     h.peer_sends(&input);
-    assert_eq!(h.jobs.queued.len(), 1, "the large request fills the room");
+    assert_eq!(h.queued(), 1, "the large request fills the room");
     h.answer_all(|r| r);
-    assert!(
-        h.jobs.queued.is_empty(),
-        "output over the mark pauses dispatch"
-    );
+    assert!(h.queued() == 0, "output over the mark pauses dispatch");
     h.stream().room = usize::MAX;
     h.event();
-    assert_eq!(
-        h.jobs.queued.len(),
-        1,
-        "writing made room: `ping` is dispatched"
-    );
+    assert_eq!(h.queued(), 1, "writing made room: `ping` is dispatched");
     h.answer_all(|r| r);
     assert!(h.sent().ends_with("xx\nping\n"));
 }
@@ -468,7 +555,7 @@ fn replies_larger_than_requests_keep_output_near_the_high_water_mark() {
 /// counted, so `in_flight` stayed above zero.
 #[test]
 fn replies_after_a_closing_reply_are_counted_as_dropped() {
-    let mut h = Harness::new(Cues(LineCodec::new()), limits());
+    let mut h = Harness::concurrent(Cues(LineCodec::new()), limits());
     h.peer_sends(b"close\nafter\n");
     h.answer_in(&[1, 0], |r| r);
     assert_eq!(h.sent(), "close\n");
@@ -495,7 +582,7 @@ fn a_panic_in_decode_ends_only_the_connection_after_its_owed_replies() {
 
 #[test]
 fn a_panic_in_encode_drops_its_half_written_reply_and_ends_the_connection() {
-    let mut h = Harness::new(Cues(LineCodec::new()), limits());
+    let mut h = Harness::concurrent(Cues(LineCodec::new()), limits());
     h.peer_sends(b"a\nb\n");
     h.answer_in(&[1], |r| r);
     h.answer_in(&[0], |_| b"panic".to_vec());
@@ -539,11 +626,7 @@ fn a_frame_at_the_codec_maximum_is_accepted_however_it_is_split() {
         let mut h = Harness::new(LengthPrefixedCodec::with_max_frame(max), limits.clone());
         h.stream().read_chunk = chunk;
         h.peer_sends(&frame);
-        assert_eq!(
-            (h.state(), h.jobs.queued.len()),
-            ("Open", 1),
-            "chunk {chunk}"
-        );
+        assert_eq!((h.state(), h.queued()), ("Open", 1), "chunk {chunk}");
     }
 }
 
@@ -568,32 +651,16 @@ fn a_stalled_request_pauses_reading_until_the_queue_takes_it() {
     assert_eq!(h.stats().requests, 0, "counted only when the pool takes it");
     h.jobs.full = false;
     h.event();
-    assert_eq!((h.jobs.queued.len(), h.stats().requests), (2, 2));
+    assert_eq!((h.queued(), h.stats().requests), (2, 2));
 }
 
 #[test]
 fn a_handler_panic_ends_the_connection_after_the_replies_before_it() {
     let mut h = lines();
     h.peer_sends(b"a\nb\n");
-    let jobs = std::mem::take(&mut h.jobs.queued);
-    for job in jobs {
-        let outcome = if job.seq == 1 {
-            Err(HandlerPanicked)
-        } else {
-            Ok(job.request)
-        };
-        h.conn.on_reply(
-            Reply {
-                key: job.key,
-                seq: job.seq,
-                outcome,
-            },
-            &h.counters,
-            h.now,
-        );
-    }
-    h.event();
+    h.run_in(&[0], |r| (r != b"b").then(|| one(r)));
     assert_eq!((h.sent().as_str(), h.state()), ("a\n", "Lingering"));
+    assert_eq!(h.stats().in_flight, 0);
 }
 
 proptest! {
@@ -610,7 +677,12 @@ proptest! {
         fin_early in any::<bool>(),
         reverse in any::<bool>(),
     ) {
-        let mut h = lines();
+        // In order, or concurrent with the replies coming back in reverse.
+        let mut h = if reverse {
+            Harness::concurrent(LineCodec::new(), limits())
+        } else {
+            lines()
+        };
         let requests: String = (0..sizes.len()).map(|i| format!("{i}\n")).collect();
         let want: String = sizes.iter().map(|&n| format!("{}\n", "r".repeat(n))).collect();
         h.stream().read_chunk = read_chunk;

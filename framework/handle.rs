@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::acceptor::AcceptGate;
 use crate::clock;
-use crate::message::{Inbound, Job, Mailbox};
+use crate::message::{Inbound, Mailbox, Work};
 use crate::pool::Pool;
 use crate::stats::{Counters, Stats};
 
@@ -22,19 +23,21 @@ pub(crate) trait Running: Send + Sync {
 }
 
 /// Every thread of a server, or those started so far when starting failed part-way.
-pub(crate) struct Threads<Req, Resp> {
+pub(crate) struct Threads<Req, Resp, S> {
     pub gate: Arc<AcceptGate>,
     /// `None` until the acceptor thread started.
     pub acceptor: Option<JoinHandle<()>>,
     pub reactors: Vec<JoinHandle<()>>,
-    pub mailboxes: Arc<[Mailbox<Resp>]>,
+    pub mailboxes: Arc<[Mailbox<Resp, S>]>,
     pub pool: Pool,
-    pub jobs: Receiver<Job<Req>>,
+    pub jobs: Receiver<Work<Req, S>>,
     pub counters: Arc<Counters>,
+    /// Tells the workers that every reactor has exited.
+    pub stopping: Arc<AtomicBool>,
     pub timeout: Duration,
 }
 
-impl<Req: Send, Resp: Send> Running for Threads<Req, Resp> {
+impl<Req: Send, Resp: Send, S: Send> Running for Threads<Req, Resp, S> {
     fn stop(self: Box<Self>) -> usize {
         let Threads {
             gate,
@@ -44,6 +47,7 @@ impl<Req: Send, Resp: Send> Running for Threads<Req, Resp> {
             pool,
             jobs,
             counters,
+            stopping,
             timeout,
         } = *self;
         gate.stop();
@@ -59,12 +63,12 @@ impl<Req: Send, Resp: Send> Running for Threads<Req, Resp> {
         for reactor in reactors {
             let _ = reactor.join();
         }
-        // Jobs still queued have no connection left to answer: skip them, counted as
-        // dropped so the stats show nothing in flight.
-        while jobs.try_recv().is_ok() {
-            Counters::add(&counters.replies_dropped, 1);
-        }
-        // The reactors held the last job senders, so the workers now finish and exit.
+        // Work still queued has no connection left to answer: the workers skip its requests
+        // (counted as dropped) and run its close hooks. Release: pairs with the workers'
+        // Acquire load, after every reactor is joined. The reactors held the last job
+        // senders, so the workers then drain the queue and exit.
+        stopping.store(true, Ordering::Release);
+        drop((jobs, counters));
         pool.join(deadline)
     }
 }

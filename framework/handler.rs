@@ -1,4 +1,5 @@
-//! The user's code: a [`Handler`] turns one request into one response on a worker thread.
+//! The user's code: a [`Handler`] opens a session per connection, serves that connection's
+//! requests in order with it, and closes it when the connection ends.
 
 use std::any::Any;
 use std::fmt;
@@ -25,31 +26,132 @@ impl Context {
     }
 }
 
-/// Serves one request: runs on a worker thread and may block (a database call, a sleep), or,
-/// with [`Builder::inline`](crate::Builder::inline), on the reactor thread, where it must not.
+/// What one call answers: none, one or several responses, written in this order after the
+/// replies to every earlier request of the connection; and whether the connection closes
+/// after them.
+#[derive(Debug)]
+pub struct Replies<R> {
+    pub(crate) responses: Vec<R>,
+    pub(crate) close: bool,
+}
+
+impl<R> Replies<R> {
+    pub(crate) fn new() -> Self {
+        Replies {
+            responses: Vec::new(),
+            close: false,
+        }
+    }
+
+    /// Queues `response` to be written.
+    pub fn send(&mut self, response: R) {
+        self.responses.push(response);
+    }
+
+    /// Closes the connection once these responses (and every earlier one) are written:
+    /// requests the peer sent after this one are not served. The close is clean: our FIN,
+    /// then the peer's input is drained for a while so it reads our last bytes, not a reset.
+    pub fn close(&mut self) {
+        self.close = true;
+    }
+
+    /// Responses queued so far.
+    pub fn len(&self) -> usize {
+        self.responses.len()
+    }
+
+    /// Whether no response is queued.
+    pub fn is_empty(&self) -> bool {
+        self.responses.is_empty()
+    }
+
+    /// Whether [`close`](Replies::close) was called.
+    pub fn closes(&self) -> bool {
+        self.close
+    }
+}
+
+/// Why a connection ended, as [`Handler::close`] is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed its side (FIN) and every reply it was owed was written.
+    PeerClosed,
+    /// The peer reset the connection, or a read or write failed.
+    Reset,
+    /// An idle, partial-frame or write-stall timeout.
+    Timeout,
+    /// The peer broke the protocol: the codec's decode error.
+    ProtocolError,
+    /// The handler ([`Replies::close`]) or the codec ([`AfterReply::Close`](crate::AfterReply))
+    /// asked for it.
+    Requested,
+    /// The handler or the codec panicked.
+    Panicked,
+    /// The server shut down.
+    Shutdown,
+}
+
+/// Serves one connection's requests, with a session of its own.
 ///
-/// One handler value is shared by every worker, hence `&self` and `Sync`. Requests from one
-/// connection may run at the same time on different workers when the peer pipelines them;
-/// their responses are still written in request order. A panic is caught: that connection is
-/// closed and counted, the worker and every other connection carry on.
+/// **What runs where, and in what order.** For each connection:
+/// 1. [`open`](Handler::open) runs once, on a worker thread (it may block, say to check out a
+///    database connection), before any request of that connection; what it sends (a
+///    greeting) is written before any reply.
+/// 2. [`call`](Handler::call) runs once per request, on a worker thread (it may block), with
+///    the session `&mut`. A connection's requests run one after another in the order they
+///    arrived, each seeing what the earlier ones did; requests of different connections run
+///    in parallel on the pool. When a peer pipelines requests, one worker runs the ones that
+///    have arrived back to back, so a pipelined batch costs one hand-off between threads.
+/// 3. [`close`](Handler::close) runs exactly once when the connection ends, whatever the
+///    reason (see [`CloseReason`]), on a worker thread, after the last call has returned.
+///
+/// With [`Builder::inline`](crate::Builder::inline) all three run on the reactor thread
+/// instead, where they must not block. With
+/// [`Builder::start_concurrent`](crate::Builder::start_concurrent) (stateless handlers only)
+/// one connection's requests may run at the same time on different workers.
+///
+/// One handler value is shared by every worker, hence `&self` and `Sync`; what belongs to
+/// one connection lives in its `Session`. A panic in any of the three is caught: that
+/// connection is closed (after the replies it was owed before the panic) and counted, and
+/// the worker and every other connection carry on.
 pub trait Handler: Send + Sync + 'static {
     /// The request type, as the codec decodes it.
     type Request: Send + 'static;
     /// The response type, as the codec encodes it.
     type Response: Send + 'static;
+    /// Per-connection state: `()` for a stateless protocol.
+    type Session: Send + 'static;
 
-    /// Turns `request` into its response.
-    fn call(&self, request: Self::Request, ctx: &Context) -> Self::Response;
+    /// A connection was accepted: returns its session. Responses sent to `greeting` are
+    /// written first (SMTP's `220`, a handshake); calling `greeting.close()` refuses the
+    /// connection after them.
+    fn open(&self, ctx: &Context, greeting: &mut Replies<Self::Response>) -> Self::Session;
+
+    /// Serves `request`: send its responses (usually one) to `replies`.
+    fn call(
+        &self,
+        session: &mut Self::Session,
+        request: Self::Request,
+        ctx: &Context,
+        replies: &mut Replies<Self::Response>,
+    );
+
+    /// The connection ended: the session is handed back, once. The default drops it.
+    fn close(&self, session: Self::Session, ctx: &Context, reason: CloseReason) {
+        let _ = (session, ctx, reason);
+    }
 }
 
-/// A [`Handler`] made from a closure; see [`handler_fn`].
+/// A stateless [`Handler`] made from a closure; see [`handler_fn`].
 pub struct HandlerFn<F, Req, Resp> {
     f: F,
     // fn(Req) -> Resp keeps HandlerFn Send + Sync whatever Req and Resp are.
     _types: PhantomData<fn(Req) -> Resp>,
 }
 
-/// Makes a [`Handler`] from a closure `Fn(Request, &Context) -> Response`.
+/// Makes a stateless [`Handler`] from a closure `Fn(Request, &Context) -> Response`: each
+/// request gets exactly one response, and the session is `()`.
 ///
 /// ```
 /// let echo = reactor_pool::handler_fn(|request: Vec<u8>, _ctx: &reactor_pool::Context| request);
@@ -73,9 +175,12 @@ where
 {
     type Request = Req;
     type Response = Resp;
+    type Session = ();
 
-    fn call(&self, request: Req, ctx: &Context) -> Resp {
-        (self.f)(request, ctx)
+    fn open(&self, _ctx: &Context, _greeting: &mut Replies<Resp>) {}
+
+    fn call(&self, _session: &mut (), request: Req, ctx: &Context, replies: &mut Replies<Resp>) {
+        replies.send((self.f)(request, ctx));
     }
 }
 

@@ -47,6 +47,7 @@
 //   sys, clock, buffer, stats, codec, handler   (no crate imports but these)
 //   message       the types that cross threads: ConnKey, Job, Reply, Inbound, Mailbox
 //   pipeline      one connection's requests in flight and the guarded codec calls
+//   outbox        one connection's session and the requests waiting to be handed on
 //   connection    the per-connection state machine over any Read + Write stream
 //   timers, pool, acceptor
 //   reactor       owns connections, timers, dispatch to the pool
@@ -60,6 +61,7 @@ mod connection;
 mod handle;
 mod handler;
 mod message;
+mod outbox;
 mod pipeline;
 mod pool;
 mod reactor;
@@ -69,11 +71,11 @@ mod sys;
 mod timers;
 
 pub use codec::{
-    AfterReply, Codec, DecodeError, Decoded, LengthPrefixedCodec, LineCodec, RawCodec,
+    AfterReply, Codec, DecodeError, Decoded, Farewell, LengthPrefixedCodec, LineCodec, RawCodec,
     DEFAULT_MAX_FRAME,
 };
 pub use handle::{ServerHandle, ShutdownTrigger, StatsReader};
-pub use handler::{handler_fn, Context, Handler, HandlerFn};
+pub use handler::{handler_fn, CloseReason, Context, Handler, HandlerFn, Replies};
 pub use server::Builder;
 pub use stats::Stats;
 

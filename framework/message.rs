@@ -1,5 +1,6 @@
-//! What crosses between threads: the key that names a connection, a request on its way to a
-//! worker ([`Job`]), a response on its way back ([`Reply`]), and the reactor's [`Mailbox`].
+//! What crosses between threads: the key that names a connection, work on its way to a
+//! worker ([`Work`]: open a session, run a batch of requests, close a session), what comes
+//! back ([`Done`]), and the reactor's [`Mailbox`].
 //!
 //! This module sits below every thread's module (acceptor, reactor, connection, pool) and
 //! imports nothing above it, so those can each import it without importing one another.
@@ -12,7 +13,7 @@ use crossbeam_channel::Sender;
 use mio::net::TcpStream;
 use mio::{Token, Waker};
 
-use crate::handler::Context;
+use crate::handler::{CloseReason, Context, Replies};
 
 /// Names a connection slot and the generation of its current occupant, so a reply or an
 /// event for a connection that closed is never applied to a later one in the same slot.
@@ -67,33 +68,98 @@ fn unpack_token(raw: u64, bits: u32) -> EventKey {
     }
 }
 
-/// One request on its way to a worker.
-pub(crate) struct Job<Req> {
-    /// Index of the reactor that owns the connection, where the reply goes.
-    pub reactor: usize,
-    pub key: ConnKey,
-    /// Position of the request on its connection; replies are written in this order.
-    pub seq: u64,
-    pub request: Req,
-    pub ctx: Context,
+/// Work for the pool (or, in inline mode, for the reactor's own thread).
+pub(crate) enum Work<Req, S> {
+    /// A connection was accepted: run the handler's open hook.
+    Open {
+        reactor: usize,
+        key: ConnKey,
+        ctx: Context,
+    },
+    /// Run these requests of one connection, one after another in this order, with its
+    /// session; each carries its sequence number on the connection.
+    Batch {
+        reactor: usize,
+        key: ConnKey,
+        ctx: Context,
+        requests: Vec<(u64, Req)>,
+        session: S,
+    },
+    /// The connection ended: hand the session to the handler's close hook.
+    Close {
+        ctx: Context,
+        session: S,
+        reason: CloseReason,
+    },
 }
 
-/// A handler's answer, on its way back to the reactor.
-pub(crate) struct Reply<Resp> {
-    pub key: ConnKey,
-    pub seq: u64,
-    /// `Err` when the handler panicked: the connection is closed.
-    pub outcome: Result<Resp, HandlerPanicked>,
+impl<Req, S> Work<Req, S> {
+    /// Requests this work carries.
+    pub fn requests(&self) -> usize {
+        match self {
+            Work::Batch { requests, .. } => requests.len(),
+            _ => 0,
+        }
+    }
 }
 
-/// The handler panicked while serving a request.
+/// How one request was answered.
+pub(crate) enum Answer<Resp> {
+    Replied(Replies<Resp>),
+    /// The handler panicked: the connection ends after the replies before this one.
+    Panicked,
+}
+
+/// What the pool sends back to the reactor that owns the connection.
+pub(crate) enum Done<Resp, S> {
+    /// The open hook ran: the session and the greeting, or `Err` if it panicked.
+    Opened {
+        key: ConnKey,
+        ctx: Context,
+        outcome: Result<(S, Replies<Resp>), HandlerPanicked>,
+    },
+    /// A batch ran: its answers in order, the requests not run after a panic, and the
+    /// session, coming home.
+    Ran {
+        key: ConnKey,
+        ctx: Context,
+        answers: Vec<(u64, Answer<Resp>)>,
+        skipped: usize,
+        session: S,
+    },
+}
+
+impl<Resp, S> Done<Resp, S> {
+    pub fn key(&self) -> ConnKey {
+        match self {
+            Done::Opened { key, .. } | Done::Ran { key, .. } => *key,
+        }
+    }
+
+    /// The requests this answers for, the session it carries (if any) and its connection:
+    /// what is left to account for when that connection is gone.
+    pub fn into_leftovers(self) -> (usize, Option<S>, Context) {
+        match self {
+            Done::Opened { outcome, ctx, .. } => (0, outcome.ok().map(|(session, _)| session), ctx),
+            Done::Ran {
+                answers,
+                skipped,
+                session,
+                ctx,
+                ..
+            } => (answers.len() + skipped, Some(session), ctx),
+        }
+    }
+}
+
+/// The handler panicked.
 #[derive(Debug)]
 pub(crate) struct HandlerPanicked;
 
 /// What other threads send a reactor.
-pub(crate) enum Inbound<Resp> {
-    /// A handler's reply.
-    Reply(Reply<Resp>),
+pub(crate) enum Inbound<Resp, S> {
+    /// The pool finished some work of one of its connections.
+    Done(Done<Resp, S>),
     /// A connection from the acceptor.
     Connection(TcpStream, Context),
     /// Stop: finish in-flight requests, flush, close; force-close what is left at `deadline`.
@@ -102,8 +168,8 @@ pub(crate) enum Inbound<Resp> {
 
 /// The sending side of a reactor's inbox, with coalesced wake-ups: a sender wakes the
 /// reactor only when no wake-up is pending, so a burst of replies costs one `Waker::wake`.
-pub(crate) struct Mailbox<Resp> {
-    tx: Sender<Inbound<Resp>>,
+pub(crate) struct Mailbox<Resp, S> {
+    tx: Sender<Inbound<Resp, S>>,
     waker: Arc<Waker>,
     wake_pending: Arc<AtomicBool>,
 }
@@ -111,9 +177,9 @@ pub(crate) struct Mailbox<Resp> {
 /// The reactor's side of the wake-up protocol (see [`Mailbox::send`]).
 pub(crate) struct WakeFlag(Arc<AtomicBool>);
 
-impl<Resp> Mailbox<Resp> {
+impl<Resp, S> Mailbox<Resp, S> {
     /// A mailbox over `tx` whose reactor polls with `waker`, and the flag the reactor keeps.
-    pub fn new(tx: Sender<Inbound<Resp>>, waker: Arc<Waker>) -> (Self, WakeFlag) {
+    pub fn new(tx: Sender<Inbound<Resp, S>>, waker: Arc<Waker>) -> (Self, WakeFlag) {
         let wake_pending = Arc::new(AtomicBool::new(false));
         let flag = WakeFlag(Arc::clone(&wake_pending));
         (
@@ -127,7 +193,7 @@ impl<Resp> Mailbox<Resp> {
     }
 
     /// Posts a message; fails, handing it back, only when the reactor has exited.
-    pub fn send(&self, message: Inbound<Resp>) -> Result<(), Inbound<Resp>> {
+    pub fn send(&self, message: Inbound<Resp, S>) -> Result<(), Inbound<Resp, S>> {
         self.tx.send(message).map_err(|e| e.into_inner())?;
         // The reactor keeps the flag set while it is awake and drains its inbox on every
         // turn; it clears the flag just before it sleeps and then drains once more. With a
@@ -157,21 +223,21 @@ impl WakeFlag {
     }
 }
 
-/// What became of a request handed to [`Dispatch::dispatch`].
-pub(crate) enum Dispatched<Req, Resp> {
-    /// A worker will answer it.
+/// What became of work handed to [`Dispatch::dispatch`].
+pub(crate) enum Dispatched<Req, Resp, S> {
+    /// A worker will do it.
     Queued,
-    /// The job queue is full: the job comes back, to be offered again later.
-    Full(Job<Req>),
-    /// Answered at once (inline mode).
-    Answered(Reply<Resp>),
-    /// Nobody is left to answer: the server is being torn down.
-    Gone,
+    /// The job queue is full: the work comes back, to be offered again later.
+    Full(Work<Req, S>),
+    /// Done at once (inline mode); `None` for a close.
+    Ran(Option<Done<Resp, S>>),
+    /// Nobody is left to do it: the server is being torn down.
+    Gone(Work<Req, S>),
 }
 
-/// Where a connection's requests go: the worker pool, or an inline handler.
-pub(crate) trait Dispatch<Req, Resp> {
-    fn dispatch(&mut self, job: Job<Req>) -> Dispatched<Req, Resp>;
+/// Where a connection's work goes: the worker pool, or the handler inline.
+pub(crate) trait Dispatch<Req, Resp, S> {
+    fn dispatch(&mut self, work: Work<Req, S>) -> Dispatched<Req, Resp, S>;
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
 
 use crate::buffer::Buffer;
-use crate::codec::{AfterReply, Codec, DecodeError};
-use crate::handler::{panic_message, Context};
+use crate::codec::{AfterReply, Codec, DecodeError, Farewell};
+use crate::handler::{panic_message, Context, Replies};
 use crate::stats::Counters;
 
 /// Why a connection ends on the server's initiative. The pipeline reports the first three;
@@ -22,10 +22,10 @@ pub(crate) enum EndReason {
     Protocol(DecodeError),
     /// The codec panicked: nothing more can be decoded or encoded with it.
     CodecPanicked,
-    /// A reply said it was the last ([`AfterReply::Close`]).
+    /// A reply said it was the last ([`AfterReply::Close`] or [`Replies::close`]).
     CloseRequested,
     HandlerPanicked,
-    Timeout(&'static str),
+    Timeout(Farewell),
     ServerShutdown,
 }
 
@@ -37,16 +37,33 @@ pub(crate) struct Room {
     pub output_high_water: usize,
 }
 
+/// What became of one request, by its sequence number.
+enum Slot<R> {
+    /// Handed on; its replies have not come back.
+    Waiting,
+    Replied(Replies<R>),
+    /// The codec refused it ([`DecodeError::Refused`]): its error reply answers it.
+    Refused(DecodeError),
+}
+
+/// What [`Pipeline::decode`] found at the front of the input.
+pub(crate) enum Decoded<R> {
+    /// A request for the handler, with its sequence number and size.
+    Request(R, u64, usize),
+    /// A request the codec refused and answers itself; its size.
+    Refused(usize),
+}
+
 /// Requests decoded but not yet answered in writing, and the codec that frames them.
 pub(crate) struct Pipeline<C: Codec> {
     codec: C,
     room: Room,
-    /// Sequence number of the next request to dispatch.
+    /// Sequence number of the next request decoded.
     next_seq: u64,
     /// Sequence number of the next reply to write; `next_seq - write_seq` are in flight.
     write_seq: u64,
-    /// Replies that came back before an earlier one; index 0 is `write_seq`.
-    reorder: VecDeque<Option<C::Response>>,
+    /// Index 0 is `write_seq`.
+    slots: VecDeque<Slot<C::Response>>,
     /// Input bytes of each request in flight, oldest first, and their sum.
     request_sizes: VecDeque<usize>,
     in_flight_bytes: usize,
@@ -54,6 +71,8 @@ pub(crate) struct Pipeline<C: Codec> {
     /// with each smaller one). Output plus this much per request in flight stays under the
     /// high-water mark, so a peer that stops reading cannot pin many large replies.
     reply_estimate: usize,
+    /// Decoding waits until the replies to this request are encoded (a framing switch).
+    hold: Option<u64>,
 }
 
 impl<C: Codec> Pipeline<C> {
@@ -63,11 +82,12 @@ impl<C: Codec> Pipeline<C> {
             room,
             next_seq: 0,
             write_seq: 0,
-            reorder: VecDeque::new(),
+            slots: VecDeque::new(),
             request_sizes: VecDeque::new(),
             in_flight_bytes: 0,
             // Before any reply is known, two requests fit under the mark.
             reply_estimate: room.output_high_water / 2,
+            hold: None,
         }
     }
 
@@ -76,7 +96,7 @@ impl<C: Codec> Pipeline<C> {
         self.next_seq
     }
 
-    /// Sequence number of the next reply to write (= replies written or skipped so far).
+    /// Sequence number of the next reply to write (= requests answered so far).
     pub fn write_seq(&self) -> u64 {
         self.write_seq
     }
@@ -85,35 +105,42 @@ impl<C: Codec> Pipeline<C> {
         (self.next_seq - self.write_seq) as usize
     }
 
-    /// Whether one more request may be dispatched with `output` bytes waiting to be written:
-    /// fewer than the in-flight limit, and output plus the replies to come under the mark.
+    /// Whether one more request may be decoded with `output` bytes waiting to be written:
+    /// no framing switch pending, fewer than the in-flight limit, and output plus the
+    /// replies to come under the mark.
     pub fn has_room(&self, output: usize) -> bool {
         let in_flight = self.in_flight();
         let to_come = self
             .in_flight_bytes
             .max(in_flight.saturating_mul(self.reply_estimate));
-        in_flight < self.room.max_in_flight
+        self.hold.is_none_or(|seq| self.write_seq > seq)
+            && in_flight < self.room.max_in_flight
             && output.saturating_add(to_come) < self.room.output_high_water
     }
 
     /// Decodes one request from the front of `input`: `Ok(None)` when more bytes are needed.
-    /// The request is numbered and counted in flight; the caller dispatches it.
+    /// The request is numbered and counted in flight; the caller hands it on.
     pub fn decode(
         &mut self,
         input: &[u8],
         ctx: &Context,
         counters: &Counters,
-    ) -> Result<Option<(C::Request, u64, usize)>, EndReason> {
+    ) -> Result<Option<Decoded<C::Request>>, EndReason> {
         let codec = &mut self.codec;
         let decoded = panic::catch_unwind(AssertUnwindSafe(|| codec.decode(input)))
             .map_err(|payload| codec_panicked("decode", &*payload, ctx, counters))?;
         let error = match decoded {
             Ok(Some((request, used))) if (1..=input.len()).contains(&used) => {
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                self.request_sizes.push_back(used);
-                self.in_flight_bytes += used;
-                return Ok(Some((request, seq, used)));
+                let codec = &self.codec;
+                let hold = panic::catch_unwind(AssertUnwindSafe(|| codec.holds_decoding(&request)))
+                    .map_err(|payload| {
+                        codec_panicked("holds_decoding", &*payload, ctx, counters)
+                    })?;
+                let seq = self.push(used, Slot::Waiting);
+                if hold {
+                    self.hold = Some(seq);
+                }
+                return Ok(Some(Decoded::Request(request, seq, used)));
             }
             Ok(Some((_, used))) => DecodeError::Invalid(format!(
                 "the codec reported using {used} of the {} bytes it was given",
@@ -125,27 +152,57 @@ impl<C: Codec> Pipeline<C> {
                 max: self.room.max_frame,
             },
             Ok(None) => return Ok(None),
+            Err(DecodeError::Refused { consumed, reason })
+                if (1..=input.len()).contains(&consumed) =>
+            {
+                log::debug!(
+                    "connection {} ({}): request refused: {reason}",
+                    ctx.connection_id,
+                    ctx.peer
+                );
+                Counters::add(&counters.requests, 1);
+                Counters::add(&counters.refused, 1);
+                self.push(
+                    consumed,
+                    Slot::Refused(DecodeError::Refused { consumed, reason }),
+                );
+                return Ok(Some(Decoded::Refused(consumed)));
+            }
+            Err(DecodeError::Refused { consumed, .. }) => DecodeError::Invalid(format!(
+                "the codec refused a request of {consumed} of the {} bytes it was given",
+                input.len()
+            )),
             Err(error) => error,
         };
         Counters::add(&counters.protocol_errors, 1);
         Err(EndReason::Protocol(error))
     }
 
-    /// Keeps the reply to request `seq` until every earlier one is written. Returns false
-    /// when no reply for `seq` is expected (never dispatched, or already written).
-    pub fn store(&mut self, seq: u64, response: C::Response) -> bool {
-        if seq < self.write_seq || seq >= self.next_seq {
-            return false;
-        }
-        let index = (seq - self.write_seq) as usize;
-        if self.reorder.len() <= index {
-            self.reorder.resize_with(index + 1, || None);
-        }
-        self.reorder[index] = Some(response);
-        true
+    fn push(&mut self, size: usize, slot: Slot<C::Response>) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.request_sizes.push_back(size);
+        self.in_flight_bytes += size;
+        self.slots.push_back(slot);
+        seq
     }
 
-    /// Encodes into `output` the stored replies that are next in order, up to request `cut`.
+    /// Keeps the replies to request `seq` until every earlier one is written. Returns false
+    /// when none is expected for `seq` (never decoded, or already written).
+    pub fn store(&mut self, seq: u64, replies: Replies<C::Response>) -> bool {
+        let Some(index) = seq.checked_sub(self.write_seq) else {
+            return false;
+        };
+        match self.slots.get_mut(index as usize) {
+            Some(slot @ Slot::Waiting) => {
+                *slot = Slot::Replied(replies);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Encodes into `output` the answers that are next in order, up to request `cut`.
     pub fn encode_ready(
         &mut self,
         output: &mut Buffer,
@@ -154,39 +211,92 @@ impl<C: Codec> Pipeline<C> {
         counters: &Counters,
     ) -> Result<(), EndReason> {
         while self.write_seq < cut {
-            let Some(Some(_)) = self.reorder.front() else {
-                return Ok(());
+            let answer = match self.slots.front() {
+                Some(Slot::Waiting) | None => return Ok(()),
+                Some(_) => self.slots.pop_front().expect("checked above"),
             };
-            let response = self.reorder.pop_front().flatten().expect("checked above");
             self.write_seq += 1;
             self.in_flight_bytes -= self.request_sizes.pop_front().unwrap_or(0);
             let before = output.len();
-            let codec = &mut self.codec;
-            let tail = output.tail();
-            match panic::catch_unwind(AssertUnwindSafe(|| codec.encode(response, tail))) {
-                Ok(after) => {
-                    Counters::add(&counters.responses, 1);
-                    let size = output.len() - before;
-                    self.reply_estimate = size.max(self.reply_estimate / 2);
-                    if after == AfterReply::Close {
-                        return Err(EndReason::CloseRequested);
+            let close = match answer {
+                Slot::Replied(replies) => {
+                    let mut close = replies.close;
+                    for response in replies.responses {
+                        match self.encode(response, output, ctx, counters) {
+                            Ok(AfterReply::KeepOpen) => {}
+                            Ok(AfterReply::Close) => {
+                                close = true;
+                                break;
+                            }
+                            Err(reason) => {
+                                Counters::add(&counters.replies_dropped, 1);
+                                return Err(reason);
+                            }
+                        }
                     }
+                    close
                 }
-                Err(payload) => {
-                    // Whatever the codec half-wrote is cut off.
-                    output.truncate(before);
-                    Counters::add(&counters.replies_dropped, 1);
-                    return Err(codec_panicked("encode", &*payload, ctx, counters));
+                Slot::Refused(error) => {
+                    self.error_reply(&error, output, ctx, counters);
+                    false
                 }
+                Slot::Waiting => unreachable!("checked above"),
+            };
+            Counters::add(&counters.responses, 1);
+            self.reply_estimate = (output.len() - before).max(self.reply_estimate / 2);
+            if close {
+                return Err(EndReason::CloseRequested);
             }
         }
         Ok(())
     }
 
-    /// Drops the replies that arrived but will never be written (the connection ends before
-    /// them), counting them so `in_flight` returns to zero.
+    /// Encodes responses that answer no request (a greeting) straight into `output`.
+    pub fn encode_unsolicited(
+        &mut self,
+        replies: Replies<C::Response>,
+        output: &mut Buffer,
+        ctx: &Context,
+        counters: &Counters,
+    ) -> Result<(), EndReason> {
+        for response in replies.responses {
+            if self.encode(response, output, ctx, counters)? == AfterReply::Close {
+                return Err(EndReason::CloseRequested);
+            }
+        }
+        if replies.close {
+            return Err(EndReason::CloseRequested);
+        }
+        Ok(())
+    }
+
+    fn encode(
+        &mut self,
+        response: C::Response,
+        output: &mut Buffer,
+        ctx: &Context,
+        counters: &Counters,
+    ) -> Result<AfterReply, EndReason> {
+        let before = output.len();
+        let codec = &mut self.codec;
+        let tail = output.tail();
+        panic::catch_unwind(AssertUnwindSafe(|| codec.encode(response, tail))).map_err(|payload| {
+            // Whatever the codec half-wrote is cut off.
+            output.truncate(before);
+            codec_panicked("encode", &*payload, ctx, counters)
+        })
+    }
+
+    /// Drops the answers that will never be written (the connection ends before them),
+    /// counting each request as dropped so `in_flight` returns to zero. Requests still
+    /// waiting for a worker are counted when their replies come back (or their work is
+    /// dropped).
     pub fn drop_unwritten(&mut self, counters: &Counters) {
-        let unwritten = self.reorder.drain(..).flatten().count();
+        let unwritten = self
+            .slots
+            .drain(..)
+            .filter(|slot| !matches!(slot, Slot::Waiting))
+            .count();
         Counters::add(&counters.replies_dropped, unwritten as u64);
     }
 
@@ -206,6 +316,23 @@ impl<C: Codec> Pipeline<C> {
         {
             output.truncate(before);
             codec_panicked("error_reply", &*payload, ctx, counters);
+        }
+    }
+
+    /// Appends the codec's farewell to `output`.
+    pub fn farewell(
+        &mut self,
+        why: Farewell,
+        output: &mut Buffer,
+        ctx: &Context,
+        counters: &Counters,
+    ) {
+        let before = output.len();
+        let codec = &mut self.codec;
+        let tail = output.tail();
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| codec.farewell(why, tail))) {
+            output.truncate(before);
+            codec_panicked("farewell", &*payload, ctx, counters);
         }
     }
 }

@@ -1,16 +1,17 @@
-//! The worker pool: threads that take jobs from one bounded queue, run the handler (which may
-//! block) and post the response to the reactor that owns the connection.
+//! The worker pool: threads that take work from one bounded queue, run the handler's hooks
+//! (which may block) and post what they produced to the reactor that owns the connection.
 
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::handler::{panic_message, Handler};
-use crate::message::{HandlerPanicked, Inbound, Job, Mailbox, Reply};
+use crate::handler::{panic_message, CloseReason, Context, Handler, Replies};
+use crate::message::{Answer, Done, HandlerPanicked, Inbound, Mailbox, Work};
 use crate::stats::Counters;
 use crate::sys::Spawn;
 
@@ -23,11 +24,14 @@ pub(crate) struct Pool {
 /// What every worker shares.
 pub(crate) struct WorkerShared<H: Handler> {
     pub handler: Arc<H>,
-    pub jobs: Receiver<Job<H::Request>>,
-    pub mailboxes: Arc<[Mailbox<H::Response>]>,
+    pub jobs: Receiver<Work<H::Request, H::Session>>,
+    pub mailboxes: Arc<[Mailbox<H::Response, H::Session>]>,
     pub counters: Arc<Counters>,
     pub slow_handler: Duration,
     pub batch_scheduling: bool,
+    /// Set once every reactor has exited: work still queued belongs to connections that are
+    /// gone, so requests are not run, but sessions are still closed.
+    pub stopping: Arc<AtomicBool>,
 }
 
 impl<H: Handler> Clone for WorkerShared<H> {
@@ -39,6 +43,7 @@ impl<H: Handler> Clone for WorkerShared<H> {
             counters: Arc::clone(&self.counters),
             slow_handler: self.slow_handler,
             batch_scheduling: self.batch_scheduling,
+            stopping: Arc::clone(&self.stopping),
         }
     }
 }
@@ -95,51 +100,154 @@ fn run_worker<H: Handler>(shared: WorkerShared<H>, _exit_guard: Sender<()>) {
     if shared.batch_scheduling {
         crate::sys::prefer_batch_scheduling();
     }
-    for job in shared.jobs.iter() {
-        let reactor = job.reactor;
-        let reply = run_job(&*shared.handler, job, &shared.counters, shared.slow_handler);
-        // The reactor is gone only when the server is shutting down past its deadline:
-        // nobody waits for this reply any more.
-        let _ = shared.mailboxes[reactor].send(Inbound::Reply(reply));
+    let handler = &*shared.handler;
+    let counters = &shared.counters;
+    for work in shared.jobs.iter() {
+        // Acquire: pairs with the Release store made after every reactor was joined, so a
+        // worker that sees the flag also sees that no reactor will take a reply.
+        if shared.stopping.load(Ordering::Acquire) {
+            abandon(handler, work, counters);
+            continue;
+        }
+        let reactor = match &work {
+            Work::Open { reactor, .. } | Work::Batch { reactor, .. } => *reactor,
+            Work::Close { .. } => usize::MAX,
+        };
+        let Some(done) = run_work(handler, work, counters, shared.slow_handler) else {
+            continue;
+        };
+        if let Err(Inbound::Done(done)) = shared.mailboxes[reactor].send(Inbound::Done(done)) {
+            // The reactor has exited (shutdown past its deadline): nobody will write these
+            // replies, but the session is still owed its close.
+            let (requests, session, ctx) = done.into_leftovers();
+            Counters::add(&counters.replies_dropped, requests as u64);
+            if let Some(session) = session {
+                close_session(handler, session, &ctx, CloseReason::Shutdown, counters);
+            }
+        }
     }
 }
 
-/// Runs the handler on one job, catching a panic, and counts a slow or panicking call. The
-/// workers call it, and so does a reactor in inline mode.
-pub(crate) fn run_job<H: Handler + ?Sized>(
+/// Work left in the queue after every reactor exited: requests are not run (their
+/// connections are gone), sessions are closed.
+fn abandon<H: Handler>(handler: &H, work: Work<H::Request, H::Session>, counters: &Counters) {
+    Counters::add(&counters.replies_dropped, work.requests() as u64);
+    match work {
+        Work::Open { .. } => {}
+        Work::Batch { ctx, session, .. } => {
+            close_session(handler, session, &ctx, CloseReason::Shutdown, counters)
+        }
+        Work::Close {
+            ctx,
+            session,
+            reason,
+        } => close_session(handler, session, &ctx, reason, counters),
+    }
+}
+
+/// Runs one piece of work, catching panics, and counts slow or panicking calls. The workers
+/// call it, and so does a reactor in inline mode. Returns what goes back to the reactor
+/// (nothing for a close).
+pub(crate) fn run_work<H: Handler + ?Sized>(
     handler: &H,
-    job: Job<H::Request>,
+    work: Work<H::Request, H::Session>,
     counters: &Counters,
     slow_handler: Duration,
-) -> Reply<H::Response> {
-    let Job {
-        key,
-        seq,
-        request,
-        ctx,
-        ..
-    } = job;
+) -> Option<Done<H::Response, H::Session>> {
+    match work {
+        Work::Open { key, ctx, .. } => {
+            let mut greeting = Replies::new();
+            let outcome = timed(&ctx, "open", counters, slow_handler, || {
+                handler.open(&ctx, &mut greeting)
+            });
+            Some(Done::Opened {
+                key,
+                ctx,
+                outcome: outcome.map(|session| (session, greeting)),
+            })
+        }
+        Work::Batch {
+            key,
+            ctx,
+            requests,
+            mut session,
+            ..
+        } => {
+            let total = requests.len();
+            let mut answers = Vec::with_capacity(total);
+            for (seq, request) in requests {
+                let mut replies = Replies::new();
+                let ran = timed(&ctx, "call", counters, slow_handler, || {
+                    handler.call(&mut session, request, &ctx, &mut replies)
+                });
+                match ran {
+                    Ok(()) => answers.push((seq, Answer::Replied(replies))),
+                    Err(HandlerPanicked) => {
+                        // The session may be half-updated: run nothing more with it.
+                        answers.push((seq, Answer::Panicked));
+                        break;
+                    }
+                }
+            }
+            let skipped = total - answers.len();
+            Some(Done::Ran {
+                key,
+                ctx,
+                answers,
+                skipped,
+                session,
+            })
+        }
+        Work::Close {
+            ctx,
+            session,
+            reason,
+        } => {
+            close_session(handler, session, &ctx, reason, counters);
+            None
+        }
+    }
+}
+
+fn close_session<H: Handler + ?Sized>(
+    handler: &H,
+    session: H::Session,
+    ctx: &Context,
+    reason: CloseReason,
+    counters: &Counters,
+) {
+    let _ = timed(ctx, "close", counters, Duration::MAX, || {
+        handler.close(session, ctx, reason)
+    });
+}
+
+/// Runs one hook of the handler, catching a panic; logs and counts a slow or panicking one.
+fn timed<T>(
+    ctx: &Context,
+    hook: &str,
+    counters: &Counters,
+    slow_handler: Duration,
+    f: impl FnOnce() -> T,
+) -> Result<T, HandlerPanicked> {
     let started = Instant::now();
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| handler.call(request, &ctx)));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(f));
     let took = started.elapsed();
     if took >= slow_handler {
         Counters::add(&counters.slow_handlers, 1);
         log::warn!(
-            "handler for connection {} ({}) ran for {:?}",
+            "handler {hook} for connection {} ({}) ran for {took:?}",
             ctx.connection_id,
-            ctx.peer,
-            took
+            ctx.peer
         );
     }
-    let outcome = outcome.map_err(|payload| {
+    outcome.map_err(|payload| {
         Counters::add(&counters.panics, 1);
         log::error!(
-            "handler panicked on connection {} ({}): {}; closing that connection",
+            "handler {hook} panicked on connection {} ({}): {}; closing that connection",
             ctx.connection_id,
             ctx.peer,
             panic_message(&*payload)
         );
         HandlerPanicked
-    });
-    Reply { key, seq, outcome }
+    })
 }

@@ -1,6 +1,7 @@
 //! A reactor: one thread with a mio `Poll` that owns a set of connections. It reads, decodes,
 //! dispatches to the pool, and writes the replies that come back through its [`Mailbox`].
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,10 +13,11 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::acceptor::AcceptGate;
 use crate::codec::Codec;
 use crate::connection::{Connection, Env, Limits, Step};
-use crate::handler::{Context, Handler};
+use crate::handler::{CloseReason, Context, Handler};
 use crate::message::{
-    ConnKey, Dispatch, Dispatched, EventKey, Inbound, Job, Mailbox, Reply, WakeFlag,
+    ConnKey, Dispatch, Dispatched, Done, EventKey, Inbound, Mailbox, WakeFlag, Work,
 };
+use crate::outbox::Finish;
 use crate::pool;
 use crate::stats::Counters;
 use crate::timers::Timers;
@@ -26,36 +28,35 @@ const WAKER: Token = Token(usize::MAX);
 /// refused, when no reply of its own is due to wake it earlier.
 const STALL_RETRY: Duration = Duration::from_millis(5);
 
-/// A handler run on the reactor thread (inline mode).
-pub(crate) type InlineHandler<C> =
-    dyn Handler<Request = <C as Codec>::Request, Response = <C as Codec>::Response>;
+/// The handler, as a reactor holds it: run inline, or for a close hook that cannot be queued.
+pub(crate) type DynHandler<C, S> =
+    dyn Handler<Request = <C as Codec>::Request, Response = <C as Codec>::Response, Session = S>;
 
-/// Where requests go: the pool's job queue.
-struct ToPool<'a, Req>(&'a Sender<Job<Req>>);
+/// Where work goes: the pool's job queue.
+struct ToPool<'a, Req, S>(&'a Sender<Work<Req, S>>);
 
-impl<Req, Resp> Dispatch<Req, Resp> for ToPool<'_, Req> {
-    fn dispatch(&mut self, job: Job<Req>) -> Dispatched<Req, Resp> {
-        match self.0.try_send(job) {
+impl<Req, Resp, S> Dispatch<Req, Resp, S> for ToPool<'_, Req, S> {
+    fn dispatch(&mut self, work: Work<Req, S>) -> Dispatched<Req, Resp, S> {
+        match self.0.try_send(work) {
             Ok(()) => Dispatched::Queued,
-            Err(TrySendError::Full(job)) => Dispatched::Full(job),
-            // Only while the server is torn down: there is nobody to answer.
-            Err(TrySendError::Disconnected(_)) => Dispatched::Gone,
+            Err(TrySendError::Full(work)) => Dispatched::Full(work),
+            Err(TrySendError::Disconnected(work)) => Dispatched::Gone(work),
         }
     }
 }
 
-/// Where requests go in inline mode: the handler, on this thread.
-struct Inline<'a, C: Codec> {
-    handler: &'a InlineHandler<C>,
+/// Where work goes in inline mode: the handler, on this thread.
+struct Inline<'a, C: Codec, S> {
+    handler: &'a DynHandler<C, S>,
     counters: &'a Counters,
     slow_handler: Duration,
 }
 
-impl<C: Codec> Dispatch<C::Request, C::Response> for Inline<'_, C> {
-    fn dispatch(&mut self, job: Job<C::Request>) -> Dispatched<C::Request, C::Response> {
-        Dispatched::Answered(pool::run_job(
+impl<C: Codec, S: Send + 'static> Dispatch<C::Request, C::Response, S> for Inline<'_, C, S> {
+    fn dispatch(&mut self, work: Work<C::Request, S>) -> Dispatched<C::Request, C::Response, S> {
+        Dispatched::Ran(pool::run_work(
             self.handler,
-            job,
+            work,
             self.counters,
             self.slow_handler,
         ))
@@ -63,8 +64,8 @@ impl<C: Codec> Dispatch<C::Request, C::Response> for Inline<'_, C> {
 }
 
 /// An open connection and what the reactor keeps about it.
-struct Entry<C: Codec> {
-    conn: Connection<C, TcpStream>,
+struct Entry<C: Codec, S> {
+    conn: Connection<C, S, TcpStream>,
     /// The deadline of this connection's entry in the reactor's timers.
     armed: Option<Instant>,
     /// Bytes last reported to `Counters::bytes_buffered`.
@@ -73,13 +74,13 @@ struct Entry<C: Codec> {
     drive_queued: bool,
 }
 
-struct Slot<C: Codec> {
+struct Slot<C: Codec, S> {
     generation: u32,
-    entry: Option<Entry<C>>,
+    entry: Option<Entry<C, S>>,
 }
 
 /// The connection `key` names, if it is still open: same slot, same generation.
-fn live_entry<C: Codec>(slots: &mut [Slot<C>], key: ConnKey) -> Option<&mut Entry<C>> {
+fn live_entry<C: Codec, S>(slots: &mut [Slot<C, S>], key: ConnKey) -> Option<&mut Entry<C, S>> {
     slots
         .get_mut(key.slot as usize)
         .filter(|slot| slot.generation == key.generation)
@@ -87,12 +88,12 @@ fn live_entry<C: Codec>(slots: &mut [Slot<C>], key: ConnKey) -> Option<&mut Entr
 }
 
 /// Everything a reactor thread owns.
-pub(crate) struct Reactor<C: Codec> {
+pub(crate) struct Reactor<C: Codec, S> {
     index: usize,
     poll: Poll,
-    inbox: Receiver<Inbound<C::Response>>,
+    inbox: Receiver<Inbound<C::Response, S>>,
     wake_flag: WakeFlag,
-    slots: Vec<Slot<C>>,
+    slots: Vec<Slot<C, S>>,
     free: Vec<u32>,
     live: usize,
     timers: Timers,
@@ -102,9 +103,16 @@ pub(crate) struct Reactor<C: Codec> {
     stalled: Vec<ConnKey>,
     /// Connections that got replies during this inbox drain, to be driven once each.
     replied: Vec<ConnKey>,
+    /// Close hooks waiting for room in the job queue.
+    closing: Vec<Work<C::Request, S>>,
+    /// Connections closed while their session was out (opening, or with a batch): why, for
+    /// the close hook when the session comes back.
+    orphans: HashMap<ConnKey, CloseReason>,
     codec: C,
-    jobs: Sender<Job<C::Request>>,
-    inline: Option<Arc<InlineHandler<C>>>,
+    jobs: Sender<Work<C::Request, S>>,
+    handler: Arc<DynHandler<C, S>>,
+    inline: bool,
+    concurrent: Option<fn() -> S>,
     slow_handler: Duration,
     counters: Arc<Counters>,
     gate: Arc<AcceptGate>,
@@ -117,11 +125,14 @@ pub(crate) struct Reactor<C: Codec> {
 }
 
 /// What a reactor needs to be built; see [`Reactor::new`].
-pub(crate) struct ReactorParts<C: Codec> {
+pub(crate) struct ReactorParts<C: Codec, S> {
     pub codec: C,
-    pub jobs: Sender<Job<C::Request>>,
-    /// Inline mode: the handler, run on the reactor thread.
-    pub inline: Option<Arc<InlineHandler<C>>>,
+    pub jobs: Sender<Work<C::Request, S>>,
+    pub handler: Arc<DynHandler<C, S>>,
+    /// Inline mode: the handler runs on the reactor thread.
+    pub inline: bool,
+    /// Concurrent mode: the session each request gets.
+    pub concurrent: Option<fn() -> S>,
     pub slow_handler: Duration,
     pub counters: Arc<Counters>,
     pub gate: Arc<AcceptGate>,
@@ -130,9 +141,12 @@ pub(crate) struct ReactorParts<C: Codec> {
     pub log_level: log::Level,
 }
 
-impl<C: Codec> Reactor<C> {
+impl<C: Codec, S: Send + 'static> Reactor<C, S> {
     /// Creates reactor number `index` and the mailbox other threads use to reach it.
-    pub fn new(index: usize, parts: ReactorParts<C>) -> io::Result<(Self, Mailbox<C::Response>)> {
+    pub fn new(
+        index: usize,
+        parts: ReactorParts<C, S>,
+    ) -> io::Result<(Self, Mailbox<C::Response, S>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, inbox) = crossbeam_channel::unbounded();
@@ -149,9 +163,13 @@ impl<C: Codec> Reactor<C> {
             revisit: Vec::new(),
             stalled: Vec::new(),
             replied: Vec::new(),
+            closing: Vec::new(),
+            orphans: HashMap::new(),
             codec: parts.codec,
             jobs: parts.jobs,
+            handler: parts.handler,
             inline: parts.inline,
+            concurrent: parts.concurrent,
             slow_handler: parts.slow_handler,
             counters: parts.counters,
             gate: parts.gate,
@@ -209,12 +227,18 @@ impl<C: Codec> Reactor<C> {
             }
             self.retry_stalled();
             self.fire_timers();
+            self.queue_closes();
             if let Some(deadline) = self.draining {
-                if self.live == 0 {
+                let sessions_out = !self.orphans.is_empty() || !self.closing.is_empty();
+                if self.live == 0 && !sessions_out {
                     break;
                 }
                 if self.now >= deadline {
                     self.force_close_all();
+                    // Sessions still out are closed by the worker that holds them when it
+                    // finds this reactor gone.
+                    self.drain_inbox();
+                    self.finish_closes();
                     break;
                 }
             }
@@ -243,7 +267,7 @@ impl<C: Codec> Reactor<C> {
             until = Some(until.map_or(deadline, |at| at.min(deadline)));
         }
         let mut timeout = until.map(|at| at.saturating_duration_since(now));
-        if !self.stalled.is_empty() {
+        if !self.stalled.is_empty() || !self.closing.is_empty() {
             timeout = Some(timeout.map_or(STALL_RETRY, |t| t.min(STALL_RETRY)));
         }
         // Round up so a timer is not polled for just before it is due, over and over.
@@ -257,7 +281,7 @@ impl<C: Codec> Reactor<C> {
         while let Ok(message) = self.inbox.try_recv() {
             any = true;
             match message {
-                Inbound::Reply(reply) => self.apply_reply(reply),
+                Inbound::Done(done) => self.apply_done(done),
                 Inbound::Connection(stream, ctx) => self.add_connection(stream, ctx),
                 Inbound::Shutdown { deadline } => self.begin_shutdown(deadline),
             }
@@ -268,17 +292,57 @@ impl<C: Codec> Reactor<C> {
         any
     }
 
-    fn apply_reply(&mut self, reply: Reply<C::Response>) {
-        let key = reply.key;
+    fn apply_done(&mut self, done: Done<C::Response, S>) {
+        let key = done.key();
         let Some(entry) = live_entry(&mut self.slots, key) else {
-            Counters::add(&self.counters.replies_dropped, 1);
-            log::trace!("dropped a reply for a connection that closed");
+            // Its connection closed while this was out: account for the requests, and give
+            // the session to the close hook.
+            let (requests, session, ctx) = done.into_leftovers();
+            Counters::add(&self.counters.replies_dropped, requests as u64);
+            let reason = self.orphans.remove(&key).unwrap_or(CloseReason::Shutdown);
+            if let Some(session) = session {
+                self.closing.push(Work::Close {
+                    ctx,
+                    session,
+                    reason,
+                });
+            }
             return;
         };
-        entry.conn.on_reply(reply, &self.counters, self.now);
+        entry.conn.on_done(done, &self.counters, self.now);
         if !entry.drive_queued {
             entry.drive_queued = true;
             self.replied.push(key);
+        }
+    }
+
+    /// Hands the waiting close hooks to the pool (or runs them, inline); those the full
+    /// queue refuses wait for the next turn.
+    fn queue_closes(&mut self) {
+        for work in std::mem::take(&mut self.closing) {
+            if self.inline {
+                pool::run_work(&*self.handler, work, &self.counters, self.slow_handler);
+                continue;
+            }
+            match self.jobs.try_send(work) {
+                Ok(()) => {}
+                Err(TrySendError::Full(work)) => self.closing.push(work),
+                // No worker is left (the server is being torn down): run it here.
+                Err(TrySendError::Disconnected(work)) => {
+                    pool::run_work(&*self.handler, work, &self.counters, self.slow_handler);
+                }
+            }
+        }
+    }
+
+    /// The reactor is exiting: every close hook still waiting is queued, waiting a little
+    /// for room, or else run here (a close hook that blocks then delays this exit only).
+    fn finish_closes(&mut self) {
+        for work in std::mem::take(&mut self.closing) {
+            if let Err(e) = self.jobs.send_timeout(work, Duration::from_secs(1)) {
+                let work = e.into_inner();
+                pool::run_work(&*self.handler, work, &self.counters, self.slow_handler);
+            }
         }
     }
 
@@ -314,7 +378,14 @@ impl<C: Codec> Reactor<C> {
             ctx.connection_id,
             ctx.peer
         );
-        let conn = Connection::new(stream, key, ctx, self.codec.clone(), &self.limits, self.now);
+        let conn = Connection::new(
+            stream,
+            (self.index, key, ctx),
+            self.codec.clone(),
+            &self.limits,
+            self.concurrent,
+            self.now,
+        );
         self.slots[slot as usize].entry = Some(Entry {
             conn,
             armed: None,
@@ -370,24 +441,22 @@ impl<C: Codec> Reactor<C> {
     /// list, and the connection's timer.
     fn with_conn<F>(&mut self, key: ConnKey, f: F)
     where
-        F: FnOnce(&mut Connection<C, TcpStream>, &mut Env<'_, C>) -> Step,
+        F: FnOnce(&mut Connection<C, S, TcpStream>, &mut Env<'_, C, S>) -> Step,
     {
         let Some(entry) = live_entry(&mut self.slots, key) else {
             return;
         };
         entry.drive_queued = false;
         let mut to_pool = ToPool(&self.jobs);
-        let mut inline;
-        let dispatch: &mut dyn Dispatch<C::Request, C::Response> = match &self.inline {
-            Some(handler) => {
-                inline = Inline::<C> {
-                    handler: &**handler,
-                    counters: &self.counters,
-                    slow_handler: self.slow_handler,
-                };
-                &mut inline
-            }
-            None => &mut to_pool,
+        let mut inline = Inline::<C, S> {
+            handler: &*self.handler,
+            counters: &self.counters,
+            slow_handler: self.slow_handler,
+        };
+        let dispatch: &mut dyn Dispatch<C::Request, C::Response, S> = if self.inline {
+            &mut inline
+        } else {
+            &mut to_pool
         };
         let mut env = Env {
             dispatch,
@@ -414,7 +483,7 @@ impl<C: Codec> Reactor<C> {
         entry.accounted = buffered;
         match step {
             Step::Close => {
-                self.close(key);
+                self.close(key, CloseReason::PeerClosed);
                 return;
             }
             Step::Revisit => self.revisit.push(key),
@@ -427,7 +496,8 @@ impl<C: Codec> Reactor<C> {
         self.timers.arm(key, &mut entry.armed, deadline);
     }
 
-    fn close(&mut self, key: ConnKey) {
+    /// Drops connection `key`; `otherwise` is why it ended if the connection does not know.
+    fn close(&mut self, key: ConnKey, otherwise: CloseReason) {
         let slot = &mut self.slots[key.slot as usize];
         let Some(mut entry) = slot.entry.take() else {
             return;
@@ -438,7 +508,18 @@ impl<C: Codec> Reactor<C> {
         self.timers.disarm(key, &mut entry.armed);
         let _ = self.poll.registry().deregister(entry.conn.stream_mut());
         Counters::sub(&self.counters.bytes_buffered, entry.accounted as u64);
-        entry.conn.release(&self.counters);
+        let (session, reason) = entry.conn.release(&self.counters, otherwise);
+        match session {
+            Finish::Here(session) => self.closing.push(Work::Close {
+                ctx: *entry.conn.ctx(),
+                session,
+                reason,
+            }),
+            Finish::Out => {
+                self.orphans.insert(key, reason);
+            }
+            Finish::Nothing => {}
+        }
         log::log!(
             self.log_level,
             "connection {} from {} closed after {} requests",
@@ -466,7 +547,7 @@ impl<C: Codec> Reactor<C> {
         }
         for key in keys {
             Counters::add(&self.counters.timeouts, 1);
-            self.close(key);
+            self.close(key, CloseReason::Shutdown);
         }
     }
 }

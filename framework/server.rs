@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use crate::handle::{Running, ServerHandle, ShutdownTrigger, StatsReader, Threads
 use crate::handler::Handler;
 use crate::message::Mailbox;
 use crate::pool::{Pool, WorkerShared};
-use crate::reactor::{InlineHandler, Reactor, ReactorParts};
+use crate::reactor::{DynHandler, Reactor, ReactorParts};
 use crate::stats::Counters;
 use crate::sys::{spawn_thread, Spawn};
 
@@ -354,7 +355,24 @@ impl Builder {
         C: Codec,
         H: Handler<Request = C::Request, Response = C::Response>,
     {
-        self.start_with(codec, handler, &mut spawn_thread)
+        self.start_with(codec, handler, None, &mut spawn_thread)
+    }
+
+    /// Starts a server whose connections' requests may run at the same time on different
+    /// workers when a peer pipelines them (their replies are still written in request
+    /// order): for stateless handlers only, since there is no session to share. The open
+    /// and close hooks still run once per connection. Otherwise as [`start`](Builder::start).
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Builder::start).
+    pub fn start_concurrent<C, H>(self, codec: C, handler: H) -> io::Result<ServerHandle>
+    where
+        C: Codec,
+        H: Handler<Request = C::Request, Response = C::Response, Session = ()>,
+    {
+        fn fresh() {}
+        self.start_with(codec, handler, Some(fresh), &mut spawn_thread)
     }
 
     /// [`start`](Builder::start) with the thread spawner given, so a test can make it fail.
@@ -362,6 +380,7 @@ impl Builder {
         mut self,
         codec: C,
         handler: H,
+        concurrent: Option<fn() -> H::Session>,
         spawn: &mut Spawn<'_>,
     ) -> io::Result<ServerHandle>
     where
@@ -379,11 +398,7 @@ impl Builder {
             Acceptor::new(listener, self.max_connections, Arc::clone(&counters))?;
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(self.job_queue_capacity);
         let handler = Arc::new(handler);
-        let inline: Option<Arc<InlineHandler<C>>> = if self.inline {
-            Some(handler.clone())
-        } else {
-            None
-        };
+        let dyn_handler: Arc<DynHandler<C, H::Session>> = handler.clone();
         let mut reactors = Vec::with_capacity(self.reactors);
         let mut mailboxes = Vec::with_capacity(self.reactors);
         for index in 0..self.reactors {
@@ -392,7 +407,9 @@ impl Builder {
                 ReactorParts {
                     codec: codec.clone(),
                     jobs: jobs_tx.clone(),
-                    inline: inline.clone(),
+                    handler: Arc::clone(&dyn_handler),
+                    inline: self.inline,
+                    concurrent,
                     slow_handler: self.slow_handler,
                     counters: Arc::clone(&counters),
                     gate: Arc::clone(&gate),
@@ -407,7 +424,8 @@ impl Builder {
         // Only reactors hold job senders: when the last reactor exits (or is dropped unstarted)
         // the workers finish the queue and exit too.
         drop(jobs_tx);
-        let mailboxes: Arc<[Mailbox<C::Response>]> = mailboxes.into();
+        let mailboxes: Arc<[Mailbox<C::Response, H::Session>]> = mailboxes.into();
+        let stopping = Arc::new(AtomicBool::new(false));
 
         let workers = if self.inline { 0 } else { self.workers };
         let shared = WorkerShared {
@@ -417,6 +435,7 @@ impl Builder {
             counters: Arc::clone(&counters),
             slow_handler: self.slow_handler,
             batch_scheduling: self.batch_scheduling,
+            stopping: Arc::clone(&stopping),
         };
         let pool = match Pool::spawn(workers, &self.thread_name, shared, spawn) {
             Ok(pool) => pool,
@@ -438,6 +457,7 @@ impl Builder {
             pool,
             jobs: jobs_rx.clone(),
             counters: Arc::clone(&counters),
+            stopping,
             timeout: self.shutdown_timeout,
         });
         let batch_scheduling = self.batch_scheduling;
@@ -569,6 +589,7 @@ mod tests {
                 .start_with(
                     LineCodec::new(),
                     handler_fn(|r: Vec<u8>, _: &Context| r),
+                    None,
                     &mut spawn,
                 )
                 .expect_err("a spawn failed");

@@ -18,6 +18,7 @@ pub(crate) struct Counters {
     pub resets: AtomicU64,
     pub replies_dropped: AtomicU64,
     pub timers: AtomicU64,
+    pub refused: AtomicU64,
 }
 
 impl Counters {
@@ -52,6 +53,7 @@ impl Counters {
             resets: self.resets.load(Relaxed),
             replies_dropped,
             timers: self.timers.load(Relaxed),
+            refused: self.refused.load(Relaxed),
         }
     }
 }
@@ -69,13 +71,15 @@ pub struct Stats {
     pub connections_accepted: u64,
     /// Connections closed since the server started, for whatever reason.
     pub connections_closed: u64,
-    /// Requests decoded and handed to the pool.
+    /// Requests decoded and taken by the pool (or the inline handler), plus those the codec
+    /// refused and answered itself.
     pub requests: u64,
-    /// Responses encoded into a connection's output.
+    /// Requests answered: their replies (none, one or several) encoded into the output.
     pub responses: u64,
-    /// Requests handed to the pool whose response is not yet written out or dropped.
+    /// Requests counted in `requests` that are neither answered nor dropped yet.
     pub in_flight: u64,
-    /// Requests waiting in the job queue for a worker.
+    /// Work waiting in the job queue for a worker: batches of one connection's requests,
+    /// and open and close hooks.
     pub job_queue_depth: u64,
     /// Bytes held in connections' input and output buffers.
     pub bytes_buffered: u64,
@@ -91,9 +95,12 @@ pub struct Stats {
     pub accept_errors: u64,
     /// Connections the peer reset or that failed with an I/O error.
     pub resets: u64,
-    /// Responses dropped unwritten: their connection had closed or was ending, or the
-    /// handler or codec panicked.
+    /// Requests whose replies were dropped unwritten (or that were never run): their
+    /// connection had closed or was ending, or the handler or codec panicked.
     pub replies_dropped: u64,
     /// Timer entries the reactors hold: at most one per open connection.
     pub timers: u64,
+    /// Requests the codec refused and answered itself ([`DecodeError::Refused`](crate::DecodeError::Refused)),
+    /// the connection kept open. They count in `requests` and `responses` too.
+    pub refused: u64,
 }

@@ -38,7 +38,7 @@ impl Codec for FramedWithErrors {
     fn error_reply(&mut self, error: &DecodeError, output: &mut Vec<u8>) {
         let text: &[u8] = match error {
             DecodeError::FrameTooLarge { .. } => b"ERR frame too large\n",
-            DecodeError::Invalid(_) => b"ERR invalid\n",
+            _ => b"ERR invalid\n",
         };
         self.0.encode(text.to_vec(), output);
     }

@@ -1,0 +1,168 @@
+//! A connection's side of the hand-off to the pool: where its session is, the requests
+//! decoded and waiting for it, and work the full job queue gave back.
+//!
+//! In order (the default), a connection has at most one batch away at a time and the
+//! session travels with it, so the handler gets it `&mut` without a lock and requests run
+//! one after another; the requests that arrive meanwhile wait here and leave together as the
+//! next batch, so a pipelined burst costs one hand-off. Concurrent mode sends every request
+//! on its own with a fresh `()` session.
+
+use std::collections::VecDeque;
+
+use crate::handler::Context;
+use crate::message::{ConnKey, Work};
+
+/// Where a connection's session is.
+enum SessionAt<S> {
+    /// The open hook has not returned it yet.
+    Opening,
+    /// Here, free to go with the next batch.
+    Home(S),
+    /// With a batch on a worker (or in the stalled work).
+    Away,
+    /// Never to come: the open hook panicked or never ran.
+    Gone,
+}
+
+/// Requests waiting to be handed on, and the session they need.
+pub(crate) struct Outbox<Req, S> {
+    at: SessionAt<S>,
+    waiting: VecDeque<(u64, Req)>,
+    /// Work the full job queue refused; offered again before anything else.
+    stalled: Option<Work<Req, S>>,
+    /// Set in concurrent mode: the session each single-request batch gets.
+    concurrent: Option<fn() -> S>,
+}
+
+impl<Req, S> Outbox<Req, S> {
+    /// An outbox whose first work is the open hook.
+    pub fn new(reactor: usize, key: ConnKey, ctx: Context, concurrent: Option<fn() -> S>) -> Self {
+        Outbox {
+            at: SessionAt::Opening,
+            waiting: VecDeque::new(),
+            stalled: Some(Work::Open { reactor, key, ctx }),
+            concurrent,
+        }
+    }
+
+    pub fn push(&mut self, seq: u64, request: Req) {
+        self.waiting.push_back((seq, request));
+    }
+
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.is_some()
+    }
+
+    /// Whether requests wait for room in the job queue (not just the open hook).
+    pub fn is_batch_stalled(&self) -> bool {
+        matches!(self.stalled, Some(Work::Batch { .. }))
+    }
+
+    /// Whether the open hook has not answered yet (no reply may be written before its
+    /// greeting).
+    pub fn is_opening(&self) -> bool {
+        matches!(self.at, SessionAt::Opening)
+    }
+
+    /// The next work to hand on: the stalled work, else the waiting requests (all of them as
+    /// one batch in order, when the session is home; one request in concurrent mode).
+    pub fn next(&mut self, reactor: usize, key: ConnKey, ctx: Context) -> Option<Work<Req, S>> {
+        if let Some(work) = self.stalled.take() {
+            return Some(work);
+        }
+        if self.waiting.is_empty() {
+            return None;
+        }
+        if let Some(fresh) = self.concurrent {
+            if matches!(self.at, SessionAt::Opening) {
+                return None;
+            }
+            let request = self.waiting.pop_front().expect("checked above");
+            return Some(Work::Batch {
+                reactor,
+                key,
+                ctx,
+                requests: vec![request],
+                session: fresh(),
+            });
+        }
+        if !matches!(self.at, SessionAt::Home(_)) {
+            return None;
+        }
+        let SessionAt::Home(session) = std::mem::replace(&mut self.at, SessionAt::Away) else {
+            unreachable!("checked above")
+        };
+        Some(Work::Batch {
+            reactor,
+            key,
+            ctx,
+            requests: self.waiting.drain(..).collect(),
+            session,
+        })
+    }
+
+    /// The job queue was full: keep `work` to offer again.
+    pub fn stall(&mut self, work: Work<Req, S>) {
+        self.stalled = Some(work);
+    }
+
+    /// The session came back (from the open hook or a batch). In concurrent mode a batch's
+    /// fresh session is dropped: the connection's own stays home.
+    pub fn home(&mut self, session: S, from_batch: bool) {
+        if from_batch && self.concurrent.is_some() {
+            return;
+        }
+        self.at = SessionAt::Home(session);
+    }
+
+    /// The open hook panicked: there is no session.
+    pub fn lost(&mut self) {
+        self.at = SessionAt::Gone;
+    }
+
+    /// The connection ends after request `cut`: drops what waits from `cut` on, and takes
+    /// back the session from stalled work, which the pool never saw. Returns the cut, lowered
+    /// to the first request of that stalled work (no reply will come for it).
+    pub fn cut(&mut self, mut cut: u64) -> u64 {
+        match self.stalled.take() {
+            Some(Work::Batch {
+                requests, session, ..
+            }) => {
+                if let Some(&(first, _)) = requests.first() {
+                    cut = cut.min(first);
+                }
+                self.home(session, true);
+            }
+            Some(Work::Open { .. }) => {
+                // The open hook never ran: no session, and no request can be served.
+                self.at = SessionAt::Gone;
+                cut = 0;
+            }
+            Some(work @ Work::Close { .. }) => self.stalled = Some(work),
+            None => {}
+        }
+        self.waiting.retain(|&(seq, _)| seq < cut);
+        cut
+    }
+
+    /// The connection is being dropped: what becomes of its session.
+    pub fn finish(&mut self) -> Finish<S> {
+        // Stalled work never reached the pool: its session is here after all.
+        self.cut(0);
+        match std::mem::replace(&mut self.at, SessionAt::Gone) {
+            SessionAt::Home(session) => Finish::Here(session),
+            SessionAt::Opening | SessionAt::Away => Finish::Out,
+            SessionAt::Gone => Finish::Nothing,
+        }
+    }
+}
+
+/// Where a dropped connection's session is.
+pub(crate) enum Finish<S> {
+    /// Here: close it now.
+    Here(S),
+    /// On a worker (opening, or with a batch): close it when it comes back.
+    Out,
+    /// There is none (the open hook panicked or never ran).
+    Nothing,
+}
