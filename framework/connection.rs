@@ -17,9 +17,10 @@ use crate::buffer::Buffer;
 use crate::clock;
 use crate::codec::{Codec, Farewell};
 use crate::handler::{CloseReason, Context};
-use crate::message::{Answer, ConnKey, Dispatch, Dispatched, Done};
+use crate::message::{ConnKey, Dispatch, Dispatched, Done};
 use crate::outbox::{Finish, Outbox};
 use crate::pipeline::{Decoded, EndReason, Pipeline, Room};
+use crate::socket::{Read, Socket};
 use crate::stats::Counters;
 use crate::sys::Transport;
 
@@ -69,19 +70,6 @@ enum AfterFlush {
     Linger,
 }
 
-/// Whether a readiness event may still have something for us. Readiness is edge-triggered:
-/// once the socket is drained nothing more is announced until new data (or room) arrives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Readiness {
-    /// There may be more: a short read or write means the socket is drained.
-    Ready,
-    /// The poll also reported the peer's FIN: read until `read()` returns 0, however short
-    /// the reads, because no further event will announce that end of stream.
-    ReadyToEof,
-    /// Drained: wait for the next event.
-    Exhausted,
-}
-
 /// What the reactor should do with the connection after driving it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
@@ -108,7 +96,7 @@ pub(crate) struct Env<'a, C: Codec, S> {
 
 /// One accepted connection, with session type `S`, over stream `T`.
 pub(crate) struct Connection<C: Codec, S, T> {
-    stream: T,
+    socket: Socket<T>,
     key: ConnKey,
     ctx: Context,
     state: State,
@@ -118,8 +106,6 @@ pub(crate) struct Connection<C: Codec, S, T> {
     outbox: Outbox<C::Request, S>,
     /// Why it ended, once that is known: what the handler's close hook is told.
     ended: Option<CloseReason>,
-    read_readiness: Readiness,
-    write_readiness: Readiness,
     last_read: Instant,
     last_write: Instant,
     /// When the unfinished frame at the front of `input` started arriving.
@@ -138,7 +124,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         now: Instant,
     ) -> Self {
         Connection {
-            stream,
+            socket: Socket::new(stream),
             key,
             ctx,
             state: State::Open,
@@ -154,8 +140,6 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             ),
             outbox: Outbox::new(reactor, key, ctx, concurrent),
             ended: None,
-            read_readiness: Readiness::Ready,
-            write_readiness: Readiness::Ready,
             last_read: now,
             last_write: now,
             partial_since: None,
@@ -163,7 +147,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     }
 
     pub fn stream_mut(&mut self) -> &mut T {
-        &mut self.stream
+        self.socket.stream_mut()
     }
 
     pub fn ctx(&self) -> &Context {
@@ -191,14 +175,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     /// Readiness reported by the poll; `read_closed` when it also reported the peer's FIN.
     pub fn on_event(&mut self, readable: bool, read_closed: bool, writable: bool) {
-        if read_closed {
-            self.read_readiness = Readiness::ReadyToEof;
-        } else if readable && self.read_readiness == Readiness::Exhausted {
-            self.read_readiness = Readiness::Ready;
-        }
-        if writable {
-            self.write_readiness = Readiness::Ready;
-        }
+        self.socket.on_event(readable, read_closed, writable);
     }
 
     /// Replies for requests at or after this are not written.
@@ -243,21 +220,8 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             } => {
                 self.outbox.home(session, true);
                 Counters::add(&counters.replies_dropped, skipped as u64);
-                for (seq, answer) in answers {
-                    let owed = seq < self.cut();
-                    match answer {
-                        Answer::Replied(replies) => {
-                            if !(owed && self.pipeline.store(seq, replies)) {
-                                Counters::add(&counters.replies_dropped, 1);
-                            }
-                        }
-                        Answer::Panicked => {
-                            Counters::add(&counters.replies_dropped, 1);
-                            if owed {
-                                self.end(seq, EndReason::HandlerPanicked);
-                            }
-                        }
-                    }
+                if let Some(seq) = self.pipeline.answered(answers, self.cut(), counters) {
+                    self.end(seq, EndReason::HandlerPanicked);
                 }
             }
         }
@@ -333,7 +297,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                 break;
             }
         }
-        if budget == 0 && self.read_readiness != Readiness::Exhausted && self.wants_input() {
+        if budget == 0 && self.socket.may_read() && self.wants_input() {
             Step::Revisit
         } else {
             Step::Wait
@@ -366,33 +330,22 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     /// Returns whether anything was read (or the stream ended or failed).
     fn read(&mut self, env: &mut Env<'_, C, S>, budget: &mut usize) -> bool {
         let mut progress = false;
-        while self.read_readiness != Readiness::Exhausted && self.wants_input() {
-            if *budget == 0 {
-                break;
-            }
-            match self.stream.read(env.scratch) {
-                Ok(0) => {
-                    self.on_peer_eof();
-                    return true;
-                }
-                Ok(n) => {
+        while *budget > 0 && self.socket.may_read() && self.wants_input() {
+            match self.socket.read(env.scratch) {
+                Read::Data(n) => {
                     progress = true;
                     *budget = budget.saturating_sub(n);
-                    if n < env.scratch.len() && self.read_readiness == Readiness::Ready {
-                        // A short read drained the socket: skip the read that would only
-                        // say WouldBlock. New data raises a new edge.
-                        self.read_readiness = Readiness::Exhausted;
-                    }
                     self.last_read = env.now;
                     if self.takes_requests() {
                         self.take_input(n, env);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.read_readiness = Readiness::Exhausted;
+                Read::Eof => {
+                    self.on_peer_eof();
+                    return true;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
+                Read::Drained => {}
+                Read::Failed(e) => {
                     self.fail(e, env.counters);
                     return true;
                 }
@@ -502,7 +455,6 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     }
 
     fn on_peer_eof(&mut self) {
-        self.read_readiness = Readiness::Exhausted;
         self.state = match std::mem::replace(&mut self.state, State::Closed) {
             State::Open => State::ReadClosed,
             State::Ending { cut, reason, .. } => State::Ending {
@@ -589,10 +541,10 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                     AfterFlush::Close => State::Closed,
                     AfterFlush::Linger => {
                         // Our FIN goes out now; the peer still reads everything before it.
-                        let _ = self.stream.shutdown_write();
+                        self.socket.shutdown_write();
                         let until = clock::after(env.now, env.limits.linger);
                         // The peer's FIN may already be waiting: read until told otherwise.
-                        self.read_readiness = Readiness::ReadyToEof;
+                        self.socket.expect_eof();
                         State::Lingering {
                             until: env.drain_deadline.map_or(until, |d| d.min(until)),
                         }
@@ -616,38 +568,23 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         (self.outbox.finish(), self.ended.unwrap_or(otherwise))
     }
 
-    /// Writes output until WouldBlock; returns whether anything was written.
+    /// Writes output until WouldBlock; returns whether anything was written (or the
+    /// stream failed).
     fn write(&mut self, env: &mut Env<'_, C, S>) -> bool {
-        let mut progress = false;
-        while !self.output.is_empty()
-            && self.write_readiness == Readiness::Ready
-            && !matches!(self.state, State::Closed)
-        {
-            match self.stream.write(self.output.pending()) {
-                Ok(0) => {
-                    self.fail(io::ErrorKind::WriteZero.into(), env.counters);
-                    break;
-                }
-                Ok(n) => {
-                    if n < self.output.len() {
-                        // A short write filled the socket buffer: wait for room.
-                        self.write_readiness = Readiness::Exhausted;
-                    }
-                    self.output.consume(n);
-                    self.last_write = env.now;
-                    progress = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.write_readiness = Readiness::Exhausted;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.fail(e, env.counters);
-                    break;
-                }
+        if let State::Closed = self.state {
+            return false;
+        }
+        match self.socket.write(&mut self.output) {
+            Ok(0) => false,
+            Ok(_) => {
+                self.last_write = env.now;
+                true
+            }
+            Err(e) => {
+                self.fail(e, env.counters);
+                true
             }
         }
-        progress
     }
 
     /// The earliest instant at which a timeout would end this connection.

@@ -48,6 +48,7 @@
 //   message       the types that cross threads: ConnKey, Job, Reply, Inbound, Mailbox
 //   pipeline      one connection's requests in flight and the guarded codec calls
 //   outbox        one connection's session and the requests waiting to be handed on
+//   socket        a stream under edge-triggered readiness: reads and writes that track it
 //   connection    the per-connection state machine over any Read + Write stream
 //   timers, pool, acceptor
 //   reactor       owns connections, timers, dispatch to the pool
@@ -66,6 +67,7 @@ mod pipeline;
 mod pool;
 mod reactor;
 mod server;
+mod socket;
 mod stats;
 mod sys;
 mod timers;

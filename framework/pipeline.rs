@@ -12,6 +12,7 @@ use std::panic::{self, AssertUnwindSafe};
 use crate::buffer::Buffer;
 use crate::codec::{AfterReply, Codec, DecodeError, Farewell};
 use crate::handler::{panic_message, Context, Replies};
+use crate::message::Answer;
 use crate::stats::Counters;
 
 /// Why a connection ends on the server's initiative. The pipeline reports the first three;
@@ -189,7 +190,7 @@ impl<C: Codec> Pipeline<C> {
 
     /// Keeps the replies to request `seq` until every earlier one is written. Returns false
     /// when none is expected for `seq` (never decoded, or already written).
-    pub fn store(&mut self, seq: u64, replies: Replies<C::Response>) -> bool {
+    fn store(&mut self, seq: u64, replies: Replies<C::Response>) -> bool {
         let Some(index) = seq.checked_sub(self.write_seq) else {
             return false;
         };
@@ -200,6 +201,32 @@ impl<C: Codec> Pipeline<C> {
             }
             _ => false,
         }
+    }
+
+    /// Keeps a batch's answers for the requests before `cut` (the rest are dropped, and
+    /// counted so). Returns the first owed request whose handler panicked.
+    pub fn answered(
+        &mut self,
+        answers: Vec<(u64, Answer<C::Response>)>,
+        cut: u64,
+        counters: &Counters,
+    ) -> Option<u64> {
+        let mut panicked = None;
+        for (seq, answer) in answers {
+            let kept = match answer {
+                Answer::Replied(replies) => seq < cut && self.store(seq, replies),
+                Answer::Panicked => {
+                    if seq < cut {
+                        panicked.get_or_insert(seq);
+                    }
+                    false
+                }
+            };
+            if !kept {
+                Counters::add(&counters.replies_dropped, 1);
+            }
+        }
+        panicked
     }
 
     /// Encodes into `output` the answers that are next in order, up to request `cut`.

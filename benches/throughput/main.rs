@@ -278,7 +278,9 @@ fn runs(scenario: &Scenario, kind: Kind) -> bool {
         Kind::Threads => !(scenario.is_hold() && scenario.connections > THREADS_HOLD_MAX),
         // Inline mode is for handlers that never block, and is reported beside the pool
         // path, not instead of it: the echo scenarios only.
-        Kind::ReactorPoolInline => scenario.sleep_us == 0 && !scenario.is_hold(),
+        Kind::ReactorPoolInline | Kind::ReactorPoolConcurrent => {
+            scenario.sleep_us == 0 && !scenario.is_hold()
+        }
         _ => true,
     }
 }

@@ -8,6 +8,9 @@
 //!   request, on `reactors` reactor threads and `workers` worker threads;
 //! - `rp-inline`: the same in inline mode (`Builder::inline`): the handler runs on the
 //!   `reactors` reactor threads, no worker; echo scenarios only (it must not block);
+//! - `rp-concurrent`: the pool path with `Builder::start_concurrent`: one connection's
+//!   pipelined requests may run at once on different workers (the opt-in for stateless
+//!   handlers; `reactor-pool` is the in-order default); echo scenarios only;
 //! - `thread-per-conn`: the blocking model, one std thread per connection (small stacks);
 //! - `tokio`: a multi-thread runtime with `threads` worker threads; the sleep runs in
 //!   `spawn_blocking`, at most `blocking` such threads.
@@ -37,14 +40,16 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 pub enum Kind {
     ReactorPool,
     ReactorPoolInline,
+    ReactorPoolConcurrent,
     Threads,
     Tokio,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::ReactorPool,
         Kind::ReactorPoolInline,
+        Kind::ReactorPoolConcurrent,
         Kind::Threads,
         Kind::Tokio,
     ];
@@ -53,6 +58,7 @@ impl Kind {
         match self {
             Kind::ReactorPool => "reactor-pool",
             Kind::ReactorPoolInline => "rp-inline",
+            Kind::ReactorPoolConcurrent => "rp-concurrent",
             Kind::Threads => "thread-per-conn",
             Kind::Tokio => "tokio",
         }
@@ -119,7 +125,7 @@ pub fn serve(args: &ServeArgs) -> io::Result<()> {
     // Each arm keeps its server alive until `announce_and_wait` returns; then the process
     // exits (dropping a ServerHandle would not stop the server anyway).
     match args.kind {
-        Kind::ReactorPool | Kind::ReactorPoolInline => {
+        Kind::ReactorPool | Kind::ReactorPoolInline | Kind::ReactorPoolConcurrent => {
             let _handle = start_reactor_pool(listener, args)?;
             announce_and_wait(addr, args.max_lifetime)
         }
@@ -184,7 +190,7 @@ fn start_reactor_pool(
     args: &ServeArgs,
 ) -> io::Result<reactor_pool::ServerHandle> {
     let sleep = args.sleep;
-    Builder::from_listener(listener)
+    let builder = Builder::from_listener(listener)
         .reactors(args.reactors)
         .workers(args.workers)
         .inline(args.kind == Kind::ReactorPoolInline)
@@ -194,16 +200,18 @@ fn start_reactor_pool(
         .idle_timeout(None)
         .partial_frame_timeout(None)
         .write_stall_timeout(None)
-        .thread_name("rp")
-        .start(
-            RawCodec::new(),
-            handler_fn(move |request: Vec<u8>, _: &Context| {
-                if !sleep.is_zero() {
-                    thread::sleep(sleep);
-                }
-                request
-            }),
-        )
+        .thread_name("rp");
+    let echo = handler_fn(move |request: Vec<u8>, _: &Context| {
+        if !sleep.is_zero() {
+            thread::sleep(sleep);
+        }
+        request
+    });
+    if args.kind == Kind::ReactorPoolConcurrent {
+        builder.start_concurrent(RawCodec::new(), echo)
+    } else {
+        builder.start(RawCodec::new(), echo)
+    }
 }
 
 fn start_threads(listener: TcpListener, args: &ServeArgs) -> io::Result<()> {
