@@ -215,3 +215,88 @@ fn the_close_hook_hears_of_an_idle_timeout() {
     );
     server.shutdown();
 }
+
+/// Blocks its open hook and its calls until the test lets each go.
+#[derive(Clone)]
+struct Held {
+    open_gate: crossbeam_channel::Receiver<()>,
+    call_gate: crossbeam_channel::Receiver<()>,
+    entered: crossbeam_channel::Sender<&'static str>,
+    closes: Arc<Mutex<Vec<CloseReason>>>,
+}
+
+impl Handler for Held {
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+    type Session = ();
+
+    fn open(&self, _: &Context, _: &mut Replies<Vec<u8>>) {
+        let _ = self.entered.send("open");
+        let _ = self.open_gate.recv();
+    }
+
+    fn call(&self, _: &mut (), line: Vec<u8>, _: &Context, replies: &mut Replies<Vec<u8>>) {
+        let _ = self.entered.send("call");
+        let _ = self.call_gate.recv();
+        replies.send(line);
+    }
+
+    fn close(&self, _: (), _: &Context, reason: CloseReason) {
+        self.closes.lock().unwrap().push(reason);
+    }
+}
+
+/// A connection reset while its session is out (in the open hook, then in a call) still
+/// has it closed exactly once, when it comes back, with the reason it ended for.
+#[test]
+fn the_close_hook_runs_once_when_the_connection_ends_while_its_session_is_on_a_worker() {
+    common::init_logging();
+    let (open_tx, open_gate) = crossbeam_channel::unbounded();
+    let (call_tx, call_gate) = crossbeam_channel::unbounded();
+    let (entered, entered_rx) = crossbeam_channel::unbounded();
+    let held = Held {
+        open_gate,
+        call_gate,
+        entered,
+        closes: Arc::default(),
+    };
+    let server = Builder::bind("127.0.0.1:0")
+        .workers(2)
+        .thread_name("sh-away")
+        .start(LineCodec::new(), held.clone())
+        .expect("start");
+    let addr = server.local_addr();
+
+    // Reset while the open hook runs.
+    let opening = connect(addr);
+    assert_eq!(entered_rx.recv_timeout(common::WAIT_DEADLINE), Ok("open"));
+    common::reset(opening);
+    common::wait_for_stats(&server, "the reset seen", |s| s.connections_closed == 1);
+    open_tx.send(()).unwrap();
+
+    // Reset while a call runs.
+    let mut calling = connect(addr);
+    assert_eq!(entered_rx.recv_timeout(common::WAIT_DEADLINE), Ok("open"));
+    open_tx.send(()).unwrap();
+    send(&mut calling, b"slow\n");
+    assert_eq!(entered_rx.recv_timeout(common::WAIT_DEADLINE), Ok("call"));
+    common::reset(calling);
+    common::wait_for_stats(&server, "the reset seen", |s| s.connections_closed == 2);
+    call_tx.send(()).unwrap();
+
+    let closes = Arc::clone(&held.closes);
+    wait_until("two close hooks", || {
+        (closes.lock().unwrap().len() == 2).then_some(())
+    });
+    let stats = server.stats();
+    server.shutdown();
+    assert_eq!(
+        *held.closes.lock().unwrap(),
+        vec![CloseReason::Reset, CloseReason::Reset]
+    );
+    assert_eq!(
+        (stats.in_flight, stats.replies_dropped),
+        (0, 1),
+        "{stats:#?}"
+    );
+}
