@@ -141,6 +141,14 @@ pub trait Handler: Send + Sync + 'static {
     fn close(&self, session: Self::Session, ctx: &Context, reason: CloseReason) {
         let _ = (session, ctx, reason);
     }
+
+    /// Whether [`open`](Handler::open) and [`close`](Handler::close) may block. When both
+    /// are cheap and never block, return `false`: they then run on the reactor thread,
+    /// which saves two hand-offs per connection and lets a new connection's first request
+    /// go straight to the pool. Default: `true` (they run on a worker).
+    fn hooks_block(&self) -> bool {
+        true
+    }
 }
 
 /// A stateless [`Handler`] made from a closure; see [`handler_fn`].
@@ -181,6 +189,10 @@ where
 
     fn call(&self, _session: &mut (), request: Req, ctx: &Context, replies: &mut Replies<Resp>) {
         replies.send((self.f)(request, ctx));
+    }
+
+    fn hooks_block(&self) -> bool {
+        false
     }
 }
 

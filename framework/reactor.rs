@@ -32,12 +32,20 @@ const STALL_RETRY: Duration = Duration::from_millis(5);
 pub(crate) type DynHandler<C, S> =
     dyn Handler<Request = <C as Codec>::Request, Response = <C as Codec>::Response, Session = S>;
 
-/// Where work goes: the pool's job queue.
-struct ToPool<'a, Req, S>(&'a Sender<Work<Req, S>>);
+/// Where work goes: the pool's job queue; open and close hooks that never block run here
+/// instead (`Handler::hooks_block`).
+struct ToPool<'a, C: Codec, S> {
+    jobs: &'a Sender<Work<C::Request, S>>,
+    hooks_here: Option<Inline<'a, C, S>>,
+}
 
-impl<Req, Resp, S> Dispatch<Req, Resp, S> for ToPool<'_, Req, S> {
-    fn dispatch(&mut self, work: Work<Req, S>) -> Dispatched<Req, Resp, S> {
-        match self.0.try_send(work) {
+impl<C: Codec, S: Send + 'static> Dispatch<C::Request, C::Response, S> for ToPool<'_, C, S> {
+    fn dispatch(&mut self, work: Work<C::Request, S>) -> Dispatched<C::Request, C::Response, S> {
+        if let (Some(here), Work::Open { .. } | Work::Close { .. }) = (&mut self.hooks_here, &work)
+        {
+            return here.dispatch(work);
+        }
+        match self.jobs.try_send(work) {
             Ok(()) => Dispatched::Queued,
             Err(TrySendError::Full(work)) => Dispatched::Full(work),
             Err(TrySendError::Disconnected(work)) => Dispatched::Gone(work),
@@ -51,6 +59,15 @@ struct Inline<'a, C: Codec, S> {
     counters: &'a Counters,
     slow_handler: Duration,
 }
+
+// Manual impls: a derive would require `C: Clone + Copy` and `S: Copy`.
+impl<C: Codec, S> Clone for Inline<'_, C, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C: Codec, S> Copy for Inline<'_, C, S> {}
 
 impl<C: Codec, S: Send + 'static> Dispatch<C::Request, C::Response, S> for Inline<'_, C, S> {
     fn dispatch(&mut self, work: Work<C::Request, S>) -> Dispatched<C::Request, C::Response, S> {
@@ -320,7 +337,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
     /// queue refuses wait for the next turn.
     fn queue_closes(&mut self) {
         for work in std::mem::take(&mut self.closing) {
-            if self.inline {
+            if self.inline || !self.handler.hooks_block() {
                 pool::run_work(&*self.handler, work, &self.counters, self.slow_handler);
                 continue;
             }
@@ -447,12 +464,16 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
             return;
         };
         entry.drive_queued = false;
-        let mut to_pool = ToPool(&self.jobs);
-        let mut inline = Inline::<C, S> {
+        let inline = Inline::<C, S> {
             handler: &*self.handler,
             counters: &self.counters,
             slow_handler: self.slow_handler,
         };
+        let mut to_pool = ToPool {
+            jobs: &self.jobs,
+            hooks_here: (!self.handler.hooks_block()).then_some(inline),
+        };
+        let mut inline = inline;
         let dispatch: &mut dyn Dispatch<C::Request, C::Response, S> = if self.inline {
             &mut inline
         } else {
