@@ -304,13 +304,27 @@ impl<C: Codec> Pipeline<C> {
         ctx: &Context,
         counters: &Counters,
     ) -> Result<AfterReply, EndReason> {
+        self.guarded("encode", output, ctx, counters, |codec, out| {
+            codec.encode(response, out)
+        })
+    }
+
+    /// Runs `write` (a codec call that appends to `output`), catching a panic: what it
+    /// half-wrote is cut off, and the panic is logged and counted.
+    fn guarded<T>(
+        &mut self,
+        during: &str,
+        output: &mut Buffer,
+        ctx: &Context,
+        counters: &Counters,
+        write: impl FnOnce(&mut C, &mut Vec<u8>) -> T,
+    ) -> Result<T, EndReason> {
         let before = output.len();
         let codec = &mut self.codec;
         let tail = output.tail();
-        panic::catch_unwind(AssertUnwindSafe(|| codec.encode(response, tail))).map_err(|payload| {
-            // Whatever the codec half-wrote is cut off.
+        panic::catch_unwind(AssertUnwindSafe(|| write(codec, tail))).map_err(|payload| {
             output.truncate(before);
-            codec_panicked("encode", &*payload, ctx, counters)
+            codec_panicked(during, &*payload, ctx, counters)
         })
     }
 
@@ -335,15 +349,10 @@ impl<C: Codec> Pipeline<C> {
         ctx: &Context,
         counters: &Counters,
     ) {
-        let before = output.len();
-        let codec = &mut self.codec;
-        let tail = output.tail();
-        if let Err(payload) =
-            panic::catch_unwind(AssertUnwindSafe(|| codec.error_reply(error, tail)))
-        {
-            output.truncate(before);
-            codec_panicked("error_reply", &*payload, ctx, counters);
-        }
+        // A panic here is logged and counted; the connection is ending or answers on.
+        let _ = self.guarded("error_reply", output, ctx, counters, |codec, out| {
+            codec.error_reply(error, out)
+        });
     }
 
     /// Appends the codec's farewell to `output`.
@@ -354,13 +363,9 @@ impl<C: Codec> Pipeline<C> {
         ctx: &Context,
         counters: &Counters,
     ) {
-        let before = output.len();
-        let codec = &mut self.codec;
-        let tail = output.tail();
-        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| codec.farewell(why, tail))) {
-            output.truncate(before);
-            codec_panicked("farewell", &*payload, ctx, counters);
-        }
+        let _ = self.guarded("farewell", output, ctx, counters, |codec, out| {
+            codec.farewell(why, out)
+        });
     }
 }
 
