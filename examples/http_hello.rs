@@ -301,7 +301,10 @@ pub fn start(
 }
 
 fn main() -> ExitCode {
-    protocol_main::run_example("127.0.0.1:8080", start, |addr| {
-        format!("http_hello listening on http://{addr}/")
-    })
+    protocol_main::run_example(
+        "127.0.0.1:8080",
+        |_| Ok(()),
+        |addr, workers, ()| start(addr, workers, None),
+        |addr| format!("http_hello listening on http://{addr}/"),
+    )
 }

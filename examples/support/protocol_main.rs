@@ -7,9 +7,6 @@ use reactor_pool::{Builder, ServerHandle};
 
 use super::shutdown::OnSignal;
 
-/// How a protocol example builds its server: address, workers, reactors (`None`: defaults).
-pub type Start = fn(SocketAddr, Option<usize>, Option<usize>) -> std::io::Result<ServerHandle>;
-
 /// Applies a protocol example's thread counts to `builder`; `None` keeps the default.
 pub fn with_threads(builder: Builder, workers: Option<usize>, reactors: Option<usize>) -> Builder {
     let builder = match workers {
@@ -23,11 +20,15 @@ pub fn with_threads(builder: Builder, workers: Option<usize>, reactors: Option<u
 }
 
 /// The `main` of a protocol example: flags `--addr` (default `default_addr`) and
-/// `--workers N`, env_logger at `info` unless RUST_LOG says otherwise, the line that
-/// `listening(local address)` returns once it listens, and a graceful shutdown on a signal.
-pub fn run_example(
+/// `--workers N`, plus the example's own, which `flags` takes from the arguments (`|_|
+/// Ok(())` when there are none); any other argument is an error. Then
+/// `start(address, workers, what flags returned)`, env_logger at `info` unless RUST_LOG
+/// says otherwise, the line that `listening(local address)` returns once it listens, and a
+/// graceful shutdown on a signal.
+pub fn run_example<T>(
     default_addr: &str,
-    start: Start,
+    flags: impl FnOnce(&mut pico_args::Arguments) -> Result<T, pico_args::Error>,
+    start: impl FnOnce(SocketAddr, Option<usize>, T) -> std::io::Result<ServerHandle>,
     listening: fn(SocketAddr) -> String,
 ) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -38,12 +39,13 @@ pub fn run_example(
             None => default_addr.parse()?,
         };
         let workers: Option<usize> = args.opt_value_from_str("--workers")?;
+        let own = flags(&mut args)?;
         let rest = args.finish();
         if !rest.is_empty() {
             return Err(format!("unknown arguments: {rest:?}").into());
         }
         let on_signal = OnSignal::install()?;
-        let server = start(addr, workers, None)?;
+        let server = start(addr, workers, own)?;
         log::info!("{}", listening(server.local_addr()));
         on_signal.serve(server);
         Ok(())
