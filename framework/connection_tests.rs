@@ -292,7 +292,7 @@ impl<C: Codec> Harness<C> {
                 panic!("work {i} is a batch, answered once")
             };
             let total = requests.len();
-            let mut answers = Vec::new();
+            let mut answers = crate::few::Few::new();
             for (seq, request) in requests {
                 match answer(request) {
                     Some(replies) => answers.push((seq, Answer::Replied(replies))),

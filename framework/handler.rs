@@ -6,6 +6,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 
+use crate::few::Few;
+
 /// What a handler knows about the connection a request came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Context {
@@ -31,14 +33,14 @@ impl Context {
 /// after them.
 #[derive(Debug)]
 pub struct Replies<R> {
-    pub(crate) responses: Vec<R>,
+    responses: Few<R>,
     pub(crate) close: bool,
 }
 
 impl<R> Replies<R> {
     pub(crate) fn new() -> Self {
         Replies {
-            responses: Vec::new(),
+            responses: Few::new(),
             close: false,
         }
     }
@@ -46,6 +48,11 @@ impl<R> Replies<R> {
     /// Queues `response` to be written.
     pub fn send(&mut self, response: R) {
         self.responses.push(response);
+    }
+
+    /// The responses, in the order they were sent.
+    pub(crate) fn into_responses(self) -> impl Iterator<Item = R> {
+        self.responses.into_iter()
     }
 
     /// Closes the connection once these responses (and every earlier one) are written:

@@ -5,9 +5,11 @@
 //! the pool over a bounded [crossbeam-channel] queue; replies come back to the reactor over
 //! a channel and one coalesced `mio::Waker`, and are written in request order.
 //!
-//! You implement a [`Handler`] (request → response), and a [`Codec`] for framing unless a
-//! built-in one fits: [`RawCodec`] (whatever arrived: echo), [`LineCodec`] and
-//! [`LengthPrefixedCodec`].
+//! You implement a [`Handler`]: a session per connection (`open`, `close`) and a `call` per
+//! request, run on a worker with the session `&mut`, one connection's requests in the order
+//! they arrived; [`handler_fn`] makes a stateless one from a closure. And a [`Codec`] for
+//! framing unless a built-in one fits: [`RawCodec`] (whatever arrived: echo),
+//! [`LineCodec`] and [`LengthPrefixedCodec`].
 //!
 //! ```
 //! use std::io::{Read, Write};
@@ -44,7 +46,7 @@
 #![deny(unsafe_code)]
 
 // Layers, lowest first; a module imports only from layers below its own:
-//   sys, clock, buffer, stats, codec, handler   (no crate imports but these)
+//   sys, clock, buffer, few, stats, codec, handler   (no crate imports but these)
 //   message       the types that cross threads: ConnKey, Job, Reply, Inbound, Mailbox
 //   pipeline      one connection's requests in flight and the guarded codec calls
 //   outbox        one connection's session and the requests waiting to be handed on
@@ -59,6 +61,7 @@ mod buffer;
 mod clock;
 mod codec;
 mod connection;
+mod few;
 mod handle;
 mod handler;
 mod message;

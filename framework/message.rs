@@ -13,6 +13,7 @@ use crossbeam_channel::Sender;
 use mio::net::TcpStream;
 use mio::{Token, Waker};
 
+use crate::few::Few;
 use crate::handler::{CloseReason, Context, Replies};
 
 /// Names a connection slot and the generation of its current occupant, so a reply or an
@@ -82,7 +83,7 @@ pub(crate) enum Work<Req, S> {
         reactor: usize,
         key: ConnKey,
         ctx: Context,
-        requests: Vec<(u64, Req)>,
+        requests: Few<(u64, Req)>,
         session: S,
     },
     /// The connection ended: hand the session to the handler's close hook.
@@ -123,7 +124,7 @@ pub(crate) enum Done<Resp, S> {
     Ran {
         key: ConnKey,
         ctx: Context,
-        answers: Vec<(u64, Answer<Resp>)>,
+        answers: Few<(u64, Answer<Resp>)>,
         skipped: usize,
         session: S,
     },

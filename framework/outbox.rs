@@ -82,7 +82,7 @@ impl<Req, S> Outbox<Req, S> {
                 reactor,
                 key,
                 ctx,
-                requests: vec![request],
+                requests: std::iter::once(request).collect(),
                 session: fresh(),
             });
         }
@@ -97,6 +97,7 @@ impl<Req, S> Outbox<Req, S> {
             key,
             ctx,
             requests: self.waiting.drain(..).collect(),
+
             session,
         })
     }

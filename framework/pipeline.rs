@@ -11,6 +11,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use crate::buffer::Buffer;
 use crate::codec::{AfterReply, Codec, DecodeError, Farewell};
+use crate::few::Few;
 use crate::handler::{panic_message, Context, Replies};
 use crate::message::Answer;
 use crate::stats::Counters;
@@ -207,7 +208,7 @@ impl<C: Codec> Pipeline<C> {
     /// counted so). Returns the first owed request whose handler panicked.
     pub fn answered(
         &mut self,
-        answers: Vec<(u64, Answer<C::Response>)>,
+        answers: Few<(u64, Answer<C::Response>)>,
         cut: u64,
         counters: &Counters,
     ) -> Option<u64> {
@@ -248,7 +249,7 @@ impl<C: Codec> Pipeline<C> {
             let close = match answer {
                 Slot::Replied(replies) => {
                     let mut close = replies.close;
-                    for response in replies.responses {
+                    for response in replies.into_responses() {
                         match self.encode(response, output, ctx, counters) {
                             Ok(AfterReply::KeepOpen) => {}
                             Ok(AfterReply::Close) => {
@@ -286,12 +287,13 @@ impl<C: Codec> Pipeline<C> {
         ctx: &Context,
         counters: &Counters,
     ) -> Result<(), EndReason> {
-        for response in replies.responses {
+        let close = replies.close;
+        for response in replies.into_responses() {
             if self.encode(response, output, ctx, counters)? == AfterReply::Close {
                 return Err(EndReason::CloseRequested);
             }
         }
-        if replies.close {
+        if close {
             return Err(EndReason::CloseRequested);
         }
         Ok(())

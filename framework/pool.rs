@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::few::Few;
 use crate::handler::{panic_message, CloseReason, Context, Handler, Replies};
 use crate::message::{Answer, Done, HandlerPanicked, Inbound, Mailbox, Work};
 use crate::stats::Counters;
@@ -174,7 +175,7 @@ pub(crate) fn run_work<H: Handler + ?Sized>(
             ..
         } => {
             let total = requests.len();
-            let mut answers = Vec::with_capacity(total);
+            let mut answers = Few::new();
             for (seq, request) in requests {
                 let mut replies = Replies::new();
                 let ran = timed(&ctx, "call", counters, slow_handler, || {
