@@ -253,7 +253,9 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
                 if self.now >= deadline {
                     self.force_close_all();
                     // Sessions still out are closed by the worker that holds them when it
-                    // finds this reactor gone.
+                    // finds this reactor gone. One that a worker posts between this last
+                    // drain and the inbox being dropped is lost without its close hook: a
+                    // gap only past the shutdown deadline.
                     self.drain_inbox();
                     self.finish_closes();
                     break;
