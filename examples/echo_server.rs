@@ -23,14 +23,7 @@ use shutdown::OnSignal;
 mod shutdown;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    shutdown::run_main(run)
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {

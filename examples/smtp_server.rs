@@ -330,8 +330,7 @@ fn parse_args() -> Result<Option<Config>, Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let run = || -> Result<(), Box<dyn std::error::Error>> {
+    shutdown::run_main(|| {
         let Some(config) = parse_args()? else {
             return Ok(());
         };
@@ -345,12 +344,5 @@ fn main() -> ExitCode {
         );
         on_signal.serve(server);
         Ok(())
-    };
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

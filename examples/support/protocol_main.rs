@@ -31,8 +31,7 @@ pub fn run_example<T>(
     start: impl FnOnce(SocketAddr, Option<usize>, T) -> std::io::Result<ServerHandle>,
     listening: fn(SocketAddr) -> String,
 ) -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let run = || -> Result<(), Box<dyn std::error::Error>> {
+    super::shutdown::run_main(|| {
         let mut args = pico_args::Arguments::from_env();
         let addr: SocketAddr = match args.opt_value_from_str("--addr")? {
             Some(addr) => addr,
@@ -49,12 +48,5 @@ pub fn run_example<T>(
         log::info!("{}", listening(server.local_addr()));
         on_signal.serve(server);
         Ok(())
-    };
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

@@ -1,4 +1,7 @@
-//! Graceful shutdown on SIGINT and SIGTERM, shared by the example servers.
+//! What the example servers' `main`s share: logging, the exit code, and a graceful shutdown
+//! on SIGINT and SIGTERM.
+
+use std::process::ExitCode;
 
 use reactor_pool::ServerHandle;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -24,5 +27,18 @@ impl OnSignal {
             }
         });
         server.join();
+    }
+}
+
+/// Runs an example server's `main`: env_logger at `info` unless RUST_LOG says otherwise,
+/// then `run`; an error is logged and the process exits with failure.
+pub fn run_main(run: impl FnOnce() -> Result<(), Box<dyn std::error::Error>>) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
