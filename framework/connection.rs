@@ -216,9 +216,10 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                 answers,
                 skipped,
                 session,
+                fresh,
                 ..
             } => {
-                self.outbox.home(session, true);
+                self.outbox.home(session, fresh);
                 Counters::add(&counters.replies_dropped, skipped as u64);
                 if let Some(seq) = self.pipeline.answered(answers, self.cut(), counters) {
                     self.end(seq, EndReason::HandlerPanicked);
@@ -495,6 +496,11 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                     && !self.outbox.is_opening()
                     && (self.input.is_empty() || self.has_room()) =>
             {
+                // Room may have come back since the input was last decoded (an inline
+                // handler answers within the drive): decode again before deciding.
+                if !self.input.is_empty() && self.dispatch_buffered(env) {
+                    return true;
+                }
                 // Everything decodable was decoded and answered: what is left is the start
                 // of a request that will never be finished.
                 if !self.input.is_empty() {
@@ -511,13 +517,20 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                     then: AfterFlush::Close,
                 };
             }
-            State::Ending { cut, .. } if self.pipeline.write_seq() >= cut => {
+            // The greeting, if the open hook is still out, comes before the last words.
+            State::Ending { cut, .. }
+                if self.pipeline.write_seq() >= cut && !self.outbox.is_opening() =>
+            {
                 let State::Ending { reason, then, .. } =
                     std::mem::replace(&mut self.state, State::Closed)
                 else {
                     unreachable!("matched above")
                 };
                 self.pipeline.drop_unwritten(env.counters);
+                if self.output.is_empty() {
+                    // The write-stall clock starts with these last words.
+                    self.last_write = env.now;
+                }
                 let (ctx, counters) = (&self.ctx, env.counters);
                 match &reason {
                     EndReason::Protocol(error) => {
@@ -591,7 +604,8 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     pub fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
         let after = |since: Instant, limit: Option<Duration>| limit.map(|d| clock::after(since, d));
         // Requests in flight or stalled mean the server, not the peer, is the one to wait for.
-        let waiting_on_peer = self.in_flight() == 0 && !self.outbox.is_stalled();
+        let waiting_on_peer =
+            self.in_flight() == 0 && !self.outbox.is_stalled() && !self.outbox.is_opening();
         match self.state {
             State::Lingering { until } => Some(until),
             State::Closed => None,

@@ -158,3 +158,77 @@ fn huge_timeouts_saturate_instead_of_overflowing() {
     h.with(|conn, env| conn.shut_down(env));
     assert_eq!(h.state(), "Lingering");
 }
+
+/// Answers every work at once, as inline mode does: opens with `()`, echoes requests.
+struct InlineEcho;
+
+impl Dispatch<Vec<u8>, Vec<u8>, ()> for InlineEcho {
+    fn dispatch(&mut self, work: Work<Vec<u8>, ()>) -> Dispatched<Vec<u8>, Vec<u8>, ()> {
+        Dispatched::Ran(match work {
+            Work::Open { key, ctx, .. } => Some(Done::Opened {
+                key,
+                ctx,
+                outcome: Ok(((), Replies::new())),
+            }),
+            Work::Batch {
+                key,
+                ctx,
+                requests,
+                session,
+                fresh,
+                ..
+            } => Some(Done::Ran {
+                key,
+                ctx,
+                answers: requests
+                    .into_iter()
+                    .map(|(seq, request)| (seq, Answer::Replied(one(request))))
+                    .collect(),
+                skipped: 0,
+                session,
+                fresh,
+            }),
+            Work::Close { .. } => None,
+        })
+    }
+}
+
+/// Review finding: inline, with data and FIN in one event, room came back inside the drive
+/// (the inline handler answered), and the requests still buffered were thrown away as "an
+/// unfinished request".
+#[test]
+fn inline_requests_sent_before_the_fin_are_all_answered() {
+    let limits = limits();
+    let now = Instant::now();
+    let stream = MemStream {
+        room: usize::MAX,
+        incoming: b"a\nb\nc\nd\n".iter().copied().collect(),
+        peer_fin: true,
+        ..MemStream::default()
+    };
+    let ctx = Context {
+        peer: std::net::SocketAddr::from(([127, 0, 0, 1], 7500)),
+        connection_id: 1,
+    };
+    let key = ConnKey {
+        slot: 0,
+        generation: 0,
+    };
+    let mut conn: Connection<LineCodec, (), MemStream> =
+        Connection::new(stream, (0, key, ctx), LineCodec::new(), &limits, None, now);
+    let counters = Counters::default();
+    let mut scratch = vec![0; 64 * 1024];
+    let mut inline = InlineEcho;
+    let mut env = Env {
+        dispatch: &mut inline,
+        reactor: 0,
+        counters: &counters,
+        limits: &limits,
+        scratch: &mut scratch,
+        now,
+        drain_deadline: None,
+    };
+    conn.on_event(true, true, true);
+    assert_eq!(conn.drive(&mut env), Step::Close);
+    assert_eq!(conn.stream_mut().sent, b"a\nb\nc\nd\n");
+}

@@ -286,6 +286,7 @@ impl<C: Codec> Harness<C> {
                 ctx,
                 requests,
                 session,
+                fresh,
                 ..
             }) = batches[i].take()
             else {
@@ -309,6 +310,7 @@ impl<C: Codec> Harness<C> {
                 answers,
                 skipped,
                 session,
+                fresh,
             };
             self.conn.on_done(done, &self.counters, self.now);
         }

@@ -85,6 +85,9 @@ pub(crate) enum Work<Req, S> {
         ctx: Context,
         requests: Few<(u64, Req)>,
         session: S,
+        /// The session is a throwaway of concurrent mode, made for this batch: it is never
+        /// handed to the close hook (the connection's own session is).
+        fresh: bool,
     },
     /// The connection ended: hand the session to the handler's close hook.
     Close {
@@ -127,6 +130,8 @@ pub(crate) enum Done<Resp, S> {
         answers: Few<(u64, Answer<Resp>)>,
         skipped: usize,
         session: S,
+        /// As in [`Work::Batch`]: a throwaway session, dropped when it comes back.
+        fresh: bool,
     },
 }
 
@@ -147,8 +152,9 @@ impl<Resp, S> Done<Resp, S> {
                 skipped,
                 session,
                 ctx,
+                fresh,
                 ..
-            } => (answers.len() + skipped, Some(session), ctx),
+            } => (answers.len() + skipped, (!fresh).then_some(session), ctx),
         }
     }
 }

@@ -84,6 +84,7 @@ impl<Req, S> Outbox<Req, S> {
                 ctx,
                 requests: std::iter::once(request).collect(),
                 session: fresh(),
+                fresh: true,
             });
         }
         if !matches!(self.at, SessionAt::Home(_)) {
@@ -99,6 +100,7 @@ impl<Req, S> Outbox<Req, S> {
             requests: self.waiting.drain(..).collect(),
 
             session,
+            fresh: false,
         })
     }
 
@@ -107,13 +109,12 @@ impl<Req, S> Outbox<Req, S> {
         self.stalled = Some(work);
     }
 
-    /// The session came back (from the open hook or a batch). In concurrent mode a batch's
-    /// fresh session is dropped: the connection's own stays home.
-    pub fn home(&mut self, session: S, from_batch: bool) {
-        if from_batch && self.concurrent.is_some() {
-            return;
+    /// The session came back (from the open hook or a batch). A `fresh` one, a batch's
+    /// throwaway in concurrent mode, is dropped: the connection's own stays home.
+    pub fn home(&mut self, session: S, fresh: bool) {
+        if !fresh {
+            self.at = SessionAt::Home(session);
         }
-        self.at = SessionAt::Home(session);
     }
 
     /// The open hook panicked: there is no session.
@@ -127,12 +128,15 @@ impl<Req, S> Outbox<Req, S> {
     pub fn cut(&mut self, mut cut: u64) -> u64 {
         match self.stalled.take() {
             Some(Work::Batch {
-                requests, session, ..
+                requests,
+                session,
+                fresh,
+                ..
             }) => {
                 if let Some(&(first, _)) = requests.first() {
                     cut = cut.min(first);
                 }
-                self.home(session, true);
+                self.home(session, fresh);
             }
             Some(Work::Open { .. }) => {
                 // The open hook never ran: no session, and no request can be served.

@@ -135,6 +135,8 @@ fn abandon<H: Handler>(handler: &H, work: Work<H::Request, H::Session>, counters
     Counters::add(&counters.replies_dropped, work.requests() as u64);
     match work {
         Work::Open { .. } => {}
+        // A concurrent batch's throwaway session is not the connection's: no close.
+        Work::Batch { fresh: true, .. } => {}
         Work::Batch { ctx, session, .. } => {
             close_session(handler, session, &ctx, CloseReason::Shutdown, counters)
         }
@@ -172,6 +174,7 @@ pub(crate) fn run_work<H: Handler + ?Sized>(
             ctx,
             requests,
             mut session,
+            fresh,
             ..
         } => {
             let total = requests.len();
@@ -197,6 +200,7 @@ pub(crate) fn run_work<H: Handler + ?Sized>(
                 answers,
                 skipped,
                 session,
+                fresh,
             })
         }
         Work::Close {

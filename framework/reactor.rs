@@ -89,6 +89,10 @@ struct Entry<C: Codec, S> {
     accounted: usize,
     /// A reply arrived and the connection is on the reactor's list to drive.
     drive_queued: bool,
+    /// The connection is on the `stalled` list (once, however often it is driven).
+    stall_listed: bool,
+    /// The connection is on the `revisit` list.
+    revisit_listed: bool,
 }
 
 struct Slot<C: Codec, S> {
@@ -240,6 +244,9 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
             }
             self.drain_inbox();
             for key in std::mem::take(&mut self.revisit) {
+                if let Some(entry) = live_entry(&mut self.slots, key) {
+                    entry.revisit_listed = false;
+                }
                 self.with_conn(key, |conn, env| conn.drive(env));
             }
             self.retry_stalled();
@@ -354,14 +361,22 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
         }
     }
 
-    /// The reactor is exiting: every close hook still waiting is queued, waiting a little
-    /// for room, or else run here (a close hook that blocks then delays this exit only).
+    /// The reactor is exiting: every close hook still waiting is queued, waiting up to one
+    /// second in all for room, or else run here (a close hook that blocks then delays this
+    /// exit only). Hooks that run here anyway (inline mode, non-blocking hooks) run now.
     fn finish_closes(&mut self) {
+        let run_here = self.inline || !self.handler.hooks_block();
+        let until = Instant::now() + Duration::from_secs(1);
         for work in std::mem::take(&mut self.closing) {
-            if let Err(e) = self.jobs.send_timeout(work, Duration::from_secs(1)) {
-                let work = e.into_inner();
-                pool::run_work(&*self.handler, work, &self.counters, self.slow_handler);
-            }
+            let work = if run_here {
+                work
+            } else {
+                match self.jobs.send_deadline(work, until) {
+                    Ok(()) => continue,
+                    Err(e) => e.into_inner(),
+                }
+            };
+            pool::run_work(&*self.handler, work, &self.counters, self.slow_handler);
         }
     }
 
@@ -410,6 +425,8 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
             armed: None,
             accounted: 0,
             drive_queued: false,
+            stall_listed: false,
+            revisit_listed: false,
         });
         self.live += 1;
         if self.draining.is_some() {
@@ -441,6 +458,9 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
 
     fn retry_stalled(&mut self) {
         for key in std::mem::take(&mut self.stalled) {
+            if let Some(entry) = live_entry(&mut self.slots, key) {
+                entry.stall_listed = false;
+            }
             self.with_conn(key, |conn, env| conn.drive(env));
         }
     }
@@ -509,10 +529,14 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
                 self.close(key, CloseReason::PeerClosed);
                 return;
             }
-            Step::Revisit => self.revisit.push(key),
-            Step::Wait => {}
+            Step::Revisit if !entry.revisit_listed => {
+                entry.revisit_listed = true;
+                self.revisit.push(key);
+            }
+            Step::Revisit | Step::Wait => {}
         }
-        if entry.conn.is_stalled() {
+        if entry.conn.is_stalled() && !entry.stall_listed {
+            entry.stall_listed = true;
             self.stalled.push(key);
         }
         let deadline = entry.conn.next_deadline(&self.limits);

@@ -361,7 +361,9 @@ impl Builder {
     /// Starts a server whose connections' requests may run at the same time on different
     /// workers when a peer pipelines them (their replies are still written in request
     /// order): for stateless handlers only, since there is no session to share. The open
-    /// and close hooks still run once per connection. Otherwise as [`start`](Builder::start).
+    /// and close hooks still run once per connection; the close hook may run before the
+    /// connection's last calls have returned (they never see its session). Otherwise as
+    /// [`start`](Builder::start).
     ///
     /// # Errors
     ///

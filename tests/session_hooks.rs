@@ -300,3 +300,79 @@ fn the_close_hook_runs_once_when_the_connection_ends_while_its_session_is_on_a_w
         "{stats:#?}"
     );
 }
+
+/// Review finding: in concurrent mode each batch's throwaway session went to the close hook
+/// too, so a connection reset while a call was out was closed twice.
+#[test]
+fn concurrent_mode_closes_a_connection_once_even_with_a_call_still_out() {
+    common::init_logging();
+    let (open_tx, open_gate) = crossbeam_channel::unbounded();
+    let (call_tx, call_gate) = crossbeam_channel::unbounded();
+    let (entered, entered_rx) = crossbeam_channel::unbounded();
+    let held = Held {
+        open_gate,
+        call_gate,
+        entered,
+        closes: Arc::default(),
+    };
+    let server = Builder::bind("127.0.0.1:0")
+        .workers(2)
+        .thread_name("sh-conc")
+        .start_concurrent(LineCodec::new(), held.clone())
+        .expect("start");
+    let mut client = connect(server.local_addr());
+    assert_eq!(entered_rx.recv_timeout(common::WAIT_DEADLINE), Ok("open"));
+    open_tx.send(()).unwrap();
+    send(&mut client, b"a\n");
+    assert_eq!(entered_rx.recv_timeout(common::WAIT_DEADLINE), Ok("call"));
+    common::reset(client);
+    common::wait_for_stats(&server, "the reset seen", |s| s.connections_closed == 1);
+    // The call comes back to a closed connection, with its batch's throwaway session.
+    call_tx.send(()).unwrap();
+    common::wait_for_stats(&server, "the call back", |s| s.in_flight == 0);
+    // Shutdown joins the workers: any close hook queued late has run by then.
+    server.shutdown();
+    assert_eq!(*held.closes.lock().unwrap(), vec![CloseReason::Reset]);
+}
+
+/// Answers every line with 8 MiB; records close reasons.
+#[derive(Clone, Default)]
+struct Flood {
+    closes: Arc<Mutex<Vec<CloseReason>>>,
+}
+
+impl Handler for Flood {
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+    type Session = ();
+
+    fn open(&self, _: &Context, _: &mut Replies<Vec<u8>>) {}
+
+    fn call(&self, _: &mut (), _: Vec<u8>, _: &Context, replies: &mut Replies<Vec<u8>>) {
+        replies.send(vec![b'f'; 8 << 20]);
+    }
+
+    fn close(&self, _: (), _: &Context, reason: CloseReason) {
+        self.closes.lock().unwrap().push(reason);
+    }
+}
+
+/// Review finding: in inline mode, a connection force-closed at the shutdown deadline had
+/// its close hook queued for workers that inline mode does not have, so it never ran.
+#[test]
+fn inline_mode_runs_the_close_hook_of_a_connection_forced_shut_at_the_deadline() {
+    common::init_logging();
+    let flood = Flood::default();
+    let server = Builder::bind("127.0.0.1:0")
+        .inline(true)
+        .shutdown_timeout(Duration::from_millis(200))
+        .thread_name("sh-force")
+        .start(LineCodec::new(), flood.clone())
+        .expect("start");
+    let mut stuck = common::connect_with_recv_buffer(server.local_addr(), 4096);
+    send(&mut stuck, b"flood\n");
+    common::wait_for_stats(&server, "the reply out", |s| s.responses == 1);
+    server.shutdown(); // the peer never reads: forced shut at the deadline
+    assert_eq!(*flood.closes.lock().unwrap(), vec![CloseReason::Shutdown]);
+    drop(stuck);
+}
