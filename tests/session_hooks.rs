@@ -246,20 +246,47 @@ impl Handler for Held {
     }
 }
 
+/// The test's ends of a [`Held`]'s gates: let an open hook or a call go, and hear which
+/// hook has started.
+struct Gates {
+    open_tx: crossbeam_channel::Sender<()>,
+    call_tx: crossbeam_channel::Sender<()>,
+    entered_rx: crossbeam_channel::Receiver<&'static str>,
+}
+
+impl Held {
+    fn new() -> (Held, Gates) {
+        let (open_tx, open_gate) = crossbeam_channel::unbounded();
+        let (call_tx, call_gate) = crossbeam_channel::unbounded();
+        let (entered, entered_rx) = crossbeam_channel::unbounded();
+        let held = Held {
+            open_gate,
+            call_gate,
+            entered,
+            closes: Arc::default(),
+        };
+        let gates = Gates {
+            open_tx,
+            call_tx,
+            entered_rx,
+        };
+        (held, gates)
+    }
+}
+
 /// A connection reset while its session is out (in the open hook, then in a call) still
 /// has it closed exactly once, when it comes back, with the reason it ended for.
 #[test]
 fn the_close_hook_runs_once_when_the_connection_ends_while_its_session_is_on_a_worker() {
     common::init_logging();
-    let (open_tx, open_gate) = crossbeam_channel::unbounded();
-    let (call_tx, call_gate) = crossbeam_channel::unbounded();
-    let (entered, entered_rx) = crossbeam_channel::unbounded();
-    let held = Held {
-        open_gate,
-        call_gate,
-        entered,
-        closes: Arc::default(),
-    };
+    let (
+        held,
+        Gates {
+            open_tx,
+            call_tx,
+            entered_rx,
+        },
+    ) = Held::new();
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .thread_name("sh-away")
@@ -306,15 +333,14 @@ fn the_close_hook_runs_once_when_the_connection_ends_while_its_session_is_on_a_w
 #[test]
 fn concurrent_mode_closes_a_connection_once_even_with_a_call_still_out() {
     common::init_logging();
-    let (open_tx, open_gate) = crossbeam_channel::unbounded();
-    let (call_tx, call_gate) = crossbeam_channel::unbounded();
-    let (entered, entered_rx) = crossbeam_channel::unbounded();
-    let held = Held {
-        open_gate,
-        call_gate,
-        entered,
-        closes: Arc::default(),
-    };
+    let (
+        held,
+        Gates {
+            open_tx,
+            call_tx,
+            entered_rx,
+        },
+    ) = Held::new();
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .thread_name("sh-conc")
