@@ -133,6 +133,9 @@ pub(crate) struct Reactor<C: Codec, S> {
     jobs: Sender<Work<C::Request, S>>,
     handler: Arc<DynHandler<C, S>>,
     inline: bool,
+    /// Open and close hooks run on this thread: inline mode, or `Handler::hooks_block` is
+    /// false (asked once, here, not on every drive).
+    hooks_here: bool,
     concurrent: Option<fn() -> S>,
     slow_handler: Duration,
     counters: Arc<Counters>,
@@ -188,6 +191,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
             orphans: HashMap::new(),
             codec: parts.codec,
             jobs: parts.jobs,
+            hooks_here: parts.inline || !parts.handler.hooks_block(),
             handler: parts.handler,
             inline: parts.inline,
             concurrent: parts.concurrent,
@@ -346,7 +350,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
     /// queue refuses wait for the next turn.
     fn queue_closes(&mut self) {
         for work in std::mem::take(&mut self.closing) {
-            if self.inline || !self.handler.hooks_block() {
+            if self.hooks_here {
                 pool::run_work(&*self.handler, work, &self.counters, self.slow_handler);
                 continue;
             }
@@ -365,7 +369,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
     /// second in all for room, or else run here (a close hook that blocks then delays this
     /// exit only). Hooks that run here anyway (inline mode, non-blocking hooks) run now.
     fn finish_closes(&mut self) {
-        let run_here = self.inline || !self.handler.hooks_block();
+        let run_here = self.hooks_here;
         let until = Instant::now() + Duration::from_secs(1);
         for work in std::mem::take(&mut self.closing) {
             let work = if run_here {
@@ -493,7 +497,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
         };
         let mut to_pool = ToPool {
             jobs: &self.jobs,
-            hooks_here: (!self.handler.hooks_block()).then_some(inline),
+            hooks_here: self.hooks_here.then_some(inline),
         };
         let mut inline = inline;
         let dispatch: &mut dyn Dispatch<C::Request, C::Response, S> = if self.inline {
