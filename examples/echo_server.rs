@@ -3,7 +3,11 @@
 //! ```text
 //! cargo run --release --example echo_server -- [--addr 127.0.0.1:20000] [--workers N]
 //!     [--max-connections N] [--idle-timeout-secs N] [--stats-secs N]
+//!     [--unix PATH] [--tls-cert PEM --tls-key PEM] [--proxy-protocol]
 //! ```
+//!
+//! The listening flags are in `support/transport.rs` (TLS needs `--features tls`); started
+//! with a socket passed by systemd (`LISTEN_FDS`), it serves that one.
 //!
 //! `--idle-timeout-secs 0` disables the idle timeout; `--stats-secs N` logs the server's
 //! counters every N seconds.
@@ -12,15 +16,16 @@
 //! accepted peer, and each close with the connection's request count. SIGINT or SIGTERM
 //! shuts it down gracefully and it exits 0.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use reactor_pool::{handler_fn, Builder, Context, RawCodec};
+use reactor_pool::{handler_fn, Context, RawCodec};
 use shutdown::OnSignal;
 
 #[path = "support/shutdown.rs"]
 mod shutdown;
+#[path = "support/transport.rs"]
+mod transport;
 
 fn main() -> ExitCode {
     shutdown::run_main(run)
@@ -28,9 +33,7 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = pico_args::Arguments::from_env();
-    let addr: SocketAddr = args
-        .opt_value_from_str("--addr")?
-        .unwrap_or_else(|| "127.0.0.1:20000".parse().expect("valid default"));
+    let listen = transport::Listen::from_args(&mut args, "127.0.0.1:20000")?;
     let workers: Option<usize> = args.opt_value_from_str("--workers")?;
     let max_connections: Option<usize> = args.opt_value_from_str("--max-connections")?;
     let idle_timeout_secs: Option<u64> = args.opt_value_from_str("--idle-timeout-secs")?;
@@ -40,7 +43,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("unknown arguments: {rest:?}").into());
     }
 
-    let mut builder = Builder::bind(addr).connection_log_level(log::Level::Info);
+    let mut builder = listen.builder()?.connection_log_level(log::Level::Info);
     if let Some(n) = workers {
         builder = builder.workers(n);
     }
@@ -53,7 +56,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let on_signal = OnSignal::install()?;
     let echo = handler_fn(|request: Vec<u8>, _ctx: &Context| request);
     let server = builder.start(RawCodec::new(), echo)?;
-    log::info!("echo server listening on {}", server.local_addr());
+    log::info!("echo server listening on {}", listen.describe(&server, ""));
 
     let (stop_stats, stats_stopped) = crossbeam_channel::bounded::<()>(0);
     let stats_thread = stats_secs.filter(|&secs| secs > 0).map(|secs| {

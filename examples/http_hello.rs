@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! cargo run --release --example http_hello -- [--addr 127.0.0.1:8080] [--workers N]
+//!     [--unix PATH] [--tls-cert PEM --tls-key PEM] [--proxy-protocol]
 //! curl -v http://127.0.0.1:8080/
+//! curl --cacert ca.pem https://localhost:8443/        # with --features tls and --tls-*
 //! wrk -t2 -c100 -d5s http://127.0.0.1:8080/
 //! ab -k -n 10000 -c 50 http://127.0.0.1:8080/
 //! ```
@@ -19,15 +21,16 @@
 //! final coding other than chunked. Identical Content-Length values count as one.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 #[path = "support/protocol_main.rs"]
 mod protocol_main;
 #[path = "support/shutdown.rs"]
 mod shutdown;
+#[path = "support/transport.rs"]
+pub mod transport;
 
-use reactor_pool::{AfterReply, Builder, Codec, Context, DecodeError, Decoded, Handler, Replies};
+use reactor_pool::{AfterReply, Codec, Context, DecodeError, Decoded, Handler, Replies};
 
 /// Bytes of request line plus headers accepted before answering 431.
 const MAX_HEADER_BYTES: usize = 8 * 1024;
@@ -290,11 +293,13 @@ impl Hello {
 /// threads, or the framework's defaults. Also used by the throughput bench, which includes
 /// this file.
 pub fn start(
-    addr: SocketAddr,
+    listen: impl Into<transport::Listen>,
     workers: Option<usize>,
     reactors: Option<usize>,
 ) -> std::io::Result<reactor_pool::ServerHandle> {
-    let builder = Builder::bind(addr)
+    let builder = listen
+        .into()
+        .builder()?
         .max_frame_size(MAX_HEADER_BYTES + MAX_BODY)
         .max_connections(19_000);
     protocol_main::with_threads(builder, workers, reactors).start(HttpCodec::default(), Hello)
@@ -302,9 +307,10 @@ pub fn start(
 
 fn main() -> ExitCode {
     protocol_main::run_example(
+        "http_hello",
         "127.0.0.1:8080",
+        ("http", "https"),
         |_| Ok(()),
-        |addr, workers, ()| start(addr, workers, None),
-        |addr| format!("http_hello listening on http://{addr}/"),
+        |listen, workers, ()| start(listen.clone(), workers, None),
     )
 }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example kv_server -- [--addr 127.0.0.1:6380] [--workers N] [--requirepass PASS]
+//!     [--unix PATH] [--tls-cert PEM --tls-key PEM] [--proxy-protocol]   (see support/transport.rs)
 //! redis-cli -p 6380 SET a 1
 //! redis-cli -p 6380 -n 3 SET a 1                        # database 3: redis-cli sends SELECT 3
 //! redis-cli -p 6380 -a PASS PING                        # with --requirepass PASS: sends AUTH PASS
@@ -39,7 +40,6 @@
 //! years). One too far ahead for the platform's `Instant` never comes: on Linux, every valid
 //! expiry fits.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 #[path = "support/kv_store.rs"]
@@ -50,9 +50,11 @@ mod protocol_main;
 mod resp;
 #[path = "support/shutdown.rs"]
 mod shutdown;
+#[path = "support/transport.rs"]
+pub mod transport;
 
 use kv_store::{Db, Keys, Store, DATABASES};
-use reactor_pool::{Builder, Context, Handler, Replies};
+use reactor_pool::{Context, Handler, Replies};
 use resp::{arity, error, parse_int, RespCodec, Value, MAX_BULK, MAX_INLINE, NOT_AN_INTEGER};
 
 /// Commands about the connection's transaction or its end: never queued.
@@ -397,22 +399,24 @@ impl Handler for Kv {
 /// `reactors` reactor threads, or the framework's defaults. Also used by the throughput
 /// bench, which includes this file.
 pub fn start(
-    addr: SocketAddr,
+    listen: impl Into<transport::Listen>,
     workers: Option<usize>,
     reactors: Option<usize>,
 ) -> std::io::Result<reactor_pool::ServerHandle> {
-    start_with_password(addr, workers, reactors, None)
+    start_with_password(listen, workers, reactors, None)
 }
 
 /// [`start`], with every connection required to `AUTH` with `password` first when it is
 /// set and not empty (redis-server's `requirepass`).
 pub fn start_with_password(
-    addr: SocketAddr,
+    listen: impl Into<transport::Listen>,
     workers: Option<usize>,
     reactors: Option<usize>,
     password: Option<String>,
 ) -> std::io::Result<reactor_pool::ServerHandle> {
-    let builder = Builder::bind(addr)
+    let builder = listen
+        .into()
+        .builder()?
         .max_frame_size(MAX_BULK + MAX_INLINE)
         .max_connections(19_000)
         // redis-benchmark -P 16 pipelines 16 commands per connection.
@@ -427,9 +431,10 @@ pub fn start_with_password(
 
 fn main() -> ExitCode {
     protocol_main::run_example(
+        "kv_server",
         "127.0.0.1:6380",
+        ("", ""),
         |args| args.opt_value_from_str("--requirepass"),
-        |addr, workers, password| start_with_password(addr, workers, None, password),
-        |addr| format!("kv_server listening on {addr}"),
+        |listen, workers, password| start_with_password(listen.clone(), workers, None, password),
     )
 }

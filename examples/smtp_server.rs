@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example smtp_server -- [--addr 127.0.0.1:2525] [--maildir DIR]
 //!     [--max-size BYTES] [--workers N] [--hostname NAME] [--idle-timeout SECS]
+//!     [--unix PATH] [--tls-cert PEM --tls-key PEM] [--proxy-protocol]
 //! swaks --server 127.0.0.1:2525 --to a@example.org,b@example.org --pipeline
 //! printf 'EHLO me\r\nQUIT\r\n' | nc -C -q 1 127.0.0.1 2525
 //! ```
@@ -24,6 +25,11 @@
 //! A connection idle for the idle timeout (default 300 s, RFC 5321's), or still connected
 //! when the server shuts down (SIGINT, SIGTERM), gets `421 4.4.2 HOST closing connection`.
 //! Framing (command lines, the message after `354`) is in `support/smtp_codec.rs`.
+//!
+//! With `--tls-cert`/`--tls-key` (build with `--features tls`) it speaks SMTP over TLS from
+//! the first byte (implicit TLS, RFC 8314's "submissions", as on port 465; `swaks --tlsc`).
+//! STARTTLS is not offered: upgrading a connection mid-stream is not something the
+//! framework's transports do.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,8 +42,10 @@ mod shutdown;
 pub mod smtp_codec;
 #[path = "support/smtp_maildir.rs"]
 mod smtp_maildir;
+#[path = "support/transport.rs"]
+pub mod transport;
 
-use reactor_pool::{Builder, CloseReason, Context, Handler, Replies, ServerHandle};
+use reactor_pool::{CloseReason, Context, Handler, Replies, ServerHandle};
 use smtp_codec::{Reply, Request, SmtpCodec};
 use smtp_maildir::{Incoming, Maildir};
 
@@ -45,12 +53,14 @@ use smtp_maildir::{Incoming, Maildir};
 const MAX_RECIPIENTS: usize = 100;
 
 const USAGE: &str = "usage: smtp_server [--addr 127.0.0.1:2525] [--maildir DIR] \
-[--max-size BYTES] [--workers N] [--hostname NAME] [--idle-timeout SECS]";
+[--max-size BYTES] [--workers N] [--hostname NAME] [--idle-timeout SECS] \
+[--unix PATH] [--tls-cert PEM --tls-key PEM] [--proxy-protocol]";
 
 /// How to run the server; [`Config::new`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub addr: SocketAddr,
+    /// Where and how to listen (TCP address, Unix socket, TLS, PROXY protocol).
+    pub listen: transport::Listen,
     /// Created if missing, with `tmp/`, `new/` and `cur/` in it.
     pub maildir: PathBuf,
     /// Largest message accepted, in bytes (as sent, after dot-unstuffing).
@@ -66,7 +76,7 @@ pub struct Config {
 impl Config {
     pub fn new(addr: SocketAddr, maildir: PathBuf) -> Self {
         Config {
-            addr,
+            listen: addr.into(),
             maildir,
             max_size: 10 * 1024 * 1024,
             hostname: system_hostname(),
@@ -174,8 +184,11 @@ impl Smtp {
             header.push_str(&format!("X-Envelope-To: <{to}>\r\n"));
         }
         header.push_str(&format!(
-            "Received: from {hello} ([{}])\r\n\tby {} (reactor-pool) with {} id {id};\r\n\t{}\r\n",
-            ctx.peer_addr().ip(),
+            "Received: from {hello} ({})\r\n\tby {} (reactor-pool) with {} id {id};\r\n\t{}\r\n",
+            match ctx.peer_addr() {
+                Some(addr) => format!("[{}]", addr.ip()),
+                None => "local".to_string(),
+            },
             self.host,
             if *extended { "ESMTP" } else { "SMTP" },
             smtp_maildir::rfc5322_date(SystemTime::now()),
@@ -283,7 +296,9 @@ impl Handler for Smtp {
 /// Starts the server `config` describes (also used by tests/smtp_server_clients.rs).
 pub fn start(config: &Config) -> std::io::Result<ServerHandle> {
     let maildir = Maildir::create(&config.maildir)?;
-    let builder = Builder::bind(config.addr)
+    let builder = config
+        .listen
+        .builder()?
         .idle_timeout(Some(config.idle_timeout))
         .partial_frame_timeout(Some(config.idle_timeout))
         .thread_name("smtp");
@@ -305,13 +320,11 @@ fn parse_args() -> Result<Option<Config>, Box<dyn std::error::Error>> {
         println!("{USAGE}");
         return Ok(None);
     }
-    let addr = match args.opt_value_from_str("--addr")? {
-        Some(addr) => addr,
-        None => "127.0.0.1:2525".parse()?,
-    };
+    let listen = transport::Listen::from_args(&mut args, "127.0.0.1:2525")?;
     let maildir: Option<PathBuf> = args.opt_value_from_str("--maildir")?;
     let maildir = maildir.unwrap_or_else(|| std::env::temp_dir().join("reactor-pool-smtp"));
-    let mut config = Config::new(addr, maildir);
+    let mut config = Config::new(listen.addr, maildir);
+    config.listen = listen;
     if let Some(bytes) = args.opt_value_from_str("--max-size")? {
         config.max_size = bytes;
     }
@@ -338,7 +351,7 @@ fn main() -> ExitCode {
         let server = start(&config)?;
         log::info!(
             "smtp_server listening on {} (maildir {}, messages up to {} bytes)",
-            server.local_addr(),
+            config.listen.describe(&server, ""),
             config.maildir.display(),
             config.max_size
         );

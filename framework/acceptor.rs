@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::handler::Context;
 use crate::message::{Inbound, Mailbox};
+use crate::net::Listener;
 use crate::stats::Counters;
 use crate::sys::is_resource_exhaustion;
 
@@ -53,7 +53,7 @@ impl AcceptGate {
 /// The acceptor thread's state.
 pub(crate) struct Acceptor {
     poll: Poll,
-    listener: TcpListener,
+    listener: Listener,
     next_reactor: usize,
     gate: Arc<AcceptGate>,
     counters: Arc<Counters>,
@@ -64,7 +64,7 @@ pub(crate) struct Acceptor {
 
 impl Acceptor {
     pub fn new(
-        mut listener: TcpListener,
+        mut listener: Listener,
         max_connections: usize,
         counters: Arc<Counters>,
     ) -> io::Result<(Self, Arc<AcceptGate>)> {
@@ -123,14 +123,8 @@ impl Acceptor {
                 Ok((stream, peer)) => {
                     self.gate.open.fetch_add(1, Ordering::AcqRel);
                     Counters::add(&self.counters.connections_accepted, 1);
-                    if let Err(e) = stream.set_nodelay(true) {
-                        log::debug!("set_nodelay for {peer}: {e}");
-                    }
                     self.next_id += 1;
-                    let ctx = Context {
-                        peer,
-                        connection_id: self.next_id - 1,
-                    };
+                    let ctx = Context::new(peer, self.next_id - 1);
                     let reactor = self.next_reactor;
                     self.next_reactor = (self.next_reactor + 1) % reactors.len();
                     if reactors[reactor]

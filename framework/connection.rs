@@ -18,11 +18,11 @@ use crate::clock;
 use crate::codec::{Codec, Farewell};
 use crate::handler::{CloseReason, Context};
 use crate::message::{ConnKey, Dispatch, Dispatched, Done};
+use crate::net::Transport;
 use crate::outbox::{Finish, Outbox};
 use crate::pipeline::{Decoded, EndReason, Pipeline, Room};
 use crate::socket::{Read, Socket};
 use crate::stats::Counters;
-use crate::sys::Transport;
 
 /// Per-connection limits, validated by the builder.
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub(crate) struct Limits {
     pub idle_timeout: Option<Duration>,
     pub partial_frame_timeout: Option<Duration>,
     pub write_stall_timeout: Option<Duration>,
+    /// How long the preamble (PROXY header, TLS handshake) may take from the accept.
+    pub handshake_timeout: Option<Duration>,
 }
 
 /// Where a connection is in its life.
@@ -110,14 +112,17 @@ pub(crate) struct Connection<C: Codec, S, T> {
     last_write: Instant,
     /// When the unfinished frame at the front of `input` started arriving.
     partial_since: Option<Instant>,
+    /// When it was accepted: the preamble's clock.
+    accepted: Instant,
 }
 
 impl<C: Codec, S, T: Transport> Connection<C, S, T> {
-    /// A new connection; its first work, the open hook, goes out with the first drive.
+    /// A new connection; its first work, the open hook, goes out with the first drive after
+    /// the stream's preamble (if any) is over.
     /// `concurrent` is set in concurrent mode: the session each request gets.
     pub fn new(
         stream: T,
-        (reactor, key, ctx): (usize, ConnKey, Context),
+        (key, ctx): (ConnKey, Context),
         codec: C,
         limits: &Limits,
         concurrent: Option<fn() -> S>,
@@ -138,11 +143,12 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                     output_high_water: limits.output_high_water,
                 },
             ),
-            outbox: Outbox::new(reactor, key, ctx, concurrent),
+            outbox: Outbox::new(concurrent),
             ended: None,
             last_read: now,
             last_write: now,
             partial_since: None,
+            accepted: now,
         }
     }
 
@@ -161,6 +167,11 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     fn in_flight(&self) -> usize {
         self.pipeline.in_flight()
+    }
+
+    /// Whether anything waits to be written: output, or records inside the stream.
+    fn has_output(&self) -> bool {
+        !self.output.is_empty() || self.socket.holds_output()
     }
 
     /// Bytes this connection holds in its buffers, for the stats.
@@ -287,8 +298,10 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     pub fn drive(&mut self, env: &mut Env<'_, C, S>) -> Step {
         let mut budget = env.limits.read_per_wakeup;
         loop {
-            let mut progress = self.dispatch_buffered(env);
+            let mut progress = self.open_if_established(env);
+            progress |= self.dispatch_buffered(env);
             progress |= self.read(env, &mut budget);
+            progress |= self.open_if_established(env);
             progress |= self.advance(env);
             progress |= self.write(env);
             if let State::Closed = self.state {
@@ -337,6 +350,8 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                     progress = true;
                     *budget = budget.saturating_sub(n);
                     self.last_read = env.now;
+                    // The read that ends a preamble may carry the first request.
+                    self.open_if_established(env);
                     if self.takes_requests() {
                         self.take_input(n, env);
                     }
@@ -414,6 +429,25 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         used
     }
 
+    /// Once the stream's preamble is over, learns what it said (the client a PROXY header
+    /// named) and hands the open hook on; returns whether it did.
+    fn open_if_established(&mut self, env: &mut Env<'_, C, S>) -> bool {
+        if !self.outbox.is_unopened() || !self.takes_requests() || !self.socket.is_established() {
+            return false;
+        }
+        self.socket.stream_mut().apply_to(&mut self.ctx);
+        if let Some(proxy) = self.ctx.proxy {
+            log::debug!(
+                "connection {} ({proxy}): PROXY header names client {}",
+                self.ctx.connection_id,
+                self.ctx.peer
+            );
+        }
+        self.outbox.open(env.reactor, self.key, self.ctx);
+        self.hand_on(env);
+        true
+    }
+
     /// Hands the outbox's work to the pool (a full queue gives it back and pauses this
     /// connection); returns whether any left.
     fn hand_on(&mut self, env: &mut Env<'_, C, S>) -> bool {
@@ -476,13 +510,17 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         if let State::Closed = self.state {
             return;
         }
-        Counters::add(&counters.resets, 1);
-        log::info!(
-            "connection {} ({}): {error}; closing it",
-            self.ctx.connection_id,
-            self.ctx.peer
-        );
-        self.ended.get_or_insert(CloseReason::Reset);
+        let (id, peer) = (self.ctx.connection_id, self.ctx.peer);
+        if error.kind() == io::ErrorKind::InvalidData {
+            // The transport's bad input: a TLS failure, a PROXY header that is not one.
+            Counters::add(&counters.transport_errors, 1);
+            log::warn!("connection {id} ({peer}): {error}; closing it");
+            self.ended.get_or_insert(CloseReason::ProtocolError);
+        } else {
+            Counters::add(&counters.resets, 1);
+            log::info!("connection {id} ({peer}): {error}; closing it");
+            self.ended.get_or_insert(CloseReason::Reset);
+        }
         self.state = State::Closed;
     }
 
@@ -532,7 +570,10 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                     self.last_write = env.now;
                 }
                 let (ctx, counters) = (&self.ctx, env.counters);
+                // Before the preamble is over the peer does not speak the protocol yet.
+                let speaks = !self.outbox.is_unopened();
                 match &reason {
+                    _ if !speaks => {}
                     EndReason::Protocol(error) => {
                         self.pipeline
                             .error_reply(error, &mut self.output, ctx, counters)
@@ -549,9 +590,12 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                 }
                 self.state = State::Flushing { then };
             }
-            State::Flushing { then } if self.output.is_empty() => {
+            State::Flushing { then } if !self.has_output() => {
                 self.state = match then {
-                    AfterFlush::Close => State::Closed,
+                    AfterFlush::Close => {
+                        self.socket.stream_mut().before_close();
+                        State::Closed
+                    }
                     AfterFlush::Linger => {
                         // Our FIN goes out now; the peer still reads everything before it.
                         self.socket.shutdown_write();
@@ -588,8 +632,8 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             return false;
         }
         match self.socket.write(&mut self.output) {
-            Ok(0) => false,
-            Ok(_) => {
+            Ok(false) => false,
+            Ok(true) => {
                 self.last_write = env.now;
                 true
             }
@@ -609,7 +653,10 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         match self.state {
             State::Lingering { until } => Some(until),
             State::Closed => None,
-            _ if !self.output.is_empty() => after(self.last_write, limits.write_stall_timeout),
+            _ if self.has_output() => after(self.last_write, limits.write_stall_timeout),
+            State::Open | State::ReadClosed if self.outbox.is_unopened() => {
+                after(self.accepted, limits.handshake_timeout)
+            }
             State::Open | State::ReadClosed if waiting_on_peer => match self.partial_since {
                 Some(since) => after(since, limits.partial_frame_timeout),
                 None if matches!(self.state, State::Open) => {
@@ -634,7 +681,21 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             return Step::Close;
         }
         Counters::add(&env.counters.timeouts, 1);
-        if !self.output.is_empty() {
+        if self.outbox.is_unopened() && !self.has_output() {
+            log::info!(
+                "connection {} ({}): preamble (PROXY header, TLS handshake) not done within \
+                 the handshake timeout; closing it",
+                self.ctx.connection_id,
+                self.ctx.peer
+            );
+            self.ended.get_or_insert(CloseReason::Timeout);
+            self.input.clear();
+            self.state = State::Flushing {
+                then: AfterFlush::Linger,
+            };
+            return self.drive(env);
+        }
+        if self.has_output() {
             log::info!(
                 "connection {} ({}): peer stopped reading (write-stall timeout); closing it",
                 self.ctx.connection_id,
@@ -655,6 +716,10 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     /// The server is shutting down: finish what is in flight, then close.
     pub fn shut_down(&mut self, env: &mut Env<'_, C, S>) -> Step {
+        // Requests that reached the kernel before the shutdown are served: read them first.
+        if let Step::Close = self.drive(env) {
+            return Step::Close;
+        }
         self.end(self.pipeline.next_seq(), EndReason::ServerShutdown);
         self.drive(env)
     }

@@ -206,16 +206,16 @@ fn inline_requests_sent_before_the_fin_are_all_answered() {
         peer_fin: true,
         ..MemStream::default()
     };
-    let ctx = Context {
-        peer: std::net::SocketAddr::from(([127, 0, 0, 1], 7500)),
-        connection_id: 1,
-    };
+    let ctx = Context::new(
+        crate::handler::Peer::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 7500))),
+        1,
+    );
     let key = ConnKey {
         slot: 0,
         generation: 0,
     };
     let mut conn: Connection<LineCodec, (), MemStream> =
-        Connection::new(stream, (0, key, ctx), LineCodec::new(), &limits, None, now);
+        Connection::new(stream, (key, ctx), LineCodec::new(), &limits, None, now);
     let counters = Counters::default();
     let mut scratch = vec![0; 64 * 1024];
     let mut inline = InlineEcho;

@@ -142,6 +142,7 @@ fn limits() -> Limits {
         idle_timeout: Some(Duration::from_secs(60)),
         partial_frame_timeout: Some(Duration::from_secs(30)),
         write_stall_timeout: Some(Duration::from_secs(30)),
+        handshake_timeout: Some(Duration::from_secs(10)),
     }
 }
 
@@ -194,16 +195,16 @@ impl<C: Codec> Harness<C> {
             room: usize::MAX,
             ..MemStream::default()
         };
-        let ctx = Context {
-            peer: SocketAddr::from(([127, 0, 0, 1], 7500)),
-            connection_id: 1,
-        };
+        let ctx = Context::new(
+            crate::handler::Peer::Tcp(SocketAddr::from(([127, 0, 0, 1], 7500))),
+            1,
+        );
         let key = ConnKey {
             slot: 0,
             generation: 0,
         };
         let mut h = Harness {
-            conn: Connection::new(stream, (0, key, ctx), codec, &limits, concurrent, now),
+            conn: Connection::new(stream, (key, ctx), codec, &limits, concurrent, now),
             jobs: Jobs {
                 queued: Vec::new(),
                 full: false,

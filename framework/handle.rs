@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::acceptor::AcceptGate;
 use crate::clock;
 use crate::message::{Inbound, Mailbox, Work};
+use crate::net::Bound;
 use crate::pool::Pool;
 use crate::stats::{Counters, Stats};
 
@@ -101,7 +103,7 @@ impl fmt::Debug for StatsReader {
 /// as the server should run.
 #[must_use = "dropping a ServerHandle shuts the server down at once"]
 pub struct ServerHandle {
-    pub(crate) local_addr: SocketAddr,
+    pub(crate) bound: Bound,
     pub(crate) stats: StatsReader,
     /// `None` once stopped.
     pub(crate) threads: Option<Box<dyn Running>>,
@@ -109,9 +111,23 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// The address the server accepts on (with the real port when bound to port 0).
+    /// The address the server accepts on (with the real port when bound to port 0). For a
+    /// server on a Unix domain socket: the unspecified address `0.0.0.0:0`; see
+    /// [`unix_path`](ServerHandle::unix_path).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        match &self.bound {
+            Bound::Tcp(addr) => *addr,
+            Bound::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+
+    /// The path of the Unix domain socket the server accepts on; `None` for a TCP server
+    /// (or an unnamed socket).
+    pub fn unix_path(&self) -> Option<&Path> {
+        match &self.bound {
+            Bound::Unix(path) => path.as_deref(),
+            Bound::Tcp(_) => None,
+        }
     }
 
     /// A snapshot of the server's live counters.
@@ -162,7 +178,7 @@ impl ServerHandle {
                 "shutdown: {stuck} workers still in a handler past the deadline; left running"
             );
         }
-        log::debug!("server on {} stopped", self.local_addr);
+        log::debug!("server on {} stopped", self.bound);
     }
 }
 
@@ -175,7 +191,7 @@ impl Drop for ServerHandle {
 impl fmt::Debug for ServerHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerHandle")
-            .field("local_addr", &self.local_addr)
+            .field("bound", &self.bound)
             .finish_non_exhaustive()
     }
 }

@@ -11,14 +11,58 @@ use crate::few::Few;
 /// What a handler knows about the connection a request came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Context {
-    pub(crate) peer: SocketAddr,
+    pub(crate) peer: Peer,
+    /// The socket's own peer when a PROXY header named another client.
+    pub(crate) proxy: Option<Peer>,
     pub(crate) connection_id: u64,
+    pub(crate) tls: bool,
 }
 
 impl Context {
-    /// The peer's address.
-    pub fn peer_addr(&self) -> SocketAddr {
+    pub(crate) fn new(peer: Peer, connection_id: u64) -> Self {
+        Context {
+            peer,
+            proxy: None,
+            connection_id,
+            tls: false,
+        }
+    }
+
+    /// Who the client is: the socket's peer, or, behind a proxy speaking the PROXY protocol
+    /// ([`Builder::proxy_protocol`](crate::Builder::proxy_protocol)), the client the proxy's
+    /// header names.
+    pub fn peer(&self) -> Peer {
         self.peer
+    }
+
+    /// The client's IP address and port ([`peer`](Context::peer) when it is a TCP peer);
+    /// `None` for a peer on a Unix domain socket.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match self.peer {
+            Peer::Tcp(addr) => Some(addr),
+            Peer::Unix(_) => None,
+        }
+    }
+
+    /// The uid, gid and pid of a peer on a Unix domain socket, where the platform gives
+    /// them (Linux: SO_PEERCRED); `None` otherwise.
+    pub fn credentials(&self) -> Option<Credentials> {
+        match self.peer {
+            Peer::Unix(credentials) => credentials,
+            Peer::Tcp(_) => None,
+        }
+    }
+
+    /// The proxy the connection came through, when a PROXY header named the client: the
+    /// socket's own peer. `None` without the PROXY protocol, or when the header named no
+    /// client (a proxy's health check).
+    pub fn proxy(&self) -> Option<Peer> {
+        self.proxy
+    }
+
+    /// Whether the connection is encrypted with TLS ([`Builder::tls`](crate::Builder)).
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// A number unique to this connection for the server's lifetime (the first connection
@@ -26,6 +70,42 @@ impl Context {
     pub fn connection_id(&self) -> u64 {
         self.connection_id
     }
+}
+
+/// Who is at the other end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Peer {
+    /// A client over TCP (or one a PROXY header named), by address.
+    Tcp(SocketAddr),
+    /// A client on a Unix domain socket, with its credentials where the platform gives them.
+    Unix(Option<Credentials>),
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "{addr}"),
+            Peer::Unix(None) => write!(f, "unix socket peer"),
+            Peer::Unix(Some(c)) => match c.pid {
+                Some(pid) => write!(f, "unix socket peer uid {} pid {pid}", c.uid),
+                None => write!(f, "unix socket peer uid {}", c.uid),
+            },
+        }
+    }
+}
+
+/// The credentials of a peer on a Unix domain socket, as the kernel recorded them when it
+/// connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Credentials {
+    /// The peer's effective user id.
+    pub uid: u32,
+    /// The peer's effective group id.
+    pub gid: u32,
+    /// The peer's process id, where the platform records it.
+    pub pid: Option<u32>,
 }
 
 /// What one call answers: none, one or several responses, written in this order after the

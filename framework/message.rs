@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
-use mio::net::TcpStream;
 use mio::{Token, Waker};
 
 use crate::few::Few;
 use crate::handler::{CloseReason, Context, Replies};
+use crate::net::Stream;
 
 /// Names a connection slot and the generation of its current occupant, so a reply or an
 /// event for a connection that closed is never applied to a later one in the same slot.
@@ -168,7 +168,7 @@ pub(crate) enum Inbound<Resp, S> {
     /// The pool finished some work of one of its connections.
     Done(Done<Resp, S>),
     /// A connection from the acceptor.
-    Connection(TcpStream, Context),
+    Connection(Stream, Context),
     /// Stop: finish in-flight requests, flush, close; force-close what is left at `deadline`.
     Shutdown { deadline: Instant },
 }

@@ -14,6 +14,9 @@ use crate::message::{ConnKey, Work};
 
 /// Where a connection's session is.
 enum SessionAt<S> {
+    /// The open hook has not been asked yet: the connection's preamble (a PROXY header, a
+    /// TLS handshake) is not over.
+    Unopened,
     /// The open hook has not returned it yet.
     Opening,
     /// Here, free to go with the next batch.
@@ -35,14 +38,26 @@ pub(crate) struct Outbox<Req, S> {
 }
 
 impl<Req, S> Outbox<Req, S> {
-    /// An outbox whose first work is the open hook.
-    pub fn new(reactor: usize, key: ConnKey, ctx: Context, concurrent: Option<fn() -> S>) -> Self {
+    /// An outbox waiting for [`open`](Outbox::open).
+    pub fn new(concurrent: Option<fn() -> S>) -> Self {
         Outbox {
-            at: SessionAt::Opening,
+            at: SessionAt::Unopened,
             waiting: VecDeque::new(),
-            stalled: Some(Work::Open { reactor, key, ctx }),
+            stalled: None,
             concurrent,
         }
+    }
+
+    /// Whether the open hook is yet to be asked.
+    pub fn is_unopened(&self) -> bool {
+        matches!(self.at, SessionAt::Unopened)
+    }
+
+    /// The connection is established: its first work is the open hook.
+    pub fn open(&mut self, reactor: usize, key: ConnKey, ctx: Context) {
+        debug_assert!(self.is_unopened() && self.stalled.is_none());
+        self.at = SessionAt::Opening;
+        self.stalled = Some(Work::Open { reactor, key, ctx });
     }
 
     pub fn push(&mut self, seq: u64, request: Req) {
@@ -74,7 +89,7 @@ impl<Req, S> Outbox<Req, S> {
             return None;
         }
         if let Some(fresh) = self.concurrent {
-            if matches!(self.at, SessionAt::Opening) {
+            if matches!(self.at, SessionAt::Opening | SessionAt::Unopened) {
                 return None;
             }
             let request = self.waiting.pop_front().expect("checked above");
@@ -157,7 +172,7 @@ impl<Req, S> Outbox<Req, S> {
         match std::mem::replace(&mut self.at, SessionAt::Gone) {
             SessionAt::Home(session) => Finish::Here(session),
             SessionAt::Opening | SessionAt::Away => Finish::Out,
-            SessionAt::Gone => Finish::Nothing,
+            SessionAt::Unopened | SessionAt::Gone => Finish::Nothing,
         }
     }
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::acceptor::AcceptGate;
@@ -17,10 +16,12 @@ use crate::handler::{CloseReason, Context, Handler};
 use crate::message::{
     ConnKey, Dispatch, Dispatched, Done, EventKey, Inbound, Mailbox, WakeFlag, Work,
 };
+use crate::net::Stream;
 use crate::outbox::Finish;
 use crate::pool;
 use crate::stats::Counters;
 use crate::timers::Timers;
+use crate::wire::{Wire, WireConfig};
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -82,7 +83,7 @@ impl<C: Codec, S: Send + 'static> Dispatch<C::Request, C::Response, S> for Inlin
 
 /// An open connection and what the reactor keeps about it.
 struct Entry<C: Codec, S> {
-    conn: Connection<C, S, TcpStream>,
+    conn: Connection<C, S, Wire>,
     /// The deadline of this connection's entry in the reactor's timers.
     armed: Option<Instant>,
     /// Bytes last reported to `Counters::bytes_buffered`.
@@ -143,6 +144,7 @@ pub(crate) struct Reactor<C: Codec, S> {
     limits: Limits,
     scratch: Vec<u8>,
     log_level: log::Level,
+    wire: WireConfig,
     draining: Option<Instant>,
     /// The time this turn of the loop started: one clock read per turn, not per connection.
     now: Instant,
@@ -163,6 +165,7 @@ pub(crate) struct ReactorParts<C: Codec, S> {
     pub limits: Limits,
     pub read_buffer: usize,
     pub log_level: log::Level,
+    pub wire: WireConfig,
 }
 
 impl<C: Codec, S: Send + 'static> Reactor<C, S> {
@@ -201,6 +204,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
             limits: parts.limits,
             scratch: vec![0; parts.read_buffer],
             log_level: parts.log_level,
+            wire: parts.wire,
             draining: None,
             now: Instant::now(),
         };
@@ -384,7 +388,19 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
         }
     }
 
-    fn add_connection(&mut self, mut stream: TcpStream, ctx: Context) {
+    fn add_connection(&mut self, stream: Stream, ctx: Context) {
+        let mut stream = match Wire::new(stream, &self.wire) {
+            Ok(wire) => wire,
+            Err(e) => {
+                log::error!(
+                    "connection {} ({}): {e}; closing it",
+                    ctx.connection_id,
+                    ctx.peer
+                );
+                self.counters_closed();
+                return;
+            }
+        };
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -418,7 +434,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
         );
         let conn = Connection::new(
             stream,
-            (self.index, key, ctx),
+            (key, ctx),
             self.codec.clone(),
             &self.limits,
             self.concurrent,
@@ -484,7 +500,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
     /// list, and the connection's timer.
     fn with_conn<F>(&mut self, key: ConnKey, f: F)
     where
-        F: FnOnce(&mut Connection<C, S, TcpStream>, &mut Env<'_, C, S>) -> Step,
+        F: FnOnce(&mut Connection<C, S, Wire>, &mut Env<'_, C, S>) -> Step,
     {
         let Some(entry) = live_entry(&mut self.slots, key) else {
             return;

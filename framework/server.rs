@@ -4,12 +4,11 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
-
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::acceptor::Acceptor;
 use crate::codec::Codec;
@@ -19,14 +18,20 @@ use crate::connection::Limits;
 use crate::handle::{Running, ServerHandle, ShutdownTrigger, StatsReader, Threads};
 use crate::handler::Handler;
 use crate::message::Mailbox;
+use crate::net::Listener;
 use crate::pool::{Pool, WorkerShared};
 use crate::reactor::{DynHandler, Reactor, ReactorParts};
 use crate::stats::Counters;
 use crate::sys::{spawn_thread, Spawn};
+use crate::wire::WireConfig;
 
-enum Listen {
+pub(crate) enum Listen {
     Addr(io::Result<Vec<SocketAddr>>),
     Listener(StdListener),
+    UnixPath(PathBuf),
+    UnixListener(std::os::unix::net::UnixListener),
+    /// Sockets passed by a service manager (LISTEN_FDS).
+    Passed,
 }
 
 /// Configures and starts a server. Every option has a default, given in its documentation.
@@ -46,7 +51,8 @@ enum Listen {
 /// ```
 #[must_use = "a Builder does nothing until start or serve is called"]
 pub struct Builder {
-    listen: Listen,
+    pub(crate) listen: Listen,
+    pub(crate) wire: WireConfig,
     trigger: Option<ShutdownTrigger>,
     workers: usize,
     reactors: usize,
@@ -61,7 +67,7 @@ pub struct Builder {
     thread_name: String,
     batch_scheduling: bool,
     inline: bool,
-    limits: Limits,
+    pub(crate) limits: Limits,
 }
 
 /// Room above the built-in codecs' maximum frame for framing bytes, so the connection's
@@ -73,9 +79,10 @@ fn default_parallelism() -> usize {
 }
 
 impl Builder {
-    fn new(listen: Listen) -> Self {
+    pub(crate) fn new(listen: Listen) -> Self {
         Builder {
             listen,
+            wire: WireConfig::default(),
             trigger: None,
             workers: 4 * default_parallelism(),
             reactors: 1,
@@ -99,6 +106,7 @@ impl Builder {
                 idle_timeout: Some(Duration::from_secs(60)),
                 partial_frame_timeout: Some(Duration::from_secs(30)),
                 write_stall_timeout: Some(Duration::from_secs(30)),
+                handshake_timeout: Some(Duration::from_secs(10)),
             },
         }
     }
@@ -327,13 +335,16 @@ impl Builder {
         Ok(())
     }
 
-    fn listener(&mut self) -> io::Result<StdListener> {
+    fn listener(&mut self) -> io::Result<Listener> {
         match std::mem::replace(&mut self.listen, Listen::Addr(Ok(Vec::new()))) {
-            Listen::Listener(listener) => Ok(listener),
+            Listen::Listener(listener) => Listener::tcp(listener),
+            Listen::UnixListener(listener) => Listener::unix(listener),
+            Listen::UnixPath(path) => Listener::bind_unix(&path, self.backlog as i32),
+            Listen::Passed => Listener::from_listen_fds(),
             Listen::Addr(addrs) => {
                 let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
                 for addr in addrs? {
-                    match bind(addr, self.backlog as i32, self.reuse_port) {
+                    match Listener::bind_tcp(addr, self.backlog as i32, self.reuse_port) {
                         Ok(listener) => return Ok(listener),
                         Err(e) => last = e,
                     }
@@ -390,10 +401,8 @@ impl Builder {
         H: Handler<Request = C::Request, Response = C::Response>,
     {
         self.validate()?;
-        let std_listener = self.listener()?;
-        std_listener.set_nonblocking(true)?;
-        let local_addr = std_listener.local_addr()?;
-        let listener = mio::net::TcpListener::from_std(std_listener);
+        let listener = self.listener()?;
+        let bound = listener.bound()?;
 
         let counters = Arc::new(Counters::default());
         let (acceptor, gate) =
@@ -418,6 +427,7 @@ impl Builder {
                     limits: self.limits.clone(),
                     read_buffer: self.read_buffer,
                     log_level: self.connection_log_level,
+                    wire: self.wire.clone(),
                 },
             )?;
             reactors.push(reactor);
@@ -489,10 +499,10 @@ impl Builder {
             Err(error) => return Err(stopped(threads, error)),
         }
 
-        log::debug!("listening on {local_addr}");
+        log::debug!("listening on {bound}");
         let queue = jobs_rx;
         Ok(ServerHandle {
-            local_addr,
+            bound,
             stats: StatsReader {
                 counters,
                 queue_depth: Arc::new(move || queue.len()),
@@ -528,18 +538,6 @@ fn stopped<R: Running + 'static>(threads: Box<R>, error: io::Error) -> io::Error
     log::error!("cannot start a server thread: {error}; stopping the threads already started");
     threads.stop();
     error
-}
-
-fn bind(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<StdListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    // A restarted server can bind while old connections sit in TIME_WAIT.
-    socket.set_reuse_address(true)?;
-    if reuse_port {
-        crate::sys::set_reuse_port(&socket)?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(backlog)?;
-    Ok(socket.into())
 }
 
 impl fmt::Debug for Builder {

@@ -8,7 +8,7 @@
 use std::io;
 
 use crate::buffer::Buffer;
-use crate::sys::Transport;
+use crate::net::Transport;
 
 /// Whether a direction may still have something for us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,10 +103,10 @@ impl<T: Transport> Socket<T> {
         }
     }
 
-    /// Writes from `output` until it is empty or the socket is full; returns the bytes
-    /// written.
-    pub fn write(&mut self, output: &mut Buffer) -> io::Result<usize> {
-        let mut written = 0;
+    /// Writes from `output` until it is empty or the socket is full, then what the stream
+    /// itself holds (encrypted records); returns whether anything was written.
+    pub fn write(&mut self, output: &mut Buffer) -> io::Result<bool> {
+        let mut progress = false;
         while !output.is_empty() && self.write == Readiness::Ready {
             match self.stream.write(output.pending()) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -116,7 +116,7 @@ impl<T: Transport> Socket<T> {
                         self.write = Readiness::Exhausted;
                     }
                     output.consume(n);
-                    written += n;
+                    progress = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.write = Readiness::Exhausted;
@@ -125,7 +125,27 @@ impl<T: Transport> Socket<T> {
                 Err(e) => return Err(e),
             }
         }
-        Ok(written)
+        if output.is_empty() && self.write == Readiness::Ready && self.stream.holds_output() {
+            match self.stream.flush_held() {
+                Ok(()) => progress = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.write = Readiness::Exhausted;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Whether written bytes still wait inside the stream.
+    pub fn holds_output(&self) -> bool {
+        self.stream.holds_output()
+    }
+
+    /// Whether the stream's preamble (PROXY header, TLS handshake) is over.
+    pub fn is_established(&self) -> bool {
+        self.stream.is_established()
     }
 
     /// Sends our FIN (the peer can still send to us); a failure changes nothing we do next.

@@ -19,6 +19,7 @@ pub(crate) struct Counters {
     pub replies_dropped: AtomicU64,
     pub timers: AtomicU64,
     pub refused: AtomicU64,
+    pub transport_errors: AtomicU64,
 }
 
 impl Counters {
@@ -54,6 +55,7 @@ impl Counters {
             replies_dropped,
             timers: self.timers.load(Relaxed),
             refused: self.refused.load(Relaxed),
+            transport_errors: self.transport_errors.load(Relaxed),
         }
     }
 }
@@ -103,4 +105,8 @@ pub struct Stats {
     /// Requests the codec refused and answered itself ([`DecodeError::Refused`](crate::DecodeError::Refused)),
     /// the connection kept open. They count in `requests` and `responses` too.
     pub refused: u64,
+    /// Connections closed for bad input below the protocol: a TLS failure (garbage instead of
+    /// a ClientHello, a record that fails its checks or is cut short by the peer's FIN, a
+    /// handshake abandoned half-way) or a PROXY header that is not one or is cut short.
+    pub transport_errors: u64,
 }

@@ -2,7 +2,7 @@
 //! `unsafe` code (one system call that no well-kept crate wraps on its own). Sockets go
 //! through mio and socket2.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::thread::{self, JoinHandle};
 
 /// Starts a named thread; the server starts every thread through one of these, so a test
@@ -78,14 +78,108 @@ pub(crate) fn prefer_batch_scheduling() {
     }
 }
 
-/// A byte stream the connection reads and writes, and whose write side it can shut down.
-pub(crate) trait Transport: Read + Write {
-    /// Sends our FIN; the peer can still send to us.
-    fn shutdown_write(&mut self) -> io::Result<()>;
+/// Who is at the other end of a Unix domain socket, as the kernel recorded it when the peer
+/// connected (Linux and Android: SO_PEERCRED): uid, gid and pid.
+///
+/// # Errors
+///
+/// The error of `getsockopt`; [`io::ErrorKind::Unsupported`] on other platforms.
+#[cfg(unix)]
+pub(crate) fn peer_credentials(
+    socket: std::os::fd::BorrowedFd<'_>,
+) -> io::Result<(u32, u32, Option<u32>)> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: `socket` is a valid descriptor for the duration of the borrow; `cred` is a
+        // writable ucred and `len` holds its exact size, so the kernel writes at most that
+        // many bytes into memory we own; both outlive the call.
+        #[allow(unsafe_code)]
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((
+            cred.uid,
+            cred.gid,
+            u32::try_from(cred.pid).ok().filter(|&pid| pid > 0),
+        ))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = socket;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "peer credentials are not available on this platform",
+        ))
+    }
 }
 
-impl Transport for mio::net::TcpStream {
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown(std::net::Shutdown::Write)
+/// The first descriptor a socket-activating service manager passes (sd_listen_fds(3)).
+#[cfg(unix)]
+const SD_LISTEN_FDS_START: i32 = 3;
+
+/// Takes the listening sockets systemd (or `systemd-socket-activate`) passed this process:
+/// `LISTEN_FDS` descriptors from 3 on, when `LISTEN_PID` names this process. Empty when
+/// there are none. The variables are left as they are: a child process is protected from
+/// mistaking them for its own by the `LISTEN_PID` check.
+///
+/// # Errors
+///
+/// [`io::ErrorKind::InvalidInput`] when the variables are malformed or the sockets were
+/// already taken by an earlier call in this process.
+#[cfg(unix)]
+pub(crate) fn take_listen_fds() -> io::Result<Vec<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+
+    let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
+    let Ok(pid) = std::env::var("LISTEN_PID") else {
+        return Ok(Vec::new());
+    };
+    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+        // Meant for another process (our parent, most often).
+        return Ok(Vec::new());
     }
+    let count: i32 = std::env::var("LISTEN_FDS")
+        .map_err(|_| invalid("LISTEN_PID is set but LISTEN_FDS is not".into()))?
+        .trim()
+        .parse()
+        .map_err(|e| invalid(format!("LISTEN_FDS is not a count: {e}")))?;
+    if !(0..=1024).contains(&count) {
+        return Err(invalid(format!("LISTEN_FDS={count} is out of range")));
+    }
+    // Relaxed is enough: the flag only guards against a second claim in this process; it
+    // orders no other memory.
+    if TAKEN.swap(true, Ordering::Relaxed) {
+        return Err(invalid(
+            "the LISTEN_FDS sockets were already taken in this process".into(),
+        ));
+    }
+    let mut fds = Vec::with_capacity(count as usize);
+    for fd in SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + count {
+        // SAFETY: the service manager's contract (sd_listen_fds(3)) is that descriptors
+        // 3..3+LISTEN_FDS are open, belong to this process (LISTEN_PID checked above) and
+        // are owned by no one else in it; TAKEN makes this the only claim, so each
+        // descriptor gets exactly one owner, which closes it once.
+        #[allow(unsafe_code)]
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        fds.push(owned);
+    }
+    Ok(fds)
 }

@@ -84,7 +84,7 @@ struct Server(Option<ServerHandle>);
 
 impl Server {
     fn start() -> Self {
-        let addr = "127.0.0.1:0".parse().expect("an address");
+        let addr: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
         Server(Some(
             kv_server::start(addr, None, None).expect("start kv_server"),
         ))

@@ -35,7 +35,7 @@ impl Server {
     }
 
     fn with_password(password: Option<&str>) -> Self {
-        let addr = "127.0.0.1:0".parse().expect("an address");
+        let addr: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
         let password = password.map(str::to_string);
         Server(Some(
             kv_server::start_with_password(addr, None, None, password).expect("start kv_server"),

@@ -1,11 +1,11 @@
 //! The `main` the protocol examples (http_hello, kv_server) share.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use reactor_pool::{Builder, ServerHandle};
 
 use super::shutdown::OnSignal;
+use super::transport::Listen;
 
 /// Applies a protocol example's thread counts to `builder`; `None` keeps the default.
 pub fn with_threads(builder: Builder, workers: Option<usize>, reactors: Option<usize>) -> Builder {
@@ -19,24 +19,24 @@ pub fn with_threads(builder: Builder, workers: Option<usize>, reactors: Option<u
     }
 }
 
-/// The `main` of a protocol example: flags `--addr` (default `default_addr`) and
+/// The `main` of a protocol example: the listening flags of [`Listen`] (`--addr`, default
+/// `default_addr`; `--unix`, `--tls-cert`/`--tls-key`, `--proxy-protocol`) and
 /// `--workers N`, plus the example's own, which `flags` takes from the arguments (`|_|
 /// Ok(())` when there are none); any other argument is an error. Then
-/// `start(address, workers, what flags returned)`, env_logger at `info` unless RUST_LOG
-/// says otherwise, the line that `listening(local address)` returns once it listens, and a
-/// graceful shutdown on a signal.
+/// `start(listen flags, workers, what flags returned)`, env_logger at `info` unless RUST_LOG
+/// says otherwise, the line `{name} listening on {scheme}://{address}` (the socket path for
+/// a Unix socket; `tls_scheme` over TLS) once it listens, and a graceful shutdown on a
+/// signal.
 pub fn run_example<T>(
+    name: &str,
     default_addr: &str,
+    (scheme, tls_scheme): (&str, &str),
     flags: impl FnOnce(&mut pico_args::Arguments) -> Result<T, pico_args::Error>,
-    start: impl FnOnce(SocketAddr, Option<usize>, T) -> std::io::Result<ServerHandle>,
-    listening: fn(SocketAddr) -> String,
+    start: impl FnOnce(&Listen, Option<usize>, T) -> std::io::Result<ServerHandle>,
 ) -> ExitCode {
     super::shutdown::run_main(|| {
         let mut args = pico_args::Arguments::from_env();
-        let addr: SocketAddr = match args.opt_value_from_str("--addr")? {
-            Some(addr) => addr,
-            None => default_addr.parse()?,
-        };
+        let listen = Listen::from_args(&mut args, default_addr)?;
         let workers: Option<usize> = args.opt_value_from_str("--workers")?;
         let own = flags(&mut args)?;
         let rest = args.finish();
@@ -44,8 +44,9 @@ pub fn run_example<T>(
             return Err(format!("unknown arguments: {rest:?}").into());
         }
         let on_signal = OnSignal::install()?;
-        let server = start(addr, workers, own)?;
-        log::info!("{}", listening(server.local_addr()));
+        let server = start(&listen, workers, own)?;
+        let scheme = if listen.is_tls() { tls_scheme } else { scheme };
+        log::info!("{name} listening on {}", listen.describe(&server, scheme));
         on_signal.serve(server);
         Ok(())
     })

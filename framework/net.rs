@@ -1,0 +1,365 @@
+//! The sockets: what the server listens on (TCP, a Unix domain socket, or sockets a service
+//! manager passed), what it accepts, and how each is bound. A [`Stream`] is one accepted
+//! socket, whichever kind; everything above this layer treats them alike.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use mio::event::Source;
+use mio::{Interest, Registry, Token};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::handler::{Context, Credentials, Peer};
+use crate::sys;
+
+/// A byte stream the connection reads and writes, and whose write side it can shut down.
+///
+/// Reads and writes keep the edge-triggered contract: they come up short, or say
+/// WouldBlock, only when the socket underneath did (or ended).
+pub(crate) trait Transport: Read + Write {
+    /// Sends our FIN; the peer can still send to us.
+    fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// Whether the preamble (a PROXY header, a TLS handshake) is over, so the connection's
+    /// session may open.
+    fn is_established(&self) -> bool {
+        true
+    }
+
+    /// Whether bytes already written wait inside the transport (encrypted records).
+    fn holds_output(&self) -> bool {
+        false
+    }
+
+    /// Sends what the transport holds; WouldBlock when the socket is full.
+    fn flush_held(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Last words before the socket is closed, sent if they fit (TLS's close_notify): the
+    /// peer has ended its side, so no FIN is needed first. Nothing for a plain stream.
+    fn before_close(&mut self) {}
+
+    /// What the preamble taught about the connection (the client a PROXY header named,
+    /// encryption), applied to `ctx` once it is established.
+    fn apply_to(&mut self, ctx: &mut Context) {
+        let _ = ctx;
+    }
+}
+
+/// One accepted connection's socket.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    Tcp(mio::net::TcpStream),
+    Unix(mio::net::UnixStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for Stream {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+        }
+    }
+}
+
+impl Source for Stream {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.register(registry, token, interest),
+            Stream::Unix(s) => s.register(registry, token, interest),
+        }
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.reregister(registry, token, interest),
+            Stream::Unix(s) => s.reregister(registry, token, interest),
+        }
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.deregister(registry),
+            Stream::Unix(s) => s.deregister(registry),
+        }
+    }
+}
+
+/// Where a server listens, as its handle reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Bound {
+    Tcp(SocketAddr),
+    Unix(Option<PathBuf>),
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bound::Tcp(addr) => write!(f, "{addr}"),
+            Bound::Unix(Some(path)) => write!(f, "unix:{}", path.display()),
+            Bound::Unix(None) => write!(f, "an unnamed unix socket"),
+        }
+    }
+}
+
+/// A listening socket, non-blocking, owned by the acceptor.
+pub(crate) enum Listener {
+    Tcp(mio::net::TcpListener),
+    Unix {
+        listener: mio::net::UnixListener,
+        /// The socket file this server created, removed when the listener is dropped.
+        #[expect(dead_code, reason = "held for its Drop, which removes the file")]
+        file: Option<SocketFile>,
+    },
+}
+
+impl Listener {
+    /// Takes a listener bound elsewhere, made non-blocking.
+    pub fn tcp(listener: std::net::TcpListener) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(Listener::Tcp(mio::net::TcpListener::from_std(listener)))
+    }
+
+    /// Takes a Unix listener bound elsewhere, made non-blocking; its file is left alone.
+    pub fn unix(listener: std::os::unix::net::UnixListener) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(Listener::Unix {
+            listener: mio::net::UnixListener::from_std(listener),
+            file: None,
+        })
+    }
+
+    /// Binds a TCP listener on `addr` with SO_REUSEADDR (and SO_REUSEPORT if asked).
+    pub fn bind_tcp(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<Self> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // A restarted server can bind while old connections sit in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        if reuse_port {
+            sys::set_reuse_port(&socket)?;
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(backlog)?;
+        Self::tcp(socket.into())
+    }
+
+    /// Binds a Unix domain socket at `path`. A socket file left there by a server that is
+    /// gone (connecting to it is refused) is replaced; a live server's socket, or a file
+    /// that is not a socket, is an error ([`io::ErrorKind::AddrInUse`]).
+    pub fn bind_unix(path: &Path, backlog: i32) -> io::Result<Self> {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} exists and is not a socket", path.display()),
+                ));
+            }
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("a server is listening on {}", path.display()),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    log::info!("removing stale socket file {}", path.display());
+                    std::fs::remove_file(path)?;
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot tell whether {} is in use: {e}", path.display()),
+                    ))
+                }
+            }
+        }
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        socket.bind(&socket2::SockAddr::unix(path)?)?;
+        let file = SocketFile::new(path)?;
+        socket.listen(backlog)?;
+        let std_listener: std::os::unix::net::UnixListener = socket.into();
+        std_listener.set_nonblocking(true)?;
+        Ok(Listener::Unix {
+            listener: mio::net::UnixListener::from_std(std_listener),
+            file: Some(file),
+        })
+    }
+
+    /// The listening socket a service manager passed (sd_listen_fds(3)): the first of
+    /// them, TCP or Unix, whichever it is.
+    pub fn from_listen_fds() -> io::Result<Self> {
+        let mut fds = sys::take_listen_fds()?;
+        if fds.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no listening socket passed (LISTEN_FDS and LISTEN_PID are not set for this process)",
+            ));
+        }
+        if fds.len() > 1 {
+            log::warn!(
+                "{} listening sockets passed; serving the first, closing the rest",
+                fds.len()
+            );
+        }
+        Self::from_fd(fds.swap_remove(0))
+    }
+
+    fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        let socket = Socket::from(fd);
+        // Passed descriptors come without close-on-exec: our children must not inherit it.
+        socket.set_cloexec(true)?;
+        if socket.r#type()? != Type::STREAM {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the passed socket is not a stream socket",
+            ));
+        }
+        if socket.local_addr()?.is_unix() {
+            Self::unix(socket.into())
+        } else {
+            Self::tcp(socket.into())
+        }
+    }
+
+    pub fn bound(&self) -> io::Result<Bound> {
+        Ok(match self {
+            Listener::Tcp(l) => Bound::Tcp(l.local_addr()?),
+            Listener::Unix { listener, .. } => {
+                Bound::Unix(listener.local_addr()?.as_pathname().map(Path::to_path_buf))
+            }
+        })
+    }
+
+    /// Accepts one connection: its socket and who is at the other end.
+    pub fn accept(&self) -> io::Result<(Stream, Peer)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, addr) = l.accept()?;
+                if let Err(e) = stream.set_nodelay(true) {
+                    log::debug!("set_nodelay for {addr}: {e}");
+                }
+                Ok((Stream::Tcp(stream), Peer::Tcp(addr)))
+            }
+            Listener::Unix { listener, .. } => {
+                let (stream, _) = listener.accept()?;
+                let credentials = match sys::peer_credentials(stream.as_fd()) {
+                    Ok((uid, gid, pid)) => Some(Credentials { uid, gid, pid }),
+                    Err(e) => {
+                        log::debug!("no credentials for a unix socket peer: {e}");
+                        None
+                    }
+                };
+                Ok((Stream::Unix(stream), Peer::Unix(credentials)))
+            }
+        }
+    }
+}
+
+impl Source for Listener {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.register(registry, token, interest),
+            Listener::Unix { listener, .. } => listener.register(registry, token, interest),
+        }
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.reregister(registry, token, interest),
+            Listener::Unix { listener, .. } => listener.reregister(registry, token, interest),
+        }
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.deregister(registry),
+            Listener::Unix { listener, .. } => listener.deregister(registry),
+        }
+    }
+}
+
+/// A socket file this server created. Dropping it removes the file, unless it is no longer
+/// ours: a new server (a restart) that replaced it keeps its own.
+pub(crate) struct SocketFile {
+    path: PathBuf,
+    /// Device and inode of the file we bound, to recognise it.
+    identity: (u64, u64),
+}
+
+impl SocketFile {
+    fn new(path: &Path) -> io::Result<Self> {
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
+        })
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.identity => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    log::warn!("cannot remove {}: {e}", self.path.display());
+                }
+            }
+            _ => log::debug!(
+                "{} was replaced or removed by someone else: left alone",
+                self.path.display()
+            ),
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! What a connection speaks over its socket before and beneath its protocol: an optional
+//! PROXY protocol header, then plaintext or TLS. The connection sees a [`Wire`] as one
+//! [`Transport`] of plaintext; the wire tells it when the preamble (header, handshake) is
+//! done, so the session opens only then, with the client the header named.
+
+use std::io::{self, Read, Write};
+#[cfg(feature = "tls")]
+use std::sync::Arc;
+
+use mio::event::Source;
+use mio::{Interest, Registry, Token};
+
+use crate::handler::{Context, Peer};
+use crate::net::{Stream, Transport};
+use crate::proxy::{self, Parsed, MAX_HEADER};
+#[cfg(feature = "tls")]
+use crate::tls::Tls;
+
+/// The transports every connection of a server gets.
+#[derive(Clone, Default)]
+pub(crate) struct WireConfig {
+    /// Expect a PROXY protocol header (v1 or v2) first.
+    pub proxy_protocol: bool,
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Where the PROXY header stands.
+enum Header {
+    /// Not expected.
+    None,
+    /// Expected: the bytes received so far.
+    Awaited(Vec<u8>),
+    /// Received: what it said, until the connection takes it.
+    Received(proxy::ProxyHeader),
+    /// Received and taken.
+    Taken,
+}
+
+/// A connection's socket with its preamble and encryption.
+pub(crate) struct Wire {
+    stream: Stream,
+    header: Header,
+    /// Bytes that arrived after the PROXY header: the start of the stream proper.
+    early: Vec<u8>,
+    early_read: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<Box<Tls>>,
+}
+
+impl Wire {
+    /// Wraps `stream` as `config` says.
+    ///
+    /// Errors: rustls refusing the configuration.
+    pub fn new(stream: Stream, config: &WireConfig) -> io::Result<Self> {
+        Ok(Wire {
+            stream,
+            header: if config.proxy_protocol {
+                Header::Awaited(Vec::new())
+            } else {
+                Header::None
+            },
+            early: Vec::new(),
+            early_read: 0,
+            #[cfg(feature = "tls")]
+            tls: match &config.tls {
+                Some(tls) => Some(Box::new(Tls::new(tls)?)),
+                None => None,
+            },
+        })
+    }
+
+    /// Reads the PROXY header; Ok once it is complete.
+    fn read_header(&mut self) -> io::Result<()> {
+        let Header::Awaited(got) = &mut self.header else {
+            return Ok(());
+        };
+        loop {
+            match proxy::parse(got) {
+                Ok(Parsed::Complete { header, len }) => {
+                    self.early = got.split_off(len);
+                    self.header = Header::Received(header);
+                    return Ok(());
+                }
+                Ok(Parsed::Incomplete) => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("PROXY header: {e}"),
+                    ))
+                }
+            }
+            let mut chunk = [0u8; 256];
+            let want = (MAX_HEADER - got.len()).clamp(1, chunk.len());
+            match self.stream.read(&mut chunk[..want]) {
+                Ok(0) if got.is_empty() => {
+                    // A probe (a proxy's health check) that connected and left.
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "PROXY header: the peer closed before the header was complete",
+                    ))
+                }
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether the preamble is over: the PROXY header (if expected) arrived and the TLS
+    /// handshake (if any) is done.
+    pub fn is_established(&self) -> bool {
+        if let Header::Awaited(_) = self.header {
+            return false;
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return !tls.is_handshaking();
+        }
+        true
+    }
+
+    /// What the preamble taught about the connection, applied to `ctx` (once): the client
+    /// a PROXY header named, and whether it is encrypted.
+    fn apply_preamble(&mut self, ctx: &mut Context) {
+        #[cfg(feature = "tls")]
+        {
+            ctx.tls = self.tls.is_some();
+        }
+        if let Header::Received(header) = std::mem::replace(&mut self.header, Header::Taken) {
+            if let Some(source) = header.source {
+                ctx.proxy = Some(ctx.peer);
+                ctx.peer = Peer::Tcp(source);
+            }
+        } else if let Header::Awaited(_) = self.header {
+            unreachable!("applied before the header arrived");
+        }
+    }
+
+    /// The socket with the bytes that came after the PROXY header in front.
+    fn inner(&mut self) -> Inner<'_> {
+        Inner {
+            early: &mut self.early,
+            early_read: &mut self.early_read,
+            stream: &mut self.stream,
+        }
+    }
+
+    /// Whether output waits in the wire (encrypted records, our FIN after them).
+    pub fn holds_output(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return tls.holds_output();
+        }
+        false
+    }
+
+    /// Sends what the wire holds. Errors: WouldBlock when the socket is full.
+    pub fn flush_held(&mut self) -> io::Result<()> {
+        #[cfg(feature = "tls")]
+        if let Some(mut tls) = self.tls.take() {
+            let result = tls.flush(&mut self.inner());
+            self.tls = Some(tls);
+            return result;
+        }
+        Ok(())
+    }
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.read_header() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        #[cfg(feature = "tls")]
+        if let Some(mut tls) = self.tls.take() {
+            let result = tls.read(&mut self.inner(), buf);
+            self.tls = Some(tls);
+            return result;
+        }
+        self.inner().read(buf)
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Some(mut tls) = self.tls.take() {
+            let result = tls.write(&mut self.inner(), buf);
+            self.tls = Some(tls);
+            return result;
+        }
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for Wire {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        #[cfg(feature = "tls")]
+        if let Some(mut tls) = self.tls.take() {
+            let result = tls.shutdown_write(&mut self.inner());
+            self.tls = Some(tls);
+            return result;
+        }
+        self.stream.shutdown_write()
+    }
+
+    fn is_established(&self) -> bool {
+        Wire::is_established(self)
+    }
+
+    fn holds_output(&self) -> bool {
+        Wire::holds_output(self)
+    }
+
+    fn flush_held(&mut self) -> io::Result<()> {
+        Wire::flush_held(self)
+    }
+
+    fn apply_to(&mut self, ctx: &mut Context) {
+        self.apply_preamble(ctx)
+    }
+
+    fn before_close(&mut self) {
+        #[cfg(feature = "tls")]
+        if let Some(mut tls) = self.tls.take() {
+            tls.close_notify(&mut self.inner());
+            self.tls = Some(tls);
+        }
+    }
+}
+
+impl Source for Wire {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        self.stream.register(registry, token, interest)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        self.stream.reregister(registry, token, interest)
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        self.stream.deregister(registry)
+    }
+}
+
+/// The socket, with the bytes read past the PROXY header served first.
+struct Inner<'a> {
+    early: &'a mut Vec<u8>,
+    early_read: &'a mut usize,
+    stream: &'a mut Stream,
+}
+
+impl Read for Inner<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if *self.early_read < self.early.len() {
+            let n = (self.early.len() - *self.early_read).min(buf.len());
+            buf[..n].copy_from_slice(&self.early[*self.early_read..*self.early_read + n]);
+            *self.early_read += n;
+            if *self.early_read == self.early.len() {
+                *self.early = Vec::new();
+                *self.early_read = 0;
+            }
+            if n == buf.len() {
+                return Ok(n);
+            }
+            // A short read must mean the socket is drained (the edge-triggered contract):
+            // top up from the socket.
+            return match self.stream.read(&mut buf[n..]) {
+                Ok(more) => Ok(n + more),
+                Err(_) => Ok(n),
+            };
+        }
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Inner<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.stream.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for Inner<'_> {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.stream.shutdown_write()
+    }
+}
