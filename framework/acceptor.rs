@@ -108,6 +108,9 @@ impl Acceptor {
                 }
             }
         }
+        // Connections the kernel completed before we stop are in the backlog: closing the
+        // listener would reset them. Take them; the shutdown serves what they already sent.
+        self.accept_ready(&reactors);
         log::debug!("acceptor stopped; listener closed");
     }
 

@@ -32,6 +32,9 @@ struct MemStream {
     sent: Vec<u8>,
     /// The server shut down its write side (sent FIN).
     fin_sent: bool,
+    /// Bytes of a preamble (a PROXY header, say) still to come before the stream is
+    /// established; reads consume them and return none.
+    preamble: usize,
 }
 
 impl Read for MemStream {
@@ -39,6 +42,9 @@ impl Read for MemStream {
         if self.reset {
             return Err(io::ErrorKind::ConnectionReset.into());
         }
+        let skip = self.preamble.min(self.incoming.len());
+        self.preamble -= skip;
+        self.incoming.drain(..skip);
         if self.incoming.is_empty() {
             return if self.peer_fin {
                 Ok(0)
@@ -84,6 +90,10 @@ impl Transport for MemStream {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.fin_sent = true;
         Ok(())
+    }
+
+    fn is_established(&self) -> bool {
+        self.preamble == 0
     }
 }
 
@@ -190,9 +200,20 @@ impl<C: Codec> Harness<C> {
 
     /// A connection whose open hook is still out.
     fn opening(codec: C, limits: Limits, concurrent: Option<fn()>) -> Self {
+        Self::behind_preamble(codec, limits, concurrent, 0)
+    }
+
+    /// A connection whose stream is established once `preamble` bytes have arrived.
+    fn behind_preamble(
+        codec: C,
+        limits: Limits,
+        concurrent: Option<fn()>,
+        preamble: usize,
+    ) -> Self {
         let now = Instant::now();
         let stream = MemStream {
             room: usize::MAX,
+            preamble,
             ..MemStream::default()
         };
         let ctx = Context::new(
@@ -508,6 +529,39 @@ fn a_handler_panic_ends_the_connection_after_the_replies_before_it() {
     h.run_in(&[0], |r| (r != b"b").then(|| one(r)));
     assert_eq!((h.sent().as_str(), h.state()), ("a\n", "Lingering"));
     assert_eq!(h.stats().in_flight, 0);
+}
+
+#[test]
+fn the_open_hook_waits_for_the_preamble_and_requests_that_came_with_its_end_follow_it() {
+    let mut h = Harness::behind_preamble(LineCodec::new(), limits(), None, 6);
+    assert!(h.jobs.queued.is_empty(), "no open hook before the preamble");
+    h.peer_sends(b"PRE");
+    assert!(h.jobs.queued.is_empty(), "half a preamble is not enough");
+    assert_eq!(h.conn.next_deadline(&h.limits), Some(h.now + Duration::from_secs(10)));
+    // The rest of the preamble and the first request in one read.
+    h.peer_sends(b"AMBa\n");
+    assert!(matches!(h.jobs.queued[0], Work::Open { .. }), "the open hook first");
+    assert_eq!(h.queued(), 0, "the request waits for the session");
+    h.open(Replies::new());
+    assert_eq!(h.queued(), 1);
+    h.answer_all(upper);
+    assert_eq!(h.sent(), "A\n");
+}
+
+#[test]
+fn a_preamble_not_done_within_the_handshake_timeout_ends_without_a_farewell() {
+    let mut h = Harness::behind_preamble(Cues(LineCodec::new()), limits(), None, 100);
+    h.peer_sends(b"slow");
+    let deadline = h.conn.next_deadline(&h.limits).expect("the handshake deadline");
+    h.now = deadline;
+    h.step = h.with(|conn, env| conn.on_timer(env));
+    assert_eq!((h.sent().as_str(), h.state()), ("", "Lingering"));
+    assert!(h.stream().fin_sent);
+    assert!(h.jobs.queued.is_empty(), "no open hook ever ran");
+    assert_eq!(h.stats().timeouts, 1);
+    let (finish, reason) = h.conn.release(&h.counters, CloseReason::PeerClosed);
+    assert!(matches!(finish, Finish::Nothing), "no session to close");
+    assert_eq!(reason, CloseReason::Timeout);
 }
 
 #[path = "connection_regressions.rs"]

@@ -29,6 +29,13 @@ pub(crate) trait Transport: Read + Write {
         true
     }
 
+    /// Whether the last read left something to read that no readiness event will announce
+    /// (plaintext or the end of the stream, decrypted from bytes already taken off the
+    /// socket): read again without waiting.
+    fn read_pending(&self) -> bool {
+        false
+    }
+
     /// Whether bytes already written wait inside the transport (encrypted records).
     fn holds_output(&self) -> bool {
         false

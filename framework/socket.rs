@@ -68,7 +68,7 @@ impl<T: Transport> Socket<T> {
 
     /// Whether a read may find something.
     pub fn may_read(&self) -> bool {
-        self.read != Readiness::Exhausted
+        self.read != Readiness::Exhausted || self.stream.read_pending()
     }
 
     /// The peer's FIN may be waiting although no event said so (after our own shutdown):

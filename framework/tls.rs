@@ -25,6 +25,9 @@ pub(crate) struct Tls {
     received: u64,
     /// Our close_notify is queued: the socket's write side shuts once it is flushed.
     fin_pending: bool,
+    /// The last read stopped with plaintext or the peer's end still to give: the socket
+    /// will announce nothing more, so the next read must come without an event.
+    read_pending: bool,
 }
 
 impl Tls {
@@ -35,6 +38,7 @@ impl Tls {
             records: RecordCursor::default(),
             received: 0,
             fin_pending: false,
+            read_pending: false,
         })
     }
 
@@ -49,20 +53,42 @@ impl Tls {
     /// Errors: [`io::ErrorKind::InvalidData`] for anything that is not TLS or fails its
     /// checks, and for a record cut short by the peer's FIN; `io`'s own errors.
     pub fn read<S: Transport>(&mut self, io: &mut S, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_pending = false;
+        let result = self.read_records(io, buf);
+        if matches!(result, Ok(0) | Err(_)) {
+            self.read_pending = false;
+        }
+        result
+    }
+
+    /// Whether the last read left plaintext or the peer's end (close_notify, its FIN) to be
+    /// read: it was cut short by `buf`'s size or came before the end.
+    pub fn read_pending(&self) -> bool {
+        self.read_pending
+    }
+
+    fn read_records<S: Transport>(&mut self, io: &mut S, buf: &mut [u8]) -> io::Result<usize> {
         let mut filled = 0;
         loop {
             match self.conn.reader().read(&mut buf[filled..]) {
-                // The peer's close_notify: the end of its stream (or `buf` was empty).
-                Ok(0) => return Ok(filled),
+                // The peer's close_notify: the end of its stream, reported by the next read
+                // if this one returns bytes.
+                Ok(0) => {
+                    self.read_pending = true;
+                    return Ok(filled);
+                }
                 Ok(n) => {
                     filled += n;
                     if filled == buf.len() {
+                        // More plaintext may be decrypted already.
+                        self.read_pending = true;
                         return Ok(filled);
                     }
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.read_pending = true;
                     return if filled > 0 {
                         Ok(filled)
                     } else {

@@ -221,6 +221,14 @@ impl Transport for Wire {
         Wire::holds_output(self)
     }
 
+    fn read_pending(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return tls.read_pending();
+        }
+        false
+    }
+
     fn flush_held(&mut self) -> io::Result<()> {
         Wire::flush_held(self)
     }

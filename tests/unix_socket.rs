@@ -1,0 +1,186 @@
+//! Unix domain sockets (`Builder::bind_unix`, `Builder::from_unix_listener`): the peer's
+//! credentials reach the handler, a stale socket file is replaced, a live one or a file that
+//! is not a socket is refused, and the file goes away on shutdown unless it is no longer ours.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use reactor_pool::{handler_fn, Builder, Context, LineCodec, Peer, ServerHandle};
+
+/// A directory of this test's own, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "reactor-pool-unix-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Answers each line with what the handler knows of its peer.
+fn start(builder: Builder) -> std::io::Result<ServerHandle> {
+    common::init_logging();
+    builder.workers(2).start(
+        LineCodec::new(),
+        handler_fn(|line: Vec<u8>, ctx: &Context| {
+            let who = match ctx.peer() {
+                Peer::Unix(Some(c)) => format!("uid={} gid={} pid={:?}", c.uid, c.gid, c.pid),
+                other => format!("{other:?}"),
+            };
+            let mut reply = line;
+            reply.extend_from_slice(format!(" {who} addr={:?}", ctx.peer_addr()).as_bytes());
+            reply
+        }),
+    )
+}
+
+fn connect(path: &Path) -> UnixStream {
+    let stream = UnixStream::connect(path).expect("connect");
+    stream
+        .set_read_timeout(Some(common::IO_TIMEOUT))
+        .expect("timeout");
+    stream
+}
+
+fn request(stream: &mut UnixStream, line: &str) -> String {
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .expect("write");
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while reply.last() != Some(&b'\n') {
+        assert_eq!(stream.read(&mut byte).expect("read"), 1, "EOF");
+        reply.push(byte[0]);
+    }
+    String::from_utf8(reply).expect("utf-8")
+}
+
+/// Our own uid and gid, as the file system records them for a file we create.
+fn our_ids(dir: &TempDir) -> (u32, u32) {
+    let probe = dir.path("probe");
+    std::fs::write(&probe, b"").expect("write probe");
+    let meta = std::fs::metadata(&probe).expect("metadata");
+    (meta.uid(), meta.gid())
+}
+
+#[test]
+fn the_handler_sees_the_peers_credentials_and_no_address() {
+    let dir = TempDir::new("creds");
+    let path = dir.path("server.sock");
+    let server = start(Builder::bind_unix(&path)).expect("start");
+    assert_eq!(server.unix_path(), Some(path.as_path()));
+    let (uid, gid) = our_ids(&dir);
+    let mut client = connect(&path);
+    assert_eq!(
+        request(&mut client, "who"),
+        format!(
+            "who uid={uid} gid={gid} pid=Some({}) addr=None\n",
+            std::process::id()
+        )
+    );
+}
+
+#[test]
+fn a_half_closed_unix_peer_gets_every_reply_then_eof() {
+    let dir = TempDir::new("half");
+    let path = dir.path("server.sock");
+    let server = start(Builder::bind_unix(&path)).expect("start");
+    let mut client = connect(&path);
+    client.write_all(b"a\nb\nc\n").expect("write");
+    client
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let mut all = String::new();
+    client.read_to_string(&mut all).expect("clean EOF");
+    assert_eq!(all.lines().count(), 3, "{all}");
+    assert!(all.starts_with("a uid="), "{all}");
+    common::wait_for_stats(&server, "the close", |s| s.connections_open == 0);
+}
+
+#[test]
+fn a_stale_socket_file_is_replaced() {
+    let dir = TempDir::new("stale");
+    let path = dir.path("server.sock");
+    // A crashed server leaves its socket file behind: nobody listens on it.
+    drop(UnixListener::bind(&path).expect("bind"));
+    assert!(path.exists());
+    let server = start(Builder::bind_unix(&path)).expect("start over a stale file");
+    let mut client = connect(&path);
+    assert!(request(&mut client, "hi").starts_with("hi uid="));
+    drop(server);
+}
+
+#[test]
+fn a_live_socket_or_a_file_that_is_not_a_socket_is_refused() {
+    let dir = TempDir::new("live");
+    let path = dir.path("server.sock");
+    let live = UnixListener::bind(&path).expect("bind");
+    let error = start(Builder::bind_unix(&path)).expect_err("a server listens there");
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
+    // The live server's socket is untouched: it still accepts.
+    let _client = UnixStream::connect(&path).expect("the live socket still works");
+    live.accept().expect("accept");
+
+    let file = dir.path("notes.txt");
+    std::fs::write(&file, b"keep me").expect("write");
+    let error = start(Builder::bind_unix(&file)).expect_err("not a socket");
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
+    assert_eq!(std::fs::read(&file).expect("read"), b"keep me");
+}
+
+#[test]
+fn the_socket_file_is_removed_on_shutdown() {
+    let dir = TempDir::new("remove");
+    let path = dir.path("server.sock");
+    let server = start(Builder::bind_unix(&path)).expect("start");
+    assert!(path.exists());
+    server.shutdown();
+    assert!(!path.exists(), "the socket file outlived the server");
+}
+
+#[test]
+fn a_socket_file_replaced_by_a_successor_is_left_alone() {
+    let dir = TempDir::new("successor");
+    let path = dir.path("server.sock");
+    let old = start(Builder::bind_unix(&path)).expect("start");
+    // A new server (a restart) binds its socket elsewhere and moves it into place.
+    let staging = dir.path("next.sock");
+    let successor = UnixListener::bind(&staging).expect("bind successor");
+    std::fs::rename(&staging, &path).expect("rename");
+    old.shutdown();
+    assert!(path.exists(), "the successor's socket file was removed");
+    let _client = UnixStream::connect(&path).expect("the successor accepts");
+    successor.accept().expect("accept");
+}
+
+#[test]
+fn a_listener_bound_elsewhere_is_served_and_its_file_left_alone() {
+    let dir = TempDir::new("given");
+    let path = dir.path("server.sock");
+    let listener = UnixListener::bind(&path).expect("bind");
+    let server = start(Builder::from_unix_listener(listener)).expect("start");
+    let mut client = connect(&path);
+    assert!(request(&mut client, "x").starts_with("x uid="));
+    drop(client);
+    server.shutdown();
+    assert!(path.exists(), "the caller's file is the caller's to remove");
+}
