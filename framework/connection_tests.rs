@@ -537,10 +537,16 @@ fn the_open_hook_waits_for_the_preamble_and_requests_that_came_with_its_end_foll
     assert!(h.jobs.queued.is_empty(), "no open hook before the preamble");
     h.peer_sends(b"PRE");
     assert!(h.jobs.queued.is_empty(), "half a preamble is not enough");
-    assert_eq!(h.conn.next_deadline(&h.limits), Some(h.now + Duration::from_secs(10)));
+    assert_eq!(
+        h.conn.next_deadline(&h.limits),
+        Some(h.now + Duration::from_secs(10))
+    );
     // The rest of the preamble and the first request in one read.
     h.peer_sends(b"AMBa\n");
-    assert!(matches!(h.jobs.queued[0], Work::Open { .. }), "the open hook first");
+    assert!(
+        matches!(h.jobs.queued[0], Work::Open { .. }),
+        "the open hook first"
+    );
     assert_eq!(h.queued(), 0, "the request waits for the session");
     h.open(Replies::new());
     assert_eq!(h.queued(), 1);
@@ -552,7 +558,10 @@ fn the_open_hook_waits_for_the_preamble_and_requests_that_came_with_its_end_foll
 fn a_preamble_not_done_within_the_handshake_timeout_ends_without_a_farewell() {
     let mut h = Harness::behind_preamble(Cues(LineCodec::new()), limits(), None, 100);
     h.peer_sends(b"slow");
-    let deadline = h.conn.next_deadline(&h.limits).expect("the handshake deadline");
+    let deadline = h
+        .conn
+        .next_deadline(&h.limits)
+        .expect("the handshake deadline");
     h.now = deadline;
     h.step = h.with(|conn, env| conn.on_timer(env));
     assert_eq!((h.sent().as_str(), h.state()), ("", "Lingering"));

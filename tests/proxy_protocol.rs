@@ -118,7 +118,10 @@ fn a_v2_local_header_keeps_the_socket_peer() {
     bytes.extend_from_slice(b"who\n");
     send(&mut client, &bytes);
     let me = client.local_addr().expect("local_addr");
-    assert_eq!(read_line(&mut client), format!("who peer={me} proxy=none\n"));
+    assert_eq!(
+        read_line(&mut client),
+        format!("who peer={me} proxy=none\n")
+    );
 }
 
 #[test]

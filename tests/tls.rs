@@ -91,10 +91,7 @@ impl Client {
             tcp: connect(server.local_addr()),
         };
         while client.tls.is_handshaking() {
-            client
-                .tls
-                .complete_io(&mut client.tcp)
-                .expect("handshake");
+            client.tls.complete_io(&mut client.tcp).expect("handshake");
         }
         client
     }
@@ -184,8 +181,8 @@ fn the_handler_sees_plaintext_in_order_and_knows_it_is_tls() {
     client.send(requests.as_bytes());
     // Half-close with everything still owed.
     client.close_notify();
-    let replies = String::from_utf8(client.read_to_close_notify().expect("close_notify"))
-        .expect("utf-8");
+    let replies =
+        String::from_utf8(client.read_to_close_notify().expect("close_notify")).expect("utf-8");
     let expected: String = (0..40).map(|n| format!("{n} tls=true\n")).collect();
     assert_eq!(replies, expected);
     client.assert_tcp_fin();
@@ -212,7 +209,10 @@ fn a_server_initiated_close_sends_close_notify_then_fin() {
         .expect("start");
     let mut client = Client::connect(&server, &certs);
     client.send(b"bye\n");
-    assert_eq!(client.read_to_close_notify().expect("close_notify"), b"bye\n");
+    assert_eq!(
+        client.read_to_close_notify().expect("close_notify"),
+        b"bye\n"
+    );
     // The server lingers for our close: answer it, and the FIN follows.
     client.close_notify();
     client.assert_tcp_fin();
@@ -223,7 +223,8 @@ fn garbage_instead_of_a_client_hello_closes_only_that_connection() {
     let certs = certs();
     let server = echo_server(&certs, |b| b);
     let mut raw = connect(server.local_addr());
-    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
     // At most a TLS alert comes back, never an echo; then the connection ends.
     let mut got = Vec::new();
     let _ = raw.read_to_end(&mut got);

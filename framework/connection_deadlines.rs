@@ -1,0 +1,100 @@
+//! A connection's clocks: when a timeout would end it, what happens when one does, and the
+//! server's shutdown. Part of [`Connection`]; kept apart so the state machine reads alone.
+
+use std::time::{Duration, Instant};
+
+use super::{AfterFlush, Connection, Env, Limits, State, Step};
+use crate::clock;
+use crate::codec::{Codec, Farewell};
+use crate::handler::CloseReason;
+use crate::net::Transport;
+use crate::pipeline::EndReason;
+use crate::stats::Counters;
+
+impl<C: Codec, S, T: Transport> Connection<C, S, T> {
+    /// The earliest instant at which a timeout would end this connection.
+    pub fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
+        let after = |since: Instant, limit: Option<Duration>| limit.map(|d| clock::after(since, d));
+        // Requests in flight or stalled mean the server, not the peer, is the one to wait for.
+        let waiting_on_peer =
+            self.in_flight() == 0 && !self.outbox.is_stalled() && !self.outbox.is_opening();
+        match self.state {
+            State::Lingering { until } => Some(until),
+            State::Closed => None,
+            // The preamble's clock runs whatever it is waiting for (even its own output).
+            State::Open | State::ReadClosed if self.outbox.is_unopened() => {
+                after(self.accepted, limits.handshake_timeout)
+            }
+            _ if self.has_output() => after(self.last_write, limits.write_stall_timeout),
+            State::Open | State::ReadClosed if waiting_on_peer => match self.partial_since {
+                Some(since) => after(since, limits.partial_frame_timeout),
+                None if matches!(self.state, State::Open) => {
+                    after(self.last_read.max(self.last_write), limits.idle_timeout)
+                }
+                None => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// A timer fired: ends the connection if one of its deadlines has passed.
+    pub fn on_timer(&mut self, env: &mut Env<'_, C, S>) -> Step {
+        match self.next_deadline(env.limits) {
+            Some(deadline) if deadline <= env.now => {}
+            _ => return Step::Wait,
+        }
+        if let State::Lingering { .. } = self.state {
+            // The end of a lingering close, not a timeout of the connection: it was
+            // counted under the reason it was ended for.
+            self.state = State::Closed;
+            return Step::Close;
+        }
+        Counters::add(&env.counters.timeouts, 1);
+        if self.outbox.is_unopened() && self.takes_requests() {
+            log::info!(
+                "connection {} ({}): preamble (PROXY header, TLS handshake) not done within \
+                 the handshake timeout; closing it",
+                self.ctx.connection_id,
+                self.ctx.peer
+            );
+            self.ended.get_or_insert(CloseReason::Timeout);
+            self.input.clear();
+            if self.has_output() {
+                // The peer does not even read its handshake: nothing clean is possible.
+                self.state = State::Closed;
+                return Step::Close;
+            }
+            self.state = State::Flushing {
+                then: AfterFlush::Linger,
+            };
+            return self.drive(env);
+        }
+        if self.has_output() {
+            log::info!(
+                "connection {} ({}): peer stopped reading (write-stall timeout); closing it",
+                self.ctx.connection_id,
+                self.ctx.peer
+            );
+            self.ended.get_or_insert(CloseReason::Timeout);
+            self.state = State::Closed;
+            return Step::Close;
+        }
+        let which = if self.partial_since.is_some() {
+            Farewell::PartialFrameTimeout
+        } else {
+            Farewell::IdleTimeout
+        };
+        self.end(self.pipeline.next_seq(), EndReason::Timeout(which));
+        self.drive(env)
+    }
+
+    /// The server is shutting down: finish what is in flight, then close.
+    pub fn shut_down(&mut self, env: &mut Env<'_, C, S>) -> Step {
+        // Requests that reached the kernel before the shutdown are served: read them first.
+        if let Step::Close = self.drive(env) {
+            return Step::Close;
+        }
+        self.end(self.pipeline.next_seq(), EndReason::ServerShutdown);
+        self.drive(env)
+    }
+}
