@@ -15,58 +15,28 @@ use reactor_pool::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName}
 use reactor_pool::rustls::{self, ClientConfig, ClientConnection, RootCertStore, ServerConfig};
 use reactor_pool::{handler_fn, Builder, Context, LineCodec, RawCodec, Replies, ServerHandle};
 
-/// A self-signed certificate for `localhost` and 127.0.0.1 (made with the openssl CLI), and
-/// the server and client configurations that use it.
+/// The server and client configurations of a throwaway PKI (tests/common's [`TestPki`]:
+/// a root CA the client trusts, an intermediate, a certificate for `localhost`).
 struct Certs {
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
 }
 
 fn certs() -> Certs {
-    let dir = std::env::temp_dir().join(format!(
-        "reactor-pool-tls-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let (status, _, stderr) = common::run_client(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ],
-    );
-    assert!(status.success(), "openssl req: {stderr}");
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+    let pki = common::TestPki::new();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.cert)
         .expect("cert")
         .collect::<Result<_, _>>()
         .expect("cert");
-    let key = PrivateKeyDer::from_pem_file(&key).expect("key");
-    let _ = std::fs::remove_dir_all(&dir);
+    let key = PrivateKeyDer::from_pem_file(&pki.key).expect("key");
     let server = ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(chain.clone(), key)
+        .with_single_cert(chain, key)
         .expect("server config");
     let mut roots = RootCertStore::empty();
-    roots.add(chain[0].clone()).expect("root");
+    for root in CertificateDer::pem_file_iter(&pki.ca).expect("ca") {
+        roots.add(root.expect("ca")).expect("root");
+    }
     let client = ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();

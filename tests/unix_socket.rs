@@ -7,32 +7,9 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use reactor_pool::{handler_fn, Builder, Context, LineCodec, Peer, ServerHandle};
-
-/// A directory of this test's own, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("reactor-pool-unix-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Answers each line with what the handler knows of its peer.
 fn start(builder: Builder) -> std::io::Result<ServerHandle> {
@@ -73,8 +50,8 @@ fn request(stream: &mut UnixStream, line: &str) -> String {
 }
 
 /// Our own uid and gid, as the file system records them for a file we create.
-fn our_ids(dir: &TempDir) -> (u32, u32) {
-    let probe = dir.path("probe");
+fn our_ids(dir: &common::TempDir) -> (u32, u32) {
+    let probe = dir.join("probe");
     std::fs::write(&probe, b"").expect("write probe");
     let meta = std::fs::metadata(&probe).expect("metadata");
     (meta.uid(), meta.gid())
@@ -82,8 +59,8 @@ fn our_ids(dir: &TempDir) -> (u32, u32) {
 
 #[test]
 fn the_handler_sees_the_peers_credentials_and_no_address() {
-    let dir = TempDir::new("creds");
-    let path = dir.path("server.sock");
+    let dir = common::TempDir::new("creds");
+    let path = dir.join("server.sock");
     let server = start(Builder::bind_unix(&path)).expect("start");
     assert_eq!(server.unix_path(), Some(path.as_path()));
     let (uid, gid) = our_ids(&dir);
@@ -99,8 +76,8 @@ fn the_handler_sees_the_peers_credentials_and_no_address() {
 
 #[test]
 fn a_half_closed_unix_peer_gets_every_reply_then_eof() {
-    let dir = TempDir::new("half");
-    let path = dir.path("server.sock");
+    let dir = common::TempDir::new("half");
+    let path = dir.join("server.sock");
     let server = start(Builder::bind_unix(&path)).expect("start");
     let mut client = connect(&path);
     client.write_all(b"a\nb\nc\n").expect("write");
@@ -116,8 +93,8 @@ fn a_half_closed_unix_peer_gets_every_reply_then_eof() {
 
 #[test]
 fn a_stale_socket_file_is_replaced() {
-    let dir = TempDir::new("stale");
-    let path = dir.path("server.sock");
+    let dir = common::TempDir::new("stale");
+    let path = dir.join("server.sock");
     // A crashed server leaves its socket file behind: nobody listens on it.
     drop(UnixListener::bind(&path).expect("bind"));
     assert!(path.exists());
@@ -129,8 +106,8 @@ fn a_stale_socket_file_is_replaced() {
 
 #[test]
 fn a_live_socket_or_a_file_that_is_not_a_socket_is_refused() {
-    let dir = TempDir::new("live");
-    let path = dir.path("server.sock");
+    let dir = common::TempDir::new("live");
+    let path = dir.join("server.sock");
     let live = UnixListener::bind(&path).expect("bind");
     let error = start(Builder::bind_unix(&path)).expect_err("a server listens there");
     assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
@@ -138,7 +115,7 @@ fn a_live_socket_or_a_file_that_is_not_a_socket_is_refused() {
     let _client = UnixStream::connect(&path).expect("the live socket still works");
     live.accept().expect("accept");
 
-    let file = dir.path("notes.txt");
+    let file = dir.join("notes.txt");
     std::fs::write(&file, b"keep me").expect("write");
     let error = start(Builder::bind_unix(&file)).expect_err("not a socket");
     assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
@@ -147,8 +124,8 @@ fn a_live_socket_or_a_file_that_is_not_a_socket_is_refused() {
 
 #[test]
 fn the_socket_file_is_removed_on_shutdown() {
-    let dir = TempDir::new("remove");
-    let path = dir.path("server.sock");
+    let dir = common::TempDir::new("remove");
+    let path = dir.join("server.sock");
     let server = start(Builder::bind_unix(&path)).expect("start");
     assert!(path.exists());
     server.shutdown();
@@ -157,11 +134,11 @@ fn the_socket_file_is_removed_on_shutdown() {
 
 #[test]
 fn a_socket_file_replaced_by_a_successor_is_left_alone() {
-    let dir = TempDir::new("successor");
-    let path = dir.path("server.sock");
+    let dir = common::TempDir::new("successor");
+    let path = dir.join("server.sock");
     let old = start(Builder::bind_unix(&path)).expect("start");
     // A new server (a restart) binds its socket elsewhere and moves it into place.
-    let staging = dir.path("next.sock");
+    let staging = dir.join("next.sock");
     let successor = UnixListener::bind(&staging).expect("bind successor");
     std::fs::rename(&staging, &path).expect("rename");
     old.shutdown();
@@ -172,8 +149,8 @@ fn a_socket_file_replaced_by_a_successor_is_left_alone() {
 
 #[test]
 fn a_listener_bound_elsewhere_is_served_and_its_file_left_alone() {
-    let dir = TempDir::new("given");
-    let path = dir.path("server.sock");
+    let dir = common::TempDir::new("given");
+    let path = dir.join("server.sock");
     let listener = UnixListener::bind(&path).expect("bind");
     let server = start(Builder::from_unix_listener(listener)).expect("start");
     let mut client = connect(&path);

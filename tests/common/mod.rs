@@ -157,6 +157,19 @@ impl Drop for Example {
     }
 }
 
+/// An example binary listening on a Unix socket at `path`; killed on drop.
+pub struct UnixExample {
+    pub child: std::process::Child,
+    pub path: std::path::PathBuf,
+}
+
+impl Drop for UnixExample {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The path of example `name`, which `cargo test` builds next to the test binaries.
 pub fn example_path(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
@@ -176,9 +189,37 @@ pub fn example_path(name: &str) -> std::path::PathBuf {
 }
 
 /// Starts example `name` with `args` (which should bind port 0) and waits for its log line
-/// `... listening on ADDR`, whose last word gives the address (an `http://` prefix and a
-/// trailing `/` are ignored).
+/// `... listening on ADDR`, whose first word gives the address (an `http://` or `https://`
+/// prefix and a trailing `/` are ignored).
 pub fn start_example(name: &str, args: &[&str]) -> Example {
+    let (child, word) = spawn_example(name, args);
+    let addr = word
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    let addr = addr
+        .parse()
+        .unwrap_or_else(|e| panic!("{name} listens on {word:?}, not a TCP address: {e}"));
+    Example { child, addr }
+}
+
+/// Starts example `name` with `args` (which should include `--unix PATH`) and waits for
+/// its log line `... listening on unix:PATH`.
+pub fn start_example_unix(name: &str, args: &[&str]) -> UnixExample {
+    let (child, word) = spawn_example(name, args);
+    let path = word
+        .strip_prefix("unix:")
+        .unwrap_or_else(|| panic!("{name} listens on {word:?}, not on unix:PATH"));
+    UnixExample {
+        child,
+        path: path.into(),
+    }
+}
+
+/// Spawns example `name` and returns it with the first word after `listening on ` in its
+/// `INFO` log line (the address; paths with spaces are not supported). Panics if it exits
+/// or stays silent instead.
+fn spawn_example(name: &str, args: &[&str]) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(example_path(name))
         .args(args)
@@ -192,23 +233,35 @@ pub fn start_example(name: &str, args: &[&str]) -> Example {
     let (tx, rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
         let mut lines = io::BufReader::new(stderr).lines();
+        let mut seen = String::new();
         for line in lines.by_ref().map_while(Result::ok) {
-            if let Some((_, rest)) = line.split_once("listening on ") {
+            // The info line only: an error can say "a server is listening on PATH" too.
+            let info = line.contains(" INFO ");
+            if let Some((_, rest)) = line.split_once("listening on ").filter(|_| info) {
                 let word = rest.split_whitespace().next().unwrap_or_default();
-                let addr = word.trim_start_matches("http://").trim_end_matches('/');
-                let _ = tx.send(addr.parse::<SocketAddr>().ok());
+                let _ = tx.send(Ok(word.to_owned()));
                 break;
             }
+            seen.push_str(&line);
+            seen.push('\n');
         }
+        // Its log up to here, should it have exited instead (a dropped sender otherwise).
+        let _ = tx.send(Err(seen));
         // Keep draining so the child never blocks on a full pipe.
         for _ in lines {}
     });
-    let addr = rx
-        .recv_timeout(WAIT_DEADLINE)
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("{name} did not log its listening address"));
-    Example { child, addr }
+    match rx.recv_timeout(WAIT_DEADLINE) {
+        Ok(Ok(word)) => (child, word),
+        Ok(Err(log)) => {
+            let status = child.wait();
+            panic!("{name} exited ({status:?}) without listening; its log:\n{log}")
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} did not log its listening address in {WAIT_DEADLINE:?}")
+        }
+    }
 }
 
 /// Runs an external client program to completion, returning its stdout and stderr; panics
@@ -223,6 +276,185 @@ pub fn run_client(program: &str, args: &[&str]) -> (std::process::ExitStatus, St
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Runs an external client program with `input` on its stdin (closed after it) to
+/// completion, returning its exit status, stdout and stderr. A program still running after
+/// [`WAIT_DEADLINE`] is killed and fails the test: a hang shows as a failure.
+pub fn run_client_with_input(
+    program: &str,
+    args: &[&str],
+    input: &[u8],
+) -> (std::process::ExitStatus, String, String) {
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}); .ci/run installs it with apt-get"));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_vec();
+    // A program may exit without reading all of it: a write error is not ours to report.
+    let writer = std::thread::spawn(move || drop(stdin.write_all(&input)));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + WAIT_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let (out, err) = (stdout.join().unwrap(), stderr.join().unwrap());
+            panic!("{program} {args:?} still running after {WAIT_DEADLINE:?}; stdout: {out}\nstderr: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = writer.join();
+    (status, stdout.join().unwrap(), stderr.join().unwrap())
+}
+
+/// A directory under the system's temp dir, unique to this process and this call;
+/// removed with its contents on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // Short: a Unix socket's path must fit in 108 bytes.
+        let dir = std::env::temp_dir().join(format!("rp-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+
+    /// `name` inside the directory.
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+
+    /// `name` inside the directory, as a `&str` argument for a command line.
+    pub fn arg(&self, name: &str) -> String {
+        self.join(name)
+            .to_str()
+            .expect("a UTF-8 temp dir")
+            .to_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A throwaway PKI made with the `openssl` CLI, in its own [`TempDir`]: a root CA
+/// (`ca.pem`, what clients trust), an intermediate CA, and a server certificate for
+/// `localhost` and `127.0.0.1` (subjectAltName) signed by the intermediate. `cert.pem` is
+/// the chain a server sends (server certificate, then intermediate), `key.pem` its private
+/// key (PKCS#8). ECDSA P-256, valid for two days.
+pub struct TestPki {
+    pub dir: TempDir,
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        let dir = TempDir::new("pki");
+        let openssl = |args: &[&str]| {
+            let (status, out, err) = run_client_with_input("openssl", args, b"");
+            assert!(status.success(), "openssl {args:?} failed: {out}{err}");
+        };
+        let new_key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        // Names unique to this PKI: another one's root must not even look like its issuer.
+        let tag = dir.0.file_name().unwrap().to_string_lossy().into_owned();
+        let (ca, ca_key) = (dir.arg("ca.pem"), dir.arg("ca.key"));
+        let root_subject = format!("/CN=reactor-pool test root {tag}");
+        let mut args = vec!["req", "-x509", "-days", "2", "-subj", &root_subject];
+        args.extend(new_key);
+        args.extend(["-keyout", &ca_key, "-out", &ca]);
+        args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+        args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        openssl(&args);
+        // A key and a request, then the issuer's signature with `extensions`.
+        let issue = |name: &str, subject: &str, issuer: (&str, &str), extensions: &str| {
+            let (key, csr, ext, pem) = (
+                dir.arg(&format!("{name}.key")),
+                dir.arg(&format!("{name}.csr")),
+                dir.arg(&format!("{name}.ext")),
+                dir.arg(&format!("{name}.pem")),
+            );
+            let mut args = vec!["req", "-subj", subject, "-keyout", &key, "-out", &csr];
+            args.extend(new_key);
+            openssl(&args);
+            std::fs::write(&ext, extensions).expect("write the extensions file");
+            let (issuer_cert, issuer_key) = issuer;
+            openssl(&[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &csr,
+                "-CA",
+                issuer_cert,
+                "-CAkey",
+                issuer_key,
+                "-set_serial",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &pem,
+            ]);
+            (pem, key)
+        };
+        let (intermediate, intermediate_key) = issue(
+            "intermediate",
+            &format!("/CN=reactor-pool test intermediate {tag}"),
+            (&ca, &ca_key),
+            "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
+        );
+        let (server, key) = issue(
+            "server",
+            "/CN=localhost",
+            (&intermediate, &intermediate_key),
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        );
+        let chain = [server, intermediate]
+            .map(|pem| std::fs::read_to_string(pem).expect("read a certificate"))
+            .concat();
+        let cert = dir.arg("cert.pem");
+        std::fs::write(&cert, chain).expect("write cert.pem");
+        TestPki { dir, ca, cert, key }
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The one short wait the tests allow: a negative check that no reply has come (yet).
