@@ -13,7 +13,7 @@ use crate::handler::Context;
 use crate::message::{Inbound, Mailbox};
 use crate::net::Listener;
 use crate::stats::Counters;
-use crate::sys::is_resource_exhaustion;
+use crate::sys::is_peer_gone;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -108,9 +108,12 @@ impl Acceptor {
                 }
             }
         }
-        // Connections the kernel completed before we stop are in the backlog: closing the
-        // listener would reset them. Take them; the shutdown serves what they already sent.
-        self.accept_ready(&reactors);
+        // Connections the kernel completed before we stop wait in the backlog: closing a
+        // listener we made would reset them, so take them; the shutdown serves what they
+        // already sent. A passed listener lives on elsewhere: its successor takes them.
+        if self.listener.queue_ends_with_us() {
+            self.accept_ready(&reactors);
+        }
         log::debug!("acceptor stopped; listener closed");
     }
 
@@ -121,7 +124,9 @@ impl Acceptor {
             }
             self.paused_until = None;
         }
-        while self.gate.open.load(Ordering::Acquire) < self.gate.max {
+        while self.gate.open.load(Ordering::Acquire) < self.gate.max
+            && !self.gate.stop.load(Ordering::Acquire)
+        {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
                     self.gate.open.fetch_add(1, Ordering::AcqRel);
@@ -143,7 +148,9 @@ impl Acceptor {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     Counters::add(&self.counters.accept_errors, 1);
-                    if is_resource_exhaustion(&e) {
+                    if !is_peer_gone(&e) {
+                        // Out of descriptors or memory, or a listener that cannot accept
+                        // (EINVAL: not listening): retrying at once would spin.
                         self.log_error(&e, "pausing accept");
                         self.paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         return;

@@ -114,6 +114,8 @@ pub(crate) struct Connection<C: Codec, S, T> {
     partial_since: Option<Instant>,
     /// When it was accepted: the preamble's clock.
     accepted: Instant,
+    /// The server shut down while the preamble was under way: end once it is over.
+    shutdown_when_open: bool,
 }
 
 impl<C: Codec, S, T: Transport> Connection<C, S, T> {
@@ -149,6 +151,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             last_write: now,
             partial_since: None,
             accepted: now,
+            shutdown_when_open: false,
         }
     }
 
@@ -302,6 +305,12 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             progress |= self.dispatch_buffered(env);
             progress |= self.read(env, &mut budget);
             progress |= self.open_if_established(env);
+            if self.shutdown_when_open && !self.outbox.is_unopened() {
+                // What came with the preamble's end was decoded by now: serve it, then close.
+                self.shutdown_when_open = false;
+                self.end(self.pipeline.next_seq(), EndReason::ServerShutdown);
+                progress = true;
+            }
             progress |= self.advance(env);
             progress |= self.write(env);
             if let State::Closed = self.state {
@@ -436,6 +445,8 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             return false;
         }
         self.socket.stream_mut().apply_to(&mut self.ctx);
+        // The idle clock starts with the session, not with the accept.
+        self.last_read = env.now;
         if let Some(proxy) = self.ctx.proxy {
             log::debug!(
                 "connection {} ({proxy}): PROXY header names client {}",
@@ -512,9 +523,12 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         }
         let (id, peer) = (self.ctx.connection_id, self.ctx.peer);
         if error.kind() == io::ErrorKind::InvalidData {
-            // The transport's bad input: a TLS failure, a PROXY header that is not one.
-            Counters::add(&counters.transport_errors, 1);
-            log::warn!("connection {id} ({peer}): {error}; closing it");
+            // The transport's bad input: a TLS failure, a PROXY header that is not one. Once
+            // the server is ending the connection anyway it is not worth a count.
+            if self.takes_requests() {
+                Counters::add(&counters.transport_errors, 1);
+            }
+            log::info!("connection {id} ({peer}): {error}; closing it");
             self.ended.get_or_insert(CloseReason::ProtocolError);
         } else {
             Counters::add(&counters.resets, 1);

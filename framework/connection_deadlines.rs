@@ -23,7 +23,12 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             State::Closed => None,
             // The preamble's clock runs whatever it is waiting for (even its own output).
             State::Open | State::ReadClosed if self.outbox.is_unopened() => {
-                after(self.accepted, limits.handshake_timeout)
+                // Without a handshake timeout, the idle timeout keeps a silent peer from
+                // holding its slot forever.
+                after(
+                    self.accepted,
+                    limits.handshake_timeout.or(limits.idle_timeout),
+                )
             }
             _ if self.has_output() => after(self.last_write, limits.write_stall_timeout),
             State::Open | State::ReadClosed if waiting_on_peer => match self.partial_since {
@@ -93,6 +98,12 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         // Requests that reached the kernel before the shutdown are served: read them first.
         if let Step::Close = self.drive(env) {
             return Step::Close;
+        }
+        if self.outbox.is_unopened() && self.takes_requests() {
+            // Mid-preamble (a TLS handshake, a PROXY header on its way): let it finish,
+            // within its own deadline and the drain's, and serve what comes with its end.
+            self.shutdown_when_open = true;
+            return Step::Wait;
         }
         self.end(self.pipeline.next_seq(), EndReason::ServerShutdown);
         self.drive(env)

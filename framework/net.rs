@@ -153,7 +153,13 @@ impl std::fmt::Display for Bound {
 }
 
 /// A listening socket, non-blocking, owned by the acceptor.
-pub(crate) enum Listener {
+pub(crate) struct Listener {
+    socket: ListenSocket,
+    /// Whether this server made the socket, so nobody else accepts from its queue.
+    ours: bool,
+}
+
+enum ListenSocket {
     Tcp(mio::net::TcpListener),
     Unix {
         listener: mio::net::UnixListener,
@@ -167,16 +173,29 @@ impl Listener {
     /// Takes a listener bound elsewhere, made non-blocking.
     pub fn tcp(listener: std::net::TcpListener) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
-        Ok(Listener::Tcp(mio::net::TcpListener::from_std(listener)))
+        Ok(Listener {
+            socket: ListenSocket::Tcp(mio::net::TcpListener::from_std(listener)),
+            ours: false,
+        })
     }
 
     /// Takes a Unix listener bound elsewhere, made non-blocking; its file is left alone.
     pub fn unix(listener: std::os::unix::net::UnixListener) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
-        Ok(Listener::Unix {
-            listener: mio::net::UnixListener::from_std(listener),
-            file: None,
+        Ok(Listener {
+            socket: ListenSocket::Unix {
+                listener: mio::net::UnixListener::from_std(listener),
+                file: None,
+            },
+            ours: false,
         })
+    }
+
+    /// Whether closing the listener ends its queue (this server made the socket), so what
+    /// waits there should be accepted first. A socket passed in may live on in another
+    /// process, which will accept what waits.
+    pub fn queue_ends_with_us(&self) -> bool {
+        self.ours
     }
 
     /// Binds a TCP listener on `addr` with SO_REUSEADDR (and SO_REUSEPORT if asked).
@@ -189,7 +208,9 @@ impl Listener {
         }
         socket.bind(&addr.into())?;
         socket.listen(backlog)?;
-        Self::tcp(socket.into())
+        let mut listener = Self::tcp(socket.into())?;
+        listener.ours = true;
+        Ok(listener)
     }
 
     /// Binds a Unix domain socket at `path`. A socket file left there by a server that is
@@ -203,17 +224,37 @@ impl Listener {
                     format!("{} exists and is not a socket", path.display()),
                 ));
             }
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => {
+            // A non-blocking probe: a live server with a full backlog must not hang us.
+            let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+            probe.set_nonblocking(true)?;
+            match probe.connect(&socket2::SockAddr::unix(path)?) {
+                Ok(()) => {
                     return Err(io::Error::new(
                         io::ErrorKind::AddrInUse,
                         format!("a server is listening on {}", path.display()),
                     ))
                 }
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.raw_os_error() == Some(libc::EINPROGRESS) =>
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!(
+                            "a server is listening on {} (its backlog is full)",
+                            path.display()
+                        ),
+                    ))
+                }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     log::info!("removing stale socket file {}", path.display());
-                    std::fs::remove_file(path)?;
+                    match std::fs::remove_file(path) {
+                        // Its server removed it meanwhile: as good.
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                        _ => {}
+                    }
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
                     return Err(io::Error::new(
                         e.kind(),
@@ -228,41 +269,31 @@ impl Listener {
         socket.listen(backlog)?;
         let std_listener: std::os::unix::net::UnixListener = socket.into();
         std_listener.set_nonblocking(true)?;
-        Ok(Listener::Unix {
-            listener: mio::net::UnixListener::from_std(std_listener),
-            file: Some(file),
+        Ok(Listener {
+            socket: ListenSocket::Unix {
+                listener: mio::net::UnixListener::from_std(std_listener),
+                file: Some(file),
+            },
+            ours: true,
         })
     }
 
     /// The listening socket a service manager passed (sd_listen_fds(3)): the first of
     /// them, TCP or Unix, whichever it is.
     pub fn from_listen_fds() -> io::Result<Self> {
-        let mut fds = sys::take_listen_fds()?;
-        if fds.is_empty() {
-            return Err(io::Error::new(
+        match sys::take_listen_fd()? {
+            Some(fd) => Self::from_fd(fd),
+            None => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "no listening socket passed (LISTEN_FDS and LISTEN_PID are not set for this process)",
-            ));
+            )),
         }
-        if fds.len() > 1 {
-            log::warn!(
-                "{} listening sockets passed; serving the first, closing the rest",
-                fds.len()
-            );
-        }
-        Self::from_fd(fds.swap_remove(0))
     }
 
     fn from_fd(fd: OwnedFd) -> io::Result<Self> {
         let socket = Socket::from(fd);
         // Passed descriptors come without close-on-exec: our children must not inherit it.
         socket.set_cloexec(true)?;
-        if socket.r#type()? != Type::STREAM {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the passed socket is not a stream socket",
-            ));
-        }
         if socket.local_addr()?.is_unix() {
             Self::unix(socket.into())
         } else {
@@ -271,9 +302,9 @@ impl Listener {
     }
 
     pub fn bound(&self) -> io::Result<Bound> {
-        Ok(match self {
-            Listener::Tcp(l) => Bound::Tcp(l.local_addr()?),
-            Listener::Unix { listener, .. } => {
+        Ok(match &self.socket {
+            ListenSocket::Tcp(l) => Bound::Tcp(l.local_addr()?),
+            ListenSocket::Unix { listener, .. } => {
                 Bound::Unix(listener.local_addr()?.as_pathname().map(Path::to_path_buf))
             }
         })
@@ -281,15 +312,15 @@ impl Listener {
 
     /// Accepts one connection: its socket and who is at the other end.
     pub fn accept(&self) -> io::Result<(Stream, Peer)> {
-        match self {
-            Listener::Tcp(l) => {
+        match &self.socket {
+            ListenSocket::Tcp(l) => {
                 let (stream, addr) = l.accept()?;
                 if let Err(e) = stream.set_nodelay(true) {
                     log::debug!("set_nodelay for {addr}: {e}");
                 }
                 Ok((Stream::Tcp(stream), Peer::Tcp(addr)))
             }
-            Listener::Unix { listener, .. } => {
+            ListenSocket::Unix { listener, .. } => {
                 let (stream, _) = listener.accept()?;
                 let credentials = match sys::peer_credentials(stream.as_fd()) {
                     Ok((uid, gid, pid)) => Some(Credentials { uid, gid, pid }),
@@ -311,9 +342,9 @@ impl Source for Listener {
         token: Token,
         interest: Interest,
     ) -> io::Result<()> {
-        match self {
-            Listener::Tcp(l) => l.register(registry, token, interest),
-            Listener::Unix { listener, .. } => listener.register(registry, token, interest),
+        match &mut self.socket {
+            ListenSocket::Tcp(l) => l.register(registry, token, interest),
+            ListenSocket::Unix { listener, .. } => listener.register(registry, token, interest),
         }
     }
 
@@ -323,16 +354,16 @@ impl Source for Listener {
         token: Token,
         interest: Interest,
     ) -> io::Result<()> {
-        match self {
-            Listener::Tcp(l) => l.reregister(registry, token, interest),
-            Listener::Unix { listener, .. } => listener.reregister(registry, token, interest),
+        match &mut self.socket {
+            ListenSocket::Tcp(l) => l.reregister(registry, token, interest),
+            ListenSocket::Unix { listener, .. } => listener.reregister(registry, token, interest),
         }
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        match self {
-            Listener::Tcp(l) => l.deregister(registry),
-            Listener::Unix { listener, .. } => listener.deregister(registry),
+        match &mut self.socket {
+            ListenSocket::Tcp(l) => l.deregister(registry),
+            ListenSocket::Unix { listener, .. } => listener.deregister(registry),
         }
     }
 }

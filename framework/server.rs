@@ -329,6 +329,18 @@ impl Builder {
                 self.backlog
             )));
         }
+        #[cfg(feature = "tls")]
+        if self
+            .wire
+            .tls
+            .as_ref()
+            .is_some_and(|c| c.max_early_data_size > 0)
+        {
+            // rustls keeps 0-RTT data apart, and it can be replayed: not served here.
+            return Err(invalid(
+                "tls: max_early_data_size must be 0 (0-RTT early data is not supported)".into(),
+            ));
+        }
         if self.thread_name.contains('\0') {
             return Err(invalid("thread_name must not contain a NUL byte".into()));
         }

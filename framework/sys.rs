@@ -18,20 +18,30 @@ pub(crate) fn spawn_thread(
     thread::Builder::new().name(name).spawn(run)
 }
 
-/// Whether a failed `accept()` means the process or system is out of descriptors or
-/// memory (EMFILE, ENFILE, ENOBUFS, ENOMEM). Retrying such an error at once would spin:
-/// the connection stays in the backlog and the same error comes back.
-pub(crate) fn is_resource_exhaustion(error: &io::Error) -> bool {
+/// Whether a failed `accept()` only means that one connection is gone (the peer reset or
+/// aborted it while it waited in the backlog, ECONNABORTED, EPROTO, EPERM by a firewall):
+/// the next one can be taken at once. Anything else (out of descriptors or memory, a
+/// listener that cannot accept) comes straight back if retried, so accepting pauses.
+pub(crate) fn is_peer_gone(error: &io::Error) -> bool {
     #[cfg(unix)]
     {
         if matches!(
             error.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+            Some(
+                libc::ECONNABORTED
+                    | libc::EPROTO
+                    | libc::EPERM
+                    | libc::ENETDOWN
+                    | libc::EHOSTUNREACH
+                    | libc::ENETUNREACH
+                    | libc::ECONNRESET
+            )
         ) {
             return true;
         }
     }
-    error.kind() == io::ErrorKind::OutOfMemory
+    error.kind() == io::ErrorKind::ConnectionAborted
+        || error.kind() == io::ErrorKind::ConnectionReset
 }
 
 /// Sets SO_REUSEPORT, where the platform has it.
@@ -133,53 +143,77 @@ pub(crate) fn peer_credentials(
 #[cfg(unix)]
 const SD_LISTEN_FDS_START: i32 = 3;
 
-/// Takes the listening sockets systemd (or `systemd-socket-activate`) passed this process:
-/// `LISTEN_FDS` descriptors from 3 on, when `LISTEN_PID` names this process. Empty when
-/// there are none. The variables are left as they are: a child process is protected from
-/// mistaking them for its own by the `LISTEN_PID` check.
+/// Takes the listening socket systemd (or `systemd-socket-activate`) passed this process:
+/// the first of the `LISTEN_FDS` descriptors (sd_listen_fds(3): they start at 3), when
+/// `LISTEN_PID` names this process and descriptor 3 is an open, listening stream socket.
+/// `None` when nothing was passed. Any further descriptors are left alone, open: they are
+/// not ours to close. The variables are left as they are: a child process cannot mistake
+/// them for its own, because of the `LISTEN_PID` check.
 ///
 /// # Errors
 ///
-/// [`io::ErrorKind::InvalidInput`] when the variables are malformed or the sockets were
-/// already taken by an earlier call in this process.
+/// [`io::ErrorKind::InvalidInput`] when the variables are malformed, the socket was already
+/// taken in this process, or descriptor 3 is not an open listening stream socket.
 #[cfg(unix)]
-pub(crate) fn take_listen_fds() -> io::Result<Vec<std::os::fd::OwnedFd>> {
-    use std::os::fd::FromRawFd;
+pub(crate) fn take_listen_fd() -> io::Result<Option<std::os::fd::OwnedFd>> {
+    use std::os::fd::{BorrowedFd, FromRawFd};
     use std::sync::atomic::{AtomicBool, Ordering};
     static TAKEN: AtomicBool = AtomicBool::new(false);
 
     let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
     let Ok(pid) = std::env::var("LISTEN_PID") else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
         // Meant for another process (our parent, most often).
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let count: i32 = std::env::var("LISTEN_FDS")
         .map_err(|_| invalid("LISTEN_PID is set but LISTEN_FDS is not".into()))?
         .trim()
         .parse()
         .map_err(|e| invalid(format!("LISTEN_FDS is not a count: {e}")))?;
-    if !(0..=1024).contains(&count) {
-        return Err(invalid(format!("LISTEN_FDS={count} is out of range")));
+    if count < 1 {
+        return Ok(None);
+    }
+    if count > 1 {
+        log::warn!("{count} listening sockets passed; serving the first, leaving the rest");
+    }
+    let fd = SD_LISTEN_FDS_START;
+    // SAFETY: F_GETFD only reads the descriptor's flags; it touches no memory of ours and is
+    // harmless on a descriptor that is not open (it fails with EBADF).
+    #[allow(unsafe_code)]
+    let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+    if !open {
+        return Err(invalid(format!(
+            "LISTEN_FDS names descriptor {fd}, which is not open"
+        )));
+    }
+    // SAFETY: the descriptor is open (checked above) and stays open for this borrow, which
+    // ends before this function returns.
+    #[allow(unsafe_code)]
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let socket = socket2::SockRef::from(&borrowed);
+    let listening = socket.r#type().ok() == Some(socket2::Type::STREAM)
+        && socket.is_listener().unwrap_or(false);
+    if !listening {
+        return Err(invalid(format!(
+            "descriptor {fd} from LISTEN_FDS is not a listening stream socket"
+        )));
     }
     // Relaxed is enough: the flag only guards against a second claim in this process; it
     // orders no other memory.
     if TAKEN.swap(true, Ordering::Relaxed) {
         return Err(invalid(
-            "the LISTEN_FDS sockets were already taken in this process".into(),
+            "the LISTEN_FDS socket was already taken in this process".into(),
         ));
     }
-    let mut fds = Vec::with_capacity(count as usize);
-    for fd in SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + count {
-        // SAFETY: the service manager's contract (sd_listen_fds(3)) is that descriptors
-        // 3..3+LISTEN_FDS are open, belong to this process (LISTEN_PID checked above) and
-        // are owned by no one else in it; TAKEN makes this the only claim, so each
-        // descriptor gets exactly one owner, which closes it once.
-        #[allow(unsafe_code)]
-        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        fds.push(owned);
-    }
-    Ok(fds)
+    // SAFETY: the service manager's contract (sd_listen_fds(3)) is that descriptor 3 is
+    // passed to this process (LISTEN_PID checked above) for it to own, and it is an open
+    // listening socket (checked above), not some file of ours that reused the number; TAKEN
+    // makes this the only claim in the process, so it gets exactly one owner, which closes
+    // it once.
+    #[allow(unsafe_code)]
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    Ok(Some(owned))
 }

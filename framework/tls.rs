@@ -148,9 +148,18 @@ impl Tls {
         self.flush(io)?;
         let mut taken = 0;
         while taken < buf.len() {
-            let n = self.conn.writer().write(&buf[taken..])?;
+            let mut n = self.conn.writer().write(&buf[taken..])?;
             if n == 0 {
-                break;
+                // rustls takes nothing at a TLS 1.3 key update boundary; the update is
+                // queued then, so once it is sent the next write goes through.
+                match self.flush(io) {
+                    Ok(()) => n = self.conn.writer().write(&buf[taken..])?,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+                if n == 0 {
+                    break;
+                }
             }
             taken += n;
             match self.flush(io) {

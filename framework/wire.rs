@@ -44,6 +44,8 @@ pub(crate) struct Wire {
     /// Bytes that arrived after the PROXY header: the start of the stream proper.
     early: Vec<u8>,
     early_read: usize,
+    /// An error the socket gave while topping up a read of `early` bytes: the next read's.
+    deferred: Option<io::Error>,
     #[cfg(feature = "tls")]
     tls: Option<Box<Tls>>,
 }
@@ -62,6 +64,7 @@ impl Wire {
             },
             early: Vec::new(),
             early_read: 0,
+            deferred: None,
             #[cfg(feature = "tls")]
             tls: match &config.tls {
                 Some(tls) => Some(Box::new(Tls::new(tls)?)),
@@ -144,6 +147,7 @@ impl Wire {
         Inner {
             early: &mut self.early,
             early_read: &mut self.early_read,
+            deferred: &mut self.deferred,
             stream: &mut self.stream,
         }
     }
@@ -274,6 +278,7 @@ impl Source for Wire {
 struct Inner<'a> {
     early: &'a mut Vec<u8>,
     early_read: &'a mut usize,
+    deferred: &'a mut Option<io::Error>,
     stream: &'a mut Stream,
 }
 
@@ -294,8 +299,15 @@ impl Read for Inner<'_> {
             // top up from the socket.
             return match self.stream.read(&mut buf[n..]) {
                 Ok(more) => Ok(n + more),
-                Err(_) => Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+                Err(e) => {
+                    *self.deferred = Some(e);
+                    Ok(n)
+                }
             };
+        }
+        if let Some(error) = self.deferred.take() {
+            return Err(error);
         }
         self.stream.read(buf)
     }

@@ -306,3 +306,45 @@ fn a_tls_peer_that_stops_reading_cannot_make_the_server_buffer_without_bound() {
         stats.bytes_buffered
     );
 }
+
+#[test]
+fn a_handshake_under_way_when_the_server_shuts_down_is_finished_and_served() {
+    let certs = certs();
+    let server = echo_server(&certs, |b| b.reactors(1));
+    // A is idle after its handshake; B has only sent its ClientHello.
+    let mut idle = Client::connect(&server, &certs);
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut late = Client {
+        tls: ClientConnection::new(Arc::clone(&certs.client), name).expect("client"),
+        tcp: connect(server.local_addr()),
+    };
+    late.tls.write_tls(&mut late.tcp).expect("ClientHello");
+    let trigger = server.shutdown_trigger();
+    let stopping = std::thread::spawn(move || server.join());
+    trigger.fire();
+    // The idle connection is closed: the reactor has begun its shutdown.
+    assert_eq!(idle.read_to_close_notify().expect("close_notify"), b"");
+    // The handshake in progress still completes, and what comes with its end is served.
+    while late.tls.is_handshaking() {
+        late.tls.complete_io(&mut late.tcp).expect("handshake");
+    }
+    late.send(b"made it");
+    assert_eq!(
+        late.read_to_close_notify().expect("close_notify"),
+        b"made it"
+    );
+    stopping.join().expect("server stopped");
+}
+
+#[test]
+fn early_data_is_refused_when_the_server_starts() {
+    let certs = certs();
+    let mut config = (*certs.server).clone();
+    config.max_early_data_size = 16 * 1024;
+    let error = Builder::bind("127.0.0.1:0")
+        .tls(Arc::new(config))
+        .start(RawCodec::new(), common::echo())
+        .expect_err("0-RTT is not supported");
+    assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+    assert!(error.to_string().contains("max_early_data_size"), "{error}");
+}

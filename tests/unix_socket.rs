@@ -159,3 +159,39 @@ fn a_listener_bound_elsewhere_is_served_and_its_file_left_alone() {
     server.shutdown();
     assert!(path.exists(), "the caller's file is the caller's to remove");
 }
+
+/// Regression (review): the stale-file probe was a blocking connect, which waits forever on
+/// a live server whose backlog is full.
+#[test]
+fn a_live_server_with_a_full_backlog_is_refused_not_waited_on() {
+    let dir = common::TempDir::new("full");
+    let path = dir.join("server.sock");
+    let socket =
+        socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&socket2::SockAddr::unix(&path).expect("addr"))
+        .expect("bind");
+    socket.listen(1).expect("listen");
+    // Fill its backlog: non-blocking connects until the kernel says it is full.
+    let mut waiting = Vec::new();
+    loop {
+        let client = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+            .expect("socket");
+        client.set_nonblocking(true).expect("nonblocking");
+        match client.connect(&socket2::SockAddr::unix(&path).expect("addr")) {
+            Ok(()) => waiting.push(client),
+            Err(_) => break,
+        }
+        assert!(waiting.len() < 10_000, "the backlog never filled");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let probe_path = path.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(start(Builder::bind_unix(&probe_path)).map(drop));
+    });
+    let result = rx
+        .recv_timeout(common::WAIT_DEADLINE)
+        .expect("bind_unix hung on a live server with a full backlog");
+    let error = result.expect_err("a server is listening there");
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
+}
