@@ -124,9 +124,9 @@ impl Acceptor {
             }
             self.paused_until = None;
         }
-        while self.gate.open.load(Ordering::Acquire) < self.gate.max
-            && !self.gate.stop.load(Ordering::Acquire)
-        {
+        // Bounded without a stop check: each turn takes a connection (at most up to the
+        // limit) or skips a vanished one; any other error pauses accepting.
+        while self.gate.open.load(Ordering::Acquire) < self.gate.max {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
                     self.gate.open.fetch_add(1, Ordering::AcqRel);

@@ -114,8 +114,9 @@ pub(crate) struct Connection<C: Codec, S, T> {
     partial_since: Option<Instant>,
     /// When it was accepted: the preamble's clock.
     accepted: Instant,
-    /// The server shut down while the preamble was under way: end once it is over.
-    shutdown_when_open: bool,
+    /// The server shut down before this connection's first request (or before its
+    /// preamble was over): it may still send it until then; it ends once it has.
+    shutdown_grace: Option<Instant>,
 }
 
 impl<C: Codec, S, T: Transport> Connection<C, S, T> {
@@ -151,7 +152,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             last_write: now,
             partial_since: None,
             accepted: now,
-            shutdown_when_open: false,
+            shutdown_grace: None,
         }
     }
 
@@ -281,6 +282,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             }
             _ => {}
         }
+        self.shutdown_grace = None;
         // Work the pool never took gets no reply: the cut moves to its first request.
         let cut = self.outbox.cut(cut);
         self.ended.get_or_insert(match &reason {
@@ -305,9 +307,8 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             progress |= self.dispatch_buffered(env);
             progress |= self.read(env, &mut budget);
             progress |= self.open_if_established(env);
-            if self.shutdown_when_open && !self.outbox.is_unopened() {
-                // What came with the preamble's end was decoded by now: serve it, then close.
-                self.shutdown_when_open = false;
+            if self.shutdown_grace.is_some() && !self.outbox.is_unopened() && self.requests() > 0 {
+                // The first requests arrived during the shutdown's grace: serve them, close.
                 self.end(self.pipeline.next_seq(), EndReason::ServerShutdown);
                 progress = true;
             }
@@ -532,7 +533,12 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             self.ended.get_or_insert(CloseReason::ProtocolError);
         } else {
             Counters::add(&counters.resets, 1);
-            log::info!("connection {id} ({peer}): {error}; closing it");
+            if self.requests() == 0 && self.input.is_empty() {
+                // A probe (a load balancer's health check) that connected and reset.
+                log::debug!("connection {id} ({peer}): {error} before any request; closing it");
+            } else {
+                log::info!("connection {id} ({peer}): {error}; closing it");
+            }
             self.ended.get_or_insert(CloseReason::Reset);
         }
         self.state = State::Closed;

@@ -4,6 +4,13 @@
 use std::time::{Duration, Instant};
 
 use super::{AfterFlush, Connection, Env, Limits, State, Step};
+
+/// At shutdown, how long a connection that has not sent its first request yet (most often
+/// one accepted an instant before, its request on the way) may still send it. Without it,
+/// a server told to stop while a load balancer is still sending it connections drops those
+/// requests; with it, an idle client that connected and said nothing delays the exit by
+/// this much at most.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 use crate::clock;
 use crate::codec::{Codec, Farewell};
 use crate::handler::CloseReason;
@@ -14,6 +21,14 @@ use crate::stats::Counters;
 impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     /// The earliest instant at which a timeout would end this connection.
     pub fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
+        let timeout = self.next_timeout(limits);
+        match self.shutdown_grace {
+            Some(grace) if self.takes_requests() => Some(timeout.map_or(grace, |t| t.min(grace))),
+            _ => timeout,
+        }
+    }
+
+    fn next_timeout(&self, limits: &Limits) -> Option<Instant> {
         let after = |since: Instant, limit: Option<Duration>| limit.map(|d| clock::after(since, d));
         // Requests in flight or stalled mean the server, not the peer, is the one to wait for.
         let waiting_on_peer =
@@ -47,6 +62,13 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         match self.next_deadline(env.limits) {
             Some(deadline) if deadline <= env.now => {}
             _ => return Step::Wait,
+        }
+        if let Some(grace) = self.shutdown_grace {
+            if grace <= env.now && self.takes_requests() {
+                // The shutdown's grace is over without a first request.
+                self.end(self.pipeline.next_seq(), EndReason::ServerShutdown);
+                return self.drive(env);
+            }
         }
         if let State::Lingering { .. } = self.state {
             // The end of a lingering close, not a timeout of the connection: it was
@@ -99,10 +121,12 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         if let Step::Close = self.drive(env) {
             return Step::Close;
         }
-        if self.outbox.is_unopened() && self.takes_requests() {
-            // Mid-preamble (a TLS handshake, a PROXY header on its way): let it finish,
-            // within its own deadline and the drain's, and serve what comes with its end.
-            self.shutdown_when_open = true;
+        if self.requests() == 0 && self.takes_requests() {
+            // Accepted an instant ago, or mid-preamble (a TLS handshake, a PROXY header on
+            // its way): its first requests may be on the wire. They are served if they
+            // come within the grace (and the drain's deadline); then it closes.
+            let grace = clock::after(env.now, FIRST_REQUEST_GRACE);
+            self.shutdown_grace = Some(env.drain_deadline.map_or(grace, |d| d.min(grace)));
             return Step::Wait;
         }
         self.end(self.pipeline.next_seq(), EndReason::ServerShutdown);

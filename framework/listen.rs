@@ -30,7 +30,8 @@ impl Builder {
     /// process (systemd socket activation, `systemd-socket-activate`; sd_listen_fds(3)):
     /// the first of the `LISTEN_FDS` descriptors when `LISTEN_PID` is this process, TCP or
     /// Unix. Because the socket outlives the process, a restart refuses no connection: they
-    /// wait in its backlog (see the README's "Restarting without refusing connections").
+    /// wait in its backlog (see the README's "Socket activation and restarting without
+    /// refusing a connection").
     ///
     /// # Errors
     ///

@@ -1,4 +1,5 @@
-//! Graceful shutdown: idle connections see EOF at once, requests in flight get their
+//! Graceful shutdown: idle connections see EOF at once (one that has not sent its first
+//! request yet gets a second to send it), requests in flight get their
 //! replies first, a silent client cannot hold shutdown past its deadline, and the listener
 //! refuses connections once `shutdown()` returns. The echo_server example exits 0 on SIGTERM
 //! and on SIGINT.
@@ -335,4 +336,32 @@ fn echo_server_example_exits_0_on_sigterm() {
 #[test]
 fn echo_server_example_exits_0_on_sigint() {
     example_exits_0_on(libc::SIGINT);
+}
+
+/// Regression (haproxy test): a connection accepted an instant before the shutdown, its
+/// first request still on the wire, was closed unanswered. It now has a grace to send it.
+#[test]
+fn a_connection_whose_first_request_comes_just_after_the_shutdown_is_served() {
+    common::init_logging();
+    let server = Builder::bind("127.0.0.1:0")
+        .reactors(1)
+        .start(
+            LineCodec::new(),
+            handler_fn(|line: Vec<u8>, _: &Context| line),
+        )
+        .expect("start");
+    let addr = server.local_addr();
+    // `used` has had its request: the shutdown closes it at once. `fresh` has said nothing.
+    let mut used = connect(addr);
+    round_trip(&mut used, b"one\n", b"one\n");
+    let mut fresh = connect(addr);
+    wait_for_stats(&server, "both accepted", |s| s.connections_open == 2);
+    let trigger = server.shutdown_trigger();
+    let stopping = thread::spawn(move || server.join());
+    trigger.fire();
+    // `used` sees EOF: the reactor has begun the shutdown.
+    expect_clean_eof(&mut used, "the used connection");
+    round_trip(&mut fresh, b"late\n", b"late\n");
+    expect_clean_eof(&mut fresh, "the fresh connection after its reply");
+    stopping.join().expect("stopped");
 }

@@ -311,8 +311,11 @@ fn a_tls_peer_that_stops_reading_cannot_make_the_server_buffer_without_bound() {
 fn a_handshake_under_way_when_the_server_shuts_down_is_finished_and_served() {
     let certs = certs();
     let server = echo_server(&certs, |b| b.reactors(1));
-    // A is idle after its handshake; B has only sent its ClientHello.
+    // A is idle after a request (so the shutdown closes it at once); B has only sent its
+    // ClientHello.
     let mut idle = Client::connect(&server, &certs);
+    idle.send(b"first");
+    assert_eq!(idle.read_exactly(5), b"first");
     let name = ServerName::try_from("localhost").expect("name");
     let mut late = Client {
         tls: ClientConnection::new(Arc::clone(&certs.client), name).expect("client"),

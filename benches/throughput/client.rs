@@ -1,5 +1,13 @@
 //! One load generator thread: a mio event loop over its share of the connections. See
 //! [`crate::loadgen`] for the phases of a run; this is the per-connection state machine.
+//!
+//! Over TLS (feature `tls`) a connection gets its rustls `ClientConnection` once TCP is
+//! established and is open from then on, like a plain one: its first requests wait in
+//! rustls until the handshake is done (TLS 1.3: they go out with the client's Finished).
+//! Reads take records from the socket until it would block and check the plaintext as
+//! they go; writes hand the requests to rustls and send its records until they are all out
+//! or the socket is full. In reconnect mode a connection whose request is answered sends
+//! close_notify, closes, and a fresh one (a fresh handshake) takes its token.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -51,6 +59,14 @@ struct Conn {
     /// Had a correct reply during the measured window.
     served: bool,
     rng: u64,
+    /// When its connect started: reconnect mode measures latency from there.
+    started: Instant,
+    /// Not the first connection of its token (reconnect mode): its connect is not counted
+    /// in the connect phase's figures.
+    recycled: bool,
+    /// The TLS session, once TCP is established (TLS scenarios).
+    #[cfg(feature = "tls")]
+    tls: Option<Box<reactor_pool::rustls::ClientConnection>>,
 }
 
 /// One client thread and its connections; the index in `conns` is the mio token.
@@ -91,6 +107,12 @@ pub struct Client {
     errors: ErrorCounts,
     outstanding: usize,
     scratch: Vec<u8>,
+    /// One request per connection, then a new connection (see [`LoadConfig::reconnect`]).
+    reconnect: bool,
+    /// Round-robin over `sources` for the connections that replace others.
+    next_source: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<reactor_pool::rustls::ClientConfig>>,
 }
 
 impl Client {
@@ -127,6 +149,10 @@ impl Client {
             errors: ErrorCounts::default(),
             outstanding: 0,
             scratch: vec![0; 64 * 1024],
+            reconnect: cfg.reconnect,
+            next_source: 0,
+            #[cfg(feature = "tls")]
+            tls: cfg.tls.clone(),
         })
     }
 
@@ -203,6 +229,10 @@ impl Client {
                         holds_slot: true,
                         served: false,
                         rng: (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                        started: Instant::now(),
+                        recycled: false,
+                        #[cfg(feature = "tls")]
+                        tls: None,
                     });
                 }
                 Err(_) => {
@@ -289,19 +319,36 @@ impl Client {
                 Err(_) => true,
             },
         };
+        let recycled = self.conns[token].recycled;
         if failed {
             self.release_slot(token);
             self.errors.connect += 1;
             self.kill(token);
-            self.settle_one(true);
+            if !recycled {
+                self.settle_one(true);
+            }
             return;
         }
         self.conns[token].state = ConnState::Open;
-        self.established += 1;
-        self.settle_one(false);
+        if !recycled {
+            self.established += 1;
+            self.settle_one(false);
+        }
+        #[cfg(feature = "tls")]
+        if let Some(config) = &self.tls {
+            match crate::tls::connect(config) {
+                Ok(tls) => self.conns[token].tls = Some(Box::new(tls)),
+                Err(_) => return self.lose(token),
+            }
+        }
         // The first requests go out at once, think time or not: their replies tell that the
-        // server has taken the connection (see `connecting`).
-        let now = Instant::now();
+        // server has taken the connection (see `connecting`). A reconnecting connection's
+        // latency runs from the start of its connect.
+        let now = if self.reconnect {
+            self.conns[token].started
+        } else {
+            Instant::now()
+        };
         for _ in 0..self.depth {
             self.enqueue(token, now);
         }
@@ -343,6 +390,10 @@ impl Client {
     }
 
     fn write(&mut self, token: usize) {
+        #[cfg(feature = "tls")]
+        if self.conns[token].tls.is_some() {
+            return self.write_tls(token);
+        }
         loop {
             let conn = &mut self.conns[token];
             if conn.out_pos == conn.out.len() {
@@ -359,6 +410,10 @@ impl Client {
     }
 
     fn read(&mut self, token: usize) {
+        #[cfg(feature = "tls")]
+        if self.conns[token].tls.is_some() {
+            return self.read_tls(token);
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         loop {
             if self.conns[token].state != ConnState::Open {
@@ -386,6 +441,7 @@ impl Client {
     fn take_reply_bytes(&mut self, token: usize, mut data: &[u8]) {
         let size = self.size;
         let mut now: Option<Instant> = None;
+        let mut replace = false;
         while !data.is_empty() {
             let conn = &mut self.conns[token];
             let Some(front) = conn.pending.front() else {
@@ -427,6 +483,10 @@ impl Client {
             if phase == DRAIN {
                 continue;
             }
+            if self.reconnect {
+                replace = true;
+                continue;
+            }
             if self.think.is_zero() {
                 self.enqueue(token, at);
             } else if first_reply {
@@ -440,7 +500,43 @@ impl Client {
             }
         }
         self.release_slot(token);
+        if replace {
+            return self.replace(token);
+        }
         self.write(token);
+    }
+
+    /// Reconnect mode: closes the connection (TLS: with close_notify) and starts a new one
+    /// with the same token.
+    fn replace(&mut self, token: usize) {
+        let source = self.sources[self.next_source % self.sources.len()];
+        self.next_source = self.next_source.wrapping_add(1);
+        let conn = &mut self.conns[token];
+        #[cfg(feature = "tls")]
+        if let Some(mut tls) = conn.tls.take() {
+            tls.send_close_notify();
+            // One try: the echo is in, so the socket's send buffer has room for the alert.
+            let _ = tls.write_tls(&mut conn.stream);
+        }
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        match self.start_connect(source, token) {
+            Ok(stream) => {
+                let conn = &mut self.conns[token];
+                // Closes the old socket.
+                conn.stream = stream;
+                conn.state = ConnState::Connecting;
+                conn.started = Instant::now();
+                conn.recycled = true;
+                conn.out.clear();
+                conn.out_pos = 0;
+                conn.recv_off = 0;
+                conn.front_bad = false;
+            }
+            Err(_) => {
+                self.errors.connect += 1;
+                self.kill(token);
+            }
+        }
     }
 
     /// An established connection failed: its outstanding requests will never be answered.
@@ -468,6 +564,102 @@ impl Client {
         let _ = self.poll.registry().deregister(&mut conn.stream);
         conn.out = Vec::new();
         conn.out_pos = 0;
+        #[cfg(feature = "tls")]
+        {
+            conn.tls = None;
+        }
+    }
+
+    /// [`Client::write`] over TLS: hands the queued requests to rustls and sends its
+    /// records (handshake messages too) until all are out or the socket is full.
+    #[cfg(feature = "tls")]
+    fn write_tls(&mut self, token: usize) {
+        loop {
+            let Conn {
+                stream,
+                out,
+                out_pos,
+                tls: Some(tls),
+                ..
+            } = &mut self.conns[token]
+            else {
+                return;
+            };
+            if *out_pos < out.len() {
+                // Before the handshake is done rustls buffers the plaintext (up to its
+                // limit: what does not fit stays queued here for the next call).
+                match tls.writer().write(&out[*out_pos..]) {
+                    Ok(n) => *out_pos += n,
+                    Err(_) => return self.lose(token),
+                }
+            }
+            if !tls.wants_write() {
+                return;
+            }
+            match tls.write_tls(stream) {
+                Ok(0) => return self.lose(token),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.lose(token),
+            }
+        }
+    }
+
+    /// [`Client::read`] over TLS: takes records from the socket until it would block,
+    /// checking the plaintext as it comes; then sends what the handshake wants sent.
+    #[cfg(feature = "tls")]
+    fn read_tls(&mut self, token: usize) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        'records: loop {
+            let conn = &mut self.conns[token];
+            let (ConnState::Open, Some(tls)) = (conn.state, conn.tls.as_mut()) else {
+                break;
+            };
+            match tls.read_tls(&mut conn.stream) {
+                // The server's FIN (with or without its close_notify): nothing more will come.
+                Ok(0) => {
+                    self.lose(token);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.lose(token);
+                    break;
+                }
+            }
+            if tls.process_new_packets().is_err() {
+                self.lose(token);
+                break;
+            }
+            loop {
+                let conn = &mut self.conns[token];
+                let (ConnState::Open, Some(tls)) = (conn.state, conn.tls.as_mut()) else {
+                    // Lost, or replaced by a new connection, in the reply just taken.
+                    break 'records;
+                };
+                match tls.reader().read(&mut scratch) {
+                    // The server's close_notify.
+                    Ok(0) => {
+                        self.lose(token);
+                        break 'records;
+                    }
+                    Ok(n) => self.take_reply_bytes(token, &scratch[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        self.lose(token);
+                        break 'records;
+                    }
+                }
+            }
+        }
+        self.scratch = scratch;
+        // The handshake's next messages, and the requests it held back once it is done.
+        if self.conns[token].state == ConnState::Open {
+            self.write(token);
+        }
     }
 }
 

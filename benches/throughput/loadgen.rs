@@ -78,6 +78,14 @@ pub struct LoadConfig {
     pub warmup: Duration,
     pub duration: Duration,
     pub threads: usize,
+    /// Speak TLS with this client configuration (the TLS scenarios): each connection's
+    /// handshake starts once it is established; its requests wait in rustls until the
+    /// handshake is done.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<reactor_pool::rustls::ClientConfig>>,
+    /// One request per connection: once its echo is in, the connection closes (after TLS's
+    /// close_notify) and a new one takes its place (the handshake scenario).
+    pub reconnect: bool,
 }
 
 /// Moments of a run the caller may want to act on (sample the server's CPU time...).
@@ -197,7 +205,13 @@ pub fn run(cfg: &LoadConfig, mut on_event: impl FnMut(Event)) -> io::Result<Load
     let mut pattern = vec![0u8; PATTERN_LEN + cfg.message_size];
     rand::thread_rng().fill_bytes(&mut pattern);
     let pattern: Arc<[u8]> = pattern.into();
-    let sources = source_addresses(cfg.connections);
+    // A reconnecting run leaves a socket in TIME_WAIT per connection, each holding its
+    // source port for a minute: all the addresses there are.
+    let sources = if cfg.reconnect {
+        source_addresses(MAX_SOURCES * CONNECTIONS_PER_SOURCE)
+    } else {
+        source_addresses(cfg.connections)
+    };
     let shared = Arc::new(Shared {
         phase: AtomicU8::new(WARMUP),
         connects_done: AtomicUsize::new(0),

@@ -6,6 +6,7 @@
 //! cargo bench --bench throughput -- --quick    # smoke run, under a minute (CI)
 //! cargo bench --bench throughput -- --filter "c100 " --runs 1 --duration 2
 //! cargo bench --bench throughput -- --list     # the scenario / server pairs
+//! cargo bench --bench throughput --features tls -- --filter "tls"   # the TLS scenarios
 //! ```
 //!
 //! Output: a table on stdout, a progress line per run on stderr, and `report.json`,
@@ -57,6 +58,17 @@
 //! `examples/http_hello.rs` against nginx under wrk, one run per server, in tables of their
 //! own. Quick mode runs a small form of them (`-n 2000` / `-n 20000`, `http c100` for 1 s);
 //! a tool or peer that is not installed is skipped with a `skipped: X not installed` line.
+//!
+//! **TLS** (built with `--features tls` only; `tls.rs`): `tls echo c100 64B d1` is the echo
+//! scenario over TLS, one handshake per connection (in the warm-up), reactor-pool
+//! (`Builder::tls`, the pool path with the echo settings) against tokio-rustls (the tokio
+//! server's runtime and thread budget, `TlsAcceptor` per connection); `tls handshakes c100`
+//! keeps 100 connections in flight, each doing connect, a full handshake (the client never
+//! resumes), one 64 B echo and close_notify, then replaced by a new one: its figure is
+//! handshakes (connections) per second, in a table of its own. Same embedded certificate,
+//! same rustls ServerConfig (ring) for both servers; the load generator's threads speak TLS
+//! with rustls' client in their mio loops. Quick mode runs both, 1 s each. Handshake
+//! connections bind to all 64 source addresses, since each leaves a socket in TIME_WAIT.
 
 mod chart;
 mod client;
@@ -66,6 +78,8 @@ mod report;
 mod runner;
 mod schedule;
 mod servers;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -103,7 +117,9 @@ OPTIONS:
   --filter TEXT         only scenario/server pairs whose \"SCENARIO / SERVER\" contains TEXT;
                         several alternatives separated by '|'
                         (protocol scenarios: \"resp c50 P1\", \"resp c50 P16\", \"http c100\",
-                        \"http c1000\"; servers kv_server, redis-server, http_hello, nginx)
+                        \"http c1000\"; servers kv_server, redis-server, http_hello, nginx;
+                        with --features tls: \"tls echo c100 64B d1\", \"tls handshakes c100\",
+                        servers reactor-pool, tokio-rustls)
   --threads N           server thread budget: tokio worker threads, reactor-pool echo
                         workers unless --workers, nginx worker processes [2]
   --reactors N          reactor-pool reactor threads [--threads]
@@ -137,8 +153,9 @@ fn main() -> ExitCode {
         print!("{HELP}");
         return ExitCode::SUCCESS;
     }
-    // cargo passes --bench to harness = false benches.
-    let _ = args.contains("--bench");
+    // cargo passes --bench to harness = false benches (once more if the command line has it
+    // after `--` too).
+    while args.contains("--bench") {}
     let result = match args.opt_value_from_str::<_, String>("--serve") {
         Ok(Some(kind)) => serve_mode(&kind, args),
         Ok(None) => parse_options(args).and_then(|opts| bench_mode(&opts)),
@@ -234,6 +251,10 @@ fn serve_mode(kind: &str, mut args: pico_args::Arguments) -> Result<(), String> 
         sleep: Duration::from_micros(args.value_from_str("--sleep-us").map_err(e)?),
         stack_kib: args.value_from_str("--stack-kib").map_err(e)?,
         max_lifetime: Duration::from_secs(args.value_from_str("--max-lifetime").map_err(e)?),
+        #[cfg(feature = "tls")]
+        tls: args.contains("--tls"),
+        #[cfg(not(feature = "tls"))]
+        tls: false,
     };
     reject_leftovers(args)?;
     if std::env::var_os("RUST_LOG").is_some() {
@@ -244,8 +265,19 @@ fn serve_mode(kind: &str, mut args: pico_args::Arguments) -> Result<(), String> 
     std::process::exit(0)
 }
 
-/// The scenarios of a mode, in the order they run.
+/// The scenarios of a mode, in the order they run: the TLS ones (feature `tls`) last.
 fn matrix(quick: bool) -> Vec<Scenario> {
+    #[allow(unused_mut)] // without the tls feature
+    let mut scenarios = plain_matrix(quick);
+    #[cfg(feature = "tls")]
+    scenarios.extend([
+        Scenario::tls_echo(100, 64, 1),
+        Scenario::tls_handshakes(100),
+    ]);
+    scenarios
+}
+
+fn plain_matrix(quick: bool) -> Vec<Scenario> {
     let blocking = Scenario::blocking(BLOCKING_CONNECTIONS, BLOCKING_SLEEP_US, BLOCKING_WORKERS);
     if quick {
         let (connections, think_ms, duration_s) = HOLD_QUICK;
@@ -274,6 +306,10 @@ fn matrix(quick: bool) -> Vec<Scenario> {
 
 /// Whether `kind` runs `scenario`.
 fn runs(scenario: &Scenario, kind: Kind) -> bool {
+    if scenario.tls {
+        // reactor-pool's default (pool) path against tokio-rustls.
+        return matches!(kind, Kind::ReactorPool | Kind::Tokio);
+    }
     match kind {
         Kind::Threads => !(scenario.is_hold() && scenario.connections > THREADS_HOLD_MAX),
         // Inline mode is for handlers that never block, and is reported beside the pool
@@ -291,8 +327,16 @@ fn duration(opts: &Options, scenario: &Scenario) -> Duration {
         .max(Duration::from_secs_f64(scenario.min_duration_s))
 }
 
+/// The server's name in the labels and the report: tokio is tokio-rustls over TLS.
+fn server_name(scenario: &Scenario, kind: Kind) -> &'static str {
+    match kind {
+        Kind::Tokio => report::tokio_name(scenario),
+        _ => kind.name(),
+    }
+}
+
 fn label(scenario: &Scenario, kind: Kind) -> String {
-    format!("{} / {}", scenario.name, kind.name())
+    format!("{} / {}", scenario.name, server_name(scenario, kind))
 }
 
 fn serve_args(opts: &Options, scenario: &Scenario, kind: Kind) -> ServeArgs {
@@ -315,6 +359,7 @@ fn serve_args(opts: &Options, scenario: &Scenario, kind: Kind) -> ServeArgs {
             + opts.warmup
             + Duration::from_millis(scenario.think_ms)
             + Duration::from_secs(120),
+        tls: scenario.tls,
     }
 }
 
@@ -375,7 +420,8 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
     let proto_total: usize = proto_plan.iter().map(|(_, s)| s.len()).sum();
     for (s, _) in &plan {
         let threads = label(s, Kind::Threads);
-        if !runs(s, Kind::Threads)
+        if s.is_hold()
+            && !runs(s, Kind::Threads)
             && opts
                 .filter
                 .as_ref()
@@ -393,6 +439,12 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
         opts.duration,
         opts.warmup
     );
+    #[cfg(feature = "tls")]
+    let client_tls = if plan.iter().any(|(s, _)| s.tls) {
+        Some(tls::client_config().map_err(|e| format!("TLS client configuration: {e}"))?)
+    } else {
+        None
+    };
     let mut outcomes = Vec::new();
     let mut done = 0;
     for (scenario, kinds) in &plan {
@@ -418,6 +470,9 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
                     warmup: opts.warmup,
                     duration: duration(opts, scenario),
                     threads: opts.client_threads,
+                    #[cfg(feature = "tls")]
+                    tls: client_tls.as_ref().filter(|_| scenario.tls).cloned(),
+                    reconnect: scenario.reconnect,
                 };
                 let prefix = format!(
                     "[{done:>3}/{total}] {:<40} run {}/{}",
@@ -439,8 +494,13 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
                         } else {
                             String::new()
                         };
+                        let unit = if scenario.reconnect {
+                            "handshakes/s"
+                        } else {
+                            "req/s"
+                        };
                         eprintln!(
-                            "{prefix}: {:>8.0} req/s  p99 {:>6} us  errors {}  CPU s: srv {:.2} cli {:.2} bg {:.2}{hold}  ({:.1} s)",
+                            "{prefix}: {:>8.0} {unit}  p99 {:>6} us  errors {}  CPU s: srv {:.2} cli {:.2} bg {:.2}{hold}  ({:.1} s)",
                             m.req_per_s,
                             m.p99_us,
                             m.errors,
@@ -465,7 +525,12 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
             }
         }
         for (&kind, (metrics, failed)) in kinds.iter().zip(runs) {
-            outcomes.push(Outcome::new(scenario, kind.name(), metrics, failed));
+            outcomes.push(Outcome::new(
+                scenario,
+                server_name(scenario, kind),
+                metrics,
+                failed,
+            ));
         }
     }
     report::set_tokio_ratios(&mut outcomes);

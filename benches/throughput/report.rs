@@ -30,6 +30,20 @@ pub struct Scenario {
     /// The measured window is at least this long whatever `--duration` says (the hold
     /// scenario: every connection pings at least twice).
     pub min_duration_s: f64,
+    /// Over TLS (feature `tls`): the servers are reactor-pool with `Builder::tls` and
+    /// tokio-rustls; the handshake is once per connection unless `reconnect`.
+    #[serde(skip_serializing_if = "is_false")]
+    pub tls: bool,
+    /// Each connection sends one request, and once its echo is in closes (after TLS's
+    /// close_notify) and a new connection takes its place: req/s counts connections, each
+    /// with its handshake (the `tls handshakes` scenario). Latency is from the start of the
+    /// connect to the echo.
+    #[serde(skip_serializing_if = "is_false")]
+    pub reconnect: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 impl Scenario {
@@ -43,6 +57,8 @@ impl Scenario {
             blocking_workers: 0,
             think_ms: 0,
             min_duration_s: 0.0,
+            tls: false,
+            reconnect: false,
         }
     }
 
@@ -56,6 +72,8 @@ impl Scenario {
             blocking_workers: workers,
             think_ms: 0,
             min_duration_s: 0.0,
+            tls: false,
+            reconnect: false,
         }
     }
 
@@ -77,6 +95,30 @@ impl Scenario {
             blocking_workers: 0,
             think_ms,
             min_duration_s: duration_s.max(2.5 * think_ms as f64 / 1000.0),
+            tls: false,
+            reconnect: false,
+        }
+    }
+
+    /// [`Scenario::echo`] over TLS: one handshake per connection, then echoes.
+    #[cfg(feature = "tls")]
+    pub fn tls_echo(connections: usize, message_size: usize, depth: usize) -> Scenario {
+        let echo = Scenario::echo(connections, message_size, depth);
+        Scenario {
+            name: format!("tls {}", echo.name),
+            tls: true,
+            ..echo
+        }
+    }
+
+    /// Connections with a full TLS handshake, one 64 B echo and close_notify each, over and
+    /// over, `connections` at a time.
+    #[cfg(feature = "tls")]
+    pub fn tls_handshakes(connections: usize) -> Scenario {
+        Scenario {
+            name: format!("tls handshakes c{connections}"),
+            reconnect: true,
+            ..Scenario::tls_echo(connections, 64, 1)
         }
     }
 
@@ -91,7 +133,11 @@ impl Scenario {
 
     /// Whether this scenario is a point of the connection sweep drawn in the chart.
     pub fn in_sweep(&self) -> bool {
-        self.sleep_us == 0 && self.think_ms == 0 && self.message_size == 64 && self.depth == 1
+        self.sleep_us == 0
+            && self.think_ms == 0
+            && self.message_size == 64
+            && self.depth == 1
+            && !self.tls
     }
 }
 
@@ -157,11 +203,20 @@ impl Outcome {
     }
 }
 
-/// Fills in each outcome's ratios to tokio's in the same scenario.
+/// The tokio server's name in the report: tokio-rustls in the TLS scenarios.
+pub fn tokio_name(scenario: &Scenario) -> &'static str {
+    if scenario.tls {
+        "tokio-rustls"
+    } else {
+        "tokio"
+    }
+}
+
+/// Fills in each outcome's ratios to tokio's (tokio-rustls's) in the same scenario.
 pub fn set_tokio_ratios(outcomes: &mut [Outcome]) {
     let tokio: Vec<(String, f64, Vec<f64>)> = outcomes
         .iter()
-        .filter(|o| o.server == "tokio")
+        .filter(|o| o.server == tokio_name(&o.scenario))
         .map(|o| {
             let runs = o.runs.iter().map(|r| r.req_per_s).collect();
             (o.scenario.name.clone(), o.median.req_per_s, runs)
@@ -335,17 +390,72 @@ fn hold_row(o: &Outcome) -> Vec<String> {
     ]
 }
 
-/// The closed-loop outcomes (main table) and the hold ones, with their rows.
-fn tables(outcomes: &[Outcome]) -> [(&'static [&'static str], Vec<Vec<String>>); 2] {
-    let main = outcomes.iter().filter(|o| !o.scenario.is_hold()).map(row);
+/// The columns of the reconnecting (TLS handshake) scenarios' table.
+const HANDSHAKE_HEADERS: [&str; 15] = [
+    "scenario",
+    "server",
+    "handshakes/s",
+    "p50 us",
+    "p99 us",
+    "p999 us",
+    "errors",
+    "srv CPU s",
+    "srv us/hs",
+    "cli CPU s",
+    "bg CPU s",
+    "srv RSS MiB",
+    "srv thr",
+    "vs tokio",
+    "paired",
+];
+
+fn handshake_row(o: &Outcome) -> Vec<String> {
+    let m = &o.median;
+    vec![
+        o.scenario.name.clone(),
+        o.server.clone(),
+        format!("{:.0}", m.req_per_s),
+        m.p50_us.to_string(),
+        m.p99_us.to_string(),
+        m.p999_us.to_string(),
+        errors(o),
+        format!("{:.2}", m.server_cpu_s),
+        cpu_us_per_request(m),
+        format!("{:.2}", m.client_cpu_s),
+        format!("{:.2}", m.background_cpu_s),
+        mib(m.server_peak_rss_kib),
+        m.server_threads.to_string(),
+        ratio(o.vs_tokio),
+        ratio(o.vs_tokio_paired),
+    ]
+}
+
+type Table = (&'static [&'static str], Vec<Vec<String>>);
+
+/// The closed-loop outcomes (main table), the hold ones and the reconnecting ones, with
+/// their rows.
+fn tables(outcomes: &[Outcome]) -> [Table; 3] {
+    let main = outcomes
+        .iter()
+        .filter(|o| !o.scenario.is_hold() && !o.scenario.reconnect)
+        .map(row);
     let hold = outcomes
         .iter()
         .filter(|o| o.scenario.is_hold())
         .map(hold_row);
-    [(&HEADERS, main.collect()), (&HOLD_HEADERS, hold.collect())]
+    let handshakes = outcomes
+        .iter()
+        .filter(|o| o.scenario.reconnect)
+        .map(handshake_row);
+    [
+        (&HEADERS, main.collect()),
+        (&HOLD_HEADERS, hold.collect()),
+        (&HANDSHAKE_HEADERS, handshakes.collect()),
+    ]
 }
 
-/// The plain-text tables printed on stdout: closed loop, then hold (each only if it ran).
+/// The plain-text tables printed on stdout: closed loop, hold, then handshakes (each only
+/// if it ran).
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::new();
     for (headers, rows) in tables(outcomes) {
@@ -426,7 +536,8 @@ pub fn markdown(report: &Report) -> String {
     if let Some(filter) = &s.filter {
         let _ = writeln!(md, "Scenarios filtered by `{filter}`.\n");
     }
-    let [(headers, rows), (hold_headers, hold_rows)] = tables(&report.outcomes);
+    let [(headers, rows), (hold_headers, hold_rows), (hs_headers, hs_rows)] =
+        tables(&report.outcomes);
     if !rows.is_empty() {
         markdown_table(headers, &rows, &mut md);
         md.push_str(
@@ -454,6 +565,14 @@ pub fn markdown(report: &Report) -> String {
              `workers / sleep` (the blocking workload; the thread-per-connection server is not \
              bound by it: every connection has its own sleeping thread).\n",
         );
+        if report.outcomes.iter().any(|o| o.scenario.tls) {
+            md.push_str(
+                "- **tls** scenarios: reactor-pool with `Builder::tls` against tokio-rustls \
+                 (same thread budget as tokio, same rustls ServerConfig, ring provider, \
+                 TLS 1.3); the handshake is once per connection, in the warm-up; **vs tokio** is \
+                 against tokio-rustls.\n",
+            );
+        }
     }
     if !hold_rows.is_empty() {
         let mut windows: Vec<String> = report
@@ -489,9 +608,31 @@ pub fn markdown(report: &Report) -> String {
              actual send.\n",
         );
     }
+    if !hs_rows.is_empty() {
+        md.push_str(
+            "\n## TLS handshakes: a new connection per request\n\n\
+             Each client connection connects, does a full TLS handshake (the client never \
+             resumes a session), sends one 64 B request, waits for its echo, sends \
+             close_notify and closes; a new connection takes its place at once, so as many \
+             connections as the scenario says are always in flight.\n\n",
+        );
+        markdown_table(hs_headers, &hs_rows, &mut md);
+        md.push_str(
+            "\n- **handshakes/s**: connections per second that completed all of it (connect, \
+             handshake, a correct echo) in the measured window; **p50/p99/p999**: from the \
+             start of the connect to the echo's last byte, in microseconds; **srv us/hs**: \
+             server CPU time per connection; **vs tokio**, **paired**: against \
+             tokio-rustls, as in the first table.\n",
+        );
+    }
     crate::protocols::markdown(&report.protocols, &report.protocols_skipped, s, &mut md);
     if !report.outcomes.is_empty() {
-        let _ = writeln!(md, "\nPer-run req/s:\n");
+        let unit = if hs_rows.is_empty() {
+            ""
+        } else {
+            " (handshakes/s in the handshake scenarios)"
+        };
+        let _ = writeln!(md, "\nPer-run req/s{unit}:\n");
     }
     for o in &report.outcomes {
         let runs: Vec<String> = o

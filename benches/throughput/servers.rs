@@ -15,6 +15,14 @@
 //! - `tokio`: a multi-thread runtime with `threads` worker threads; the sleep runs in
 //!   `spawn_blocking`, at most `blocking` such threads.
 //!
+//! With `--tls` (feature `tls`, the TLS scenarios, no sleep) `reactor-pool` serves every
+//! connection over TLS (`Builder::tls`, the handshake and records on its reactors, no
+//! handshake timeout, like the other timeouts the bench turns off) and `tokio` becomes
+//! `tokio-rustls`: the same runtime, each connection's task running
+//! `tokio_rustls::TlsAcceptor::accept` and then the echo loop, which answers the client's
+//! close_notify with its own, as reactor-pool does. Both build their configuration with
+//! [`crate::tls::server_config`].
+//!
 //! The child prints its bound address as the first line of stdout, then serves until its
 //! stdin closes (the parent exited or dropped it), SIGTERM, or `max_lifetime`.
 
@@ -89,12 +97,14 @@ pub struct ServeArgs {
     pub stack_kib: usize,
     /// The child exits after this long whatever happens.
     pub max_lifetime: Duration,
+    /// Serve over TLS (`reactor-pool` and `tokio` only; feature `tls`).
+    pub tls: bool,
 }
 
 impl ServeArgs {
     /// The command-line arguments that make a child run this server.
     pub fn to_args(&self) -> Vec<String> {
-        vec![
+        let mut args: Vec<String> = vec![
             "--serve".into(),
             self.kind.name().into(),
             "--addr".into(),
@@ -113,7 +123,11 @@ impl ServeArgs {
             self.stack_kib.to_string(),
             "--max-lifetime".into(),
             self.max_lifetime.as_secs().to_string(),
-        ]
+        ];
+        if self.tls {
+            args.push("--tls".into());
+        }
+        args
     }
 }
 
@@ -201,6 +215,14 @@ fn start_reactor_pool(
         .partial_frame_timeout(None)
         .write_stall_timeout(None)
         .thread_name("rp");
+    #[cfg(feature = "tls")]
+    let builder = if args.tls {
+        builder
+            .tls(crate::tls::server_config()?)
+            .handshake_timeout(None)
+    } else {
+        builder
+    };
     let echo = handler_fn(move |request: Vec<u8>, _: &Context| {
         if !sleep.is_zero() {
             thread::sleep(sleep);
@@ -275,6 +297,23 @@ fn start_tokio(listener: TcpListener, args: &ServeArgs) -> io::Result<tokio::run
         let _guard = runtime.enter();
         tokio::net::TcpListener::from_std(listener)?
     };
+    #[cfg(feature = "tls")]
+    if args.tls {
+        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config()?);
+        runtime.spawn(async move {
+            // As the plain accept loop below.
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(echo_tokio_tls(acceptor.clone(), stream));
+                    }
+                    Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
+                }
+            }
+        });
+        return Ok(runtime);
+    }
     runtime.spawn(async move {
         // Runs for the process lifetime, which `wait_for_exit` bounds.
         loop {
@@ -306,6 +345,30 @@ async fn echo_tokio(mut stream: tokio::net::TcpStream, sleep: Duration) {
             return;
         }
         if stream.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One connection of the tokio-rustls server: the handshake, then read, write back and
+/// flush until the client's close_notify, which is answered with ours (then our FIN).
+#[cfg(feature = "tls")]
+async fn echo_tokio_tls(acceptor: tokio_rustls::TlsAcceptor, stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = acceptor.accept(stream).await else {
+        return;
+    };
+    let mut buf = vec![0u8; CONN_BUFFER];
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) => {
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Err(_) => return,
+            Ok(n) => n,
+        };
+        if stream.write_all(&buf[..n]).await.is_err() || stream.flush().await.is_err() {
             return;
         }
     }
