@@ -155,6 +155,9 @@ fn huge_timeouts_saturate_instead_of_overflowing() {
     limits.linger = Duration::MAX;
     let mut h = Harness::new(LineCodec::new(), limits.clone());
     assert!(h.conn.next_deadline(&limits).is_some());
+    // One request served, so the shutdown ends it at once (no first-request grace).
+    h.peer_sends(b"a\n");
+    h.answer_all(|r| r);
     h.with(|conn, env| conn.shut_down(env));
     assert_eq!(h.state(), "Lingering");
 }

@@ -69,6 +69,8 @@ impl Tls {
 
     fn read_records<S: Transport>(&mut self, io: &mut S, buf: &mut [u8]) -> io::Result<usize> {
         let mut filled = 0;
+        // The socket gave fewer bytes than asked: it is drained (the plain path's rule).
+        let mut drained = false;
         loop {
             match self.conn.reader().read(&mut buf[filled..]) {
                 // The peer's close_notify: the end of its stream, reported by the next read
@@ -86,6 +88,12 @@ impl Tls {
                     }
                     continue;
                 }
+                // Returning short saves the read that would only say WouldBlock; the caller
+                // takes a short read as drained, and new bytes raise a new edge. (With nothing
+                // to return yet, a record is split: read on.)
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && drained && filled > 0 => {
+                    return Ok(filled);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     self.read_pending = true;
@@ -100,8 +108,11 @@ impl Tls {
             let mut tracked = Tracked {
                 io: &mut *io,
                 records: &mut self.records,
+                short: false,
             };
-            match self.conn.read_tls(&mut tracked) {
+            let read = self.conn.read_tls(&mut tracked);
+            drained = tracked.short;
+            match read {
                 Ok(n) => self.received += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -248,11 +259,14 @@ impl std::error::Error for TlsError {}
 struct Tracked<'a, S> {
     io: &'a mut S,
     records: &'a mut RecordCursor,
+    /// The last read returned fewer bytes than asked for (but some).
+    short: bool,
 }
 
 impl<S: Read> Read for Tracked<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.io.read(buf)?;
+        self.short = n > 0 && n < buf.len();
         self.records.advance(&buf[..n]);
         Ok(n)
     }
