@@ -1,7 +1,7 @@
 //! The seed's echo server: whatever a client sends comes back, through the worker pool.
 //!
 //! ```text
-//! cargo run --release --example echo_server -- [--addr 127.0.0.1:20000] [--workers N]
+//! cargo run --release --example echo_server -- [--addr 127.0.0.1:20000] [--workers N] [--reactors N]
 //!     [--max-connections N] [--idle-timeout-secs N] [--stats-secs N]
 //!     [--unix PATH] [--tls-cert PEM --tls-key PEM] [--proxy-protocol]
 //! ```
@@ -35,6 +35,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = pico_args::Arguments::from_env();
     let listen = transport::Listen::from_args(&mut args, "127.0.0.1:20000")?;
     let workers: Option<usize> = args.opt_value_from_str("--workers")?;
+    let reactors: Option<usize> = args.opt_value_from_str("--reactors")?;
     let max_connections: Option<usize> = args.opt_value_from_str("--max-connections")?;
     let idle_timeout_secs: Option<u64> = args.opt_value_from_str("--idle-timeout-secs")?;
     let stats_secs: Option<u64> = args.opt_value_from_str("--stats-secs")?;
@@ -46,6 +47,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = listen.builder()?.connection_log_level(log::Level::Info);
     if let Some(n) = workers {
         builder = builder.workers(n);
+    }
+    if let Some(n) = reactors {
+        builder = builder.reactors(n);
     }
     if let Some(n) = max_connections {
         builder = builder.max_connections(n);

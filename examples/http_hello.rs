@@ -2,7 +2,7 @@
 //! replies a real client expects. Parsing is httparse's; framing and the rules are the codec's.
 //!
 //! ```text
-//! cargo run --release --example http_hello -- [--addr 127.0.0.1:8080] [--workers N]
+//! cargo run --release --example http_hello -- [--addr 127.0.0.1:8080] [--workers N] [--reactors N]
 //!     [--unix PATH] [--tls-cert PEM --tls-key PEM] [--proxy-protocol]
 //! curl -v http://127.0.0.1:8080/
 //! curl --cacert ca.pem https://localhost:8443/        # with --features tls and --tls-*
@@ -311,6 +311,6 @@ fn main() -> ExitCode {
         "127.0.0.1:8080",
         ("http", "https"),
         |_| Ok(()),
-        |listen, workers, ()| start(listen.clone(), workers, None),
+        |listen, (workers, reactors), ()| start(listen.clone(), workers, reactors),
     )
 }

@@ -1,7 +1,7 @@
 //! A RESP2 key-value server that redis-cli and redis-benchmark can talk to.
 //!
 //! ```text
-//! cargo run --release --example kv_server -- [--addr 127.0.0.1:6380] [--workers N] [--requirepass PASS]
+//! cargo run --release --example kv_server -- [--addr 127.0.0.1:6380] [--workers N] [--reactors N] [--requirepass PASS]
 //!     [--unix PATH] [--tls-cert PEM --tls-key PEM] [--proxy-protocol]   (see support/transport.rs)
 //! redis-cli -p 6380 SET a 1
 //! redis-cli -p 6380 -n 3 SET a 1                        # database 3: redis-cli sends SELECT 3
@@ -435,6 +435,8 @@ fn main() -> ExitCode {
         "127.0.0.1:6380",
         ("", ""),
         |args| args.opt_value_from_str("--requirepass"),
-        |listen, workers, password| start_with_password(listen.clone(), workers, None, password),
+        |listen, (workers, reactors), password| {
+            start_with_password(listen.clone(), workers, reactors, password)
+        },
     )
 }

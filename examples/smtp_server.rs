@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example smtp_server -- [--addr 127.0.0.1:2525] [--maildir DIR]
-//!     [--max-size BYTES] [--workers N] [--hostname NAME] [--idle-timeout SECS]
+//!     [--max-size BYTES] [--workers N] [--reactors N] [--hostname NAME] [--idle-timeout SECS]
 //!     [--unix PATH] [--tls-cert PEM --tls-key PEM] [--proxy-protocol]
 //! swaks --server 127.0.0.1:2525 --to a@example.org,b@example.org --pipeline
 //! printf 'EHLO me\r\nQUIT\r\n' | nc -C -q 1 127.0.0.1 2525
@@ -53,7 +53,7 @@ use smtp_maildir::{Incoming, Maildir};
 const MAX_RECIPIENTS: usize = 100;
 
 const USAGE: &str = "usage: smtp_server [--addr 127.0.0.1:2525] [--maildir DIR] \
-[--max-size BYTES] [--workers N] [--hostname NAME] [--idle-timeout SECS] \
+[--max-size BYTES] [--workers N] [--reactors N] [--hostname NAME] [--idle-timeout SECS] \
 [--unix PATH] [--tls-cert PEM --tls-key PEM] [--proxy-protocol]";
 
 /// How to run the server; [`Config::new`] gives the defaults.
@@ -69,6 +69,8 @@ pub struct Config {
     pub hostname: String,
     /// Worker threads; `None`: the framework's default.
     pub workers: Option<usize>,
+    /// Reactor threads; `None`: the framework's default.
+    pub reactors: Option<usize>,
     /// A connection with no command (or no message bytes) for this long gets `421`.
     pub idle_timeout: Duration,
 }
@@ -81,6 +83,7 @@ impl Config {
             max_size: 10 * 1024 * 1024,
             hostname: system_hostname(),
             workers: None,
+            reactors: None,
             idle_timeout: Duration::from_secs(300),
         }
     }
@@ -306,6 +309,10 @@ pub fn start(config: &Config) -> std::io::Result<ServerHandle> {
         Some(n) => builder.workers(n),
         None => builder,
     };
+    let builder = match config.reactors {
+        Some(n) => builder.reactors(n),
+        None => builder,
+    };
     let handler = Smtp {
         host: config.hostname.clone(),
         max_size: config.max_size,
@@ -329,6 +336,7 @@ fn parse_args() -> Result<Option<Config>, Box<dyn std::error::Error>> {
         config.max_size = bytes;
     }
     config.workers = args.opt_value_from_str("--workers")?;
+    config.reactors = args.opt_value_from_str("--reactors")?;
     if let Some(name) = args.opt_value_from_str("--hostname")? {
         config.hostname = name;
     }

@@ -85,7 +85,7 @@ impl Builder {
             wire: WireConfig::default(),
             trigger: None,
             workers: 4 * default_parallelism(),
-            reactors: 1,
+            reactors: default_parallelism(),
             backlog: 1024,
             reuse_port: false,
             max_connections: 10_000,
@@ -132,8 +132,10 @@ impl Builder {
         self
     }
 
-    /// Reactor threads that own the sockets. Default: 1. Connections are spread over them
-    /// round-robin.
+    /// Reactor threads that own the sockets. Default: one per available core
+    /// (`std::thread::available_parallelism`), so socket work uses every core when there
+    /// are many connections; with few, the idle ones only sleep. Connections are spread over
+    /// them round-robin.
     pub fn reactors(mut self, n: usize) -> Self {
         self.reactors = n;
         self

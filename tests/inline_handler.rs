@@ -13,6 +13,7 @@ use common::{connect, expect_clean_eof, read_exactly, round_trip, send, wait_for
 fn server(name: &str) -> ServerHandle {
     Builder::bind("127.0.0.1:0")
         .inline(true)
+        .reactors(1)
         .workers(8) // ignored in inline mode
         .thread_name(name)
         .start(
