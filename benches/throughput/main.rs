@@ -312,6 +312,11 @@ fn runs(scenario: &Scenario, kind: Kind) -> bool {
     }
     match kind {
         Kind::Threads => !(scenario.is_hold() && scenario.connections > THREADS_HOLD_MAX),
+        // The example as the README starts it: plain echo (its defaults allow 10,000
+        // connections), in the full run.
+        Kind::EchoExample => {
+            scenario.sleep_us == 0 && !scenario.is_hold() && scenario.connections <= 10_000
+        }
         // Inline mode is for handlers that never block, and is reported beside the pool
         // path, not instead of it: the echo scenarios only.
         Kind::ReactorPoolInline | Kind::ReactorPoolConcurrent => {
@@ -373,6 +378,8 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
                 .into_iter()
                 .filter(|&k| {
                     runs(&s, k)
+                        // The smoke run does not build the example.
+                        && !(opts.quick && k == Kind::EchoExample)
                         && opts
                             .filter
                             .as_ref()
@@ -383,6 +390,12 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
         })
         .filter(|(_, kinds)| !kinds.is_empty())
         .collect();
+    if plan
+        .iter()
+        .any(|(_, kinds)| kinds.contains(&Kind::EchoExample))
+    {
+        runner::build_echo_example().map_err(|e| e.to_string())?;
+    }
     let proto_plan: Vec<(protocols::ProtoScenario, Vec<&'static str>)> =
         protocols::matrix(opts.quick, opts.duration.as_secs_f64().round() as u64)
             .into_iter()

@@ -81,7 +81,53 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Re-executes this bench binary in server mode and waits for its address.
     pub fn spawn(args: &ServeArgs) -> io::Result<ServerProcess> {
+        if args.kind == crate::servers::Kind::EchoExample {
+            return ServerProcess::spawn_echo_example();
+        }
         ServerProcess::spawn_with(args.to_args())
+    }
+
+    /// Starts target/<profile>/examples/echo_server as the README does, but on a free port
+    /// (`--addr 127.0.0.1:0`), and takes its address from its "listening on" log line. Its
+    /// log (info, a line per connection) is read and discarded, as a terminal would show it.
+    pub fn spawn_echo_example() -> io::Result<ServerProcess> {
+        let path = echo_example_path()?;
+        let mut child = Command::new(&path)
+            .args(["--addr", "127.0.0.1:0"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            let mut announced = false;
+            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                if !announced {
+                    if let Some((_, rest)) = line.split_once("listening on ") {
+                        let word = rest.split_whitespace().next().unwrap_or_default();
+                        let _ = tx.send(word.to_string());
+                        announced = true;
+                    }
+                }
+                line.clear();
+            }
+        });
+        let word = match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(word) => word,
+            Err(_) => return Err(fail_spawn(child, "echo_server printed no address".into())),
+        };
+        match word.parse() {
+            Ok(addr) => Ok(ServerProcess {
+                child,
+                stdin: None,
+                addr,
+            }),
+            Err(_) => Err(fail_spawn(child, format!("bad address {word:?}"))),
+        }
     }
 
     /// Re-executes this bench binary with `args` (a `--serve ...` command line) and waits
@@ -163,6 +209,32 @@ impl ServerProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// target/<profile>/examples/echo_server, beside this bench's target/<profile>/deps/.
+pub fn echo_example_path() -> io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or_else(|| io::Error::other("bench binary not in target/<profile>/deps"))?;
+    Ok(dir.join("examples").join("echo_server"))
+}
+
+/// Builds the echo_server example in release mode (`cargo bench` does not build examples),
+/// with the cargo that runs this bench.
+pub fn build_echo_example() -> io::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--example", "echo_server"])
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "cargo build --release --example echo_server: {status}"
+        )))
     }
 }
 

@@ -51,15 +51,19 @@ pub enum Kind {
     ReactorPoolConcurrent,
     Threads,
     Tokio,
+    /// The echo_server example binary exactly as the README starts it (every setting at
+    /// its default, its info logging on), on a free port.
+    EchoExample,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::ReactorPool,
         Kind::ReactorPoolInline,
         Kind::ReactorPoolConcurrent,
         Kind::Threads,
         Kind::Tokio,
+        Kind::EchoExample,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +73,7 @@ impl Kind {
             Kind::ReactorPoolConcurrent => "rp-concurrent",
             Kind::Threads => "thread-per-conn",
             Kind::Tokio => "tokio",
+            Kind::EchoExample => "echo_server",
         }
     }
 
@@ -151,6 +156,9 @@ pub fn serve(args: &ServeArgs) -> io::Result<()> {
             let _runtime = start_tokio(listener, args)?;
             announce_and_wait(addr, args.max_lifetime)
         }
+        Kind::EchoExample => Err(io::Error::other(
+            "the echo_server example runs as its own binary, not as a bench child",
+        )),
     }
 }
 
