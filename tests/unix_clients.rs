@@ -12,7 +12,6 @@ use std::process::{Command, Stdio};
 
 use common::{
     example_path, run_client_with_input, start_example_unix, wait_until, TempDir, UnixExample,
-    IO_TIMEOUT,
 };
 
 /// `name` listening on `NAME.sock` in a fresh temp dir; returns both (the dir outlives it).
@@ -34,22 +33,9 @@ fn is_socket(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket())
 }
 
-/// Connects to `path` with the usual timeouts.
-fn connect_unix(path: &Path) -> UnixStream {
-    let stream =
-        UnixStream::connect(path).unwrap_or_else(|e| panic!("connect to {}: {e}", path.display()));
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .expect("set_read_timeout");
-    stream
-        .set_write_timeout(Some(IO_TIMEOUT))
-        .expect("set_write_timeout");
-    stream
-}
-
 /// Sends `Hello,server!` on a raw connection and expects it back.
 fn echo_round_trip(path: &Path) -> UnixStream {
-    let mut client = connect_unix(path);
+    let mut client = common::connect_unix(path);
     client.write_all(b"Hello,server!").expect("send");
     let mut reply = [0u8; 13];
     client.read_exact(&mut reply).expect("the echo");
@@ -173,7 +159,7 @@ fn a_live_socket_or_another_file_is_left_alone_and_the_example_exits_with_an_err
         "{log}"
     );
     // The live server's socket is still there and still its own.
-    let _client = connect_unix(&path);
+    let _client = common::connect_unix(&path);
     live.accept().expect("the listener still accepts");
 
     let file = dir.join("not-a-socket");

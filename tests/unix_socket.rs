@@ -7,7 +7,6 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
 
 use reactor_pool::{handler_fn, Builder, Context, LineCodec, Peer, ServerHandle};
 
@@ -26,14 +25,6 @@ fn start(builder: Builder) -> std::io::Result<ServerHandle> {
             reply
         }),
     )
-}
-
-fn connect(path: &Path) -> UnixStream {
-    let stream = UnixStream::connect(path).expect("connect");
-    stream
-        .set_read_timeout(Some(common::IO_TIMEOUT))
-        .expect("timeout");
-    stream
 }
 
 fn request(stream: &mut UnixStream, line: &str) -> String {
@@ -64,7 +55,7 @@ fn the_handler_sees_the_peers_credentials_and_no_address() {
     let server = start(Builder::bind_unix(&path)).expect("start");
     assert_eq!(server.unix_path(), Some(path.as_path()));
     let (uid, gid) = our_ids(&dir);
-    let mut client = connect(&path);
+    let mut client = common::connect_unix(&path);
     assert_eq!(
         request(&mut client, "who"),
         format!(
@@ -79,7 +70,7 @@ fn a_half_closed_unix_peer_gets_every_reply_then_eof() {
     let dir = common::TempDir::new("half");
     let path = dir.join("server.sock");
     let server = start(Builder::bind_unix(&path)).expect("start");
-    let mut client = connect(&path);
+    let mut client = common::connect_unix(&path);
     client.write_all(b"a\nb\nc\n").expect("write");
     client
         .shutdown(std::net::Shutdown::Write)
@@ -99,7 +90,7 @@ fn a_stale_socket_file_is_replaced() {
     drop(UnixListener::bind(&path).expect("bind"));
     assert!(path.exists());
     let server = start(Builder::bind_unix(&path)).expect("start over a stale file");
-    let mut client = connect(&path);
+    let mut client = common::connect_unix(&path);
     assert!(request(&mut client, "hi").starts_with("hi uid="));
     drop(server);
 }
@@ -153,7 +144,7 @@ fn a_listener_bound_elsewhere_is_served_and_its_file_left_alone() {
     let path = dir.join("server.sock");
     let listener = UnixListener::bind(&path).expect("bind");
     let server = start(Builder::from_unix_listener(listener)).expect("start");
-    let mut client = connect(&path);
+    let mut client = common::connect_unix(&path);
     assert!(request(&mut client, "x").starts_with("x uid="));
     drop(client);
     server.shutdown();

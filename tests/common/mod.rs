@@ -457,6 +457,19 @@ impl Default for TestPki {
     }
 }
 
+/// Connects to `path` with the usual timeouts.
+pub fn connect_unix(path: &std::path::Path) -> std::os::unix::net::UnixStream {
+    let stream = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", path.display()));
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("set_read_timeout");
+    stream
+        .set_write_timeout(Some(IO_TIMEOUT))
+        .expect("set_write_timeout");
+    stream
+}
+
 /// The one short wait the tests allow: a negative check that no reply has come (yet).
 pub const NO_REPLY_WAIT: Duration = Duration::from_millis(300);
 

@@ -6,6 +6,9 @@
 //! Every test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -252,22 +255,9 @@ impl Drop for Proc {
     }
 }
 
-/// The echo_server example, which `cargo test` builds next to the test binaries
-/// (target/<profile>/deps/<test> -> target/<profile>/examples/echo_server).
+/// The echo_server example, which `cargo test` builds next to the test binaries.
 pub fn echo_server_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary in target/<profile>/deps")
-        .join("examples")
-        .join("echo_server");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test`, which builds the examples",
-        path.display()
-    );
-    path
+    common::example_path("echo_server")
 }
 
 /// The echo_server command with `args`, logging at debug level (so the PROXY header lines
