@@ -35,6 +35,11 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
+//! Beneath the protocol a connection may speak TLS (`Builder::tls`, cargo feature `tls`,
+//! rustls), start with a PROXY protocol header ([`Builder::proxy_protocol`]), arrive on a
+//! Unix domain socket ([`Builder::bind_unix`]) or on a socket systemd passed
+//! ([`Builder::from_listen_fds`]); the handler sees who the peer is in its [`Context`].
+//!
 //! How a connection ends follows TCP's four-way close: when the peer sends FIN (`read()`
 //! returns 0) every reply it is still owed is written before the server sends its own FIN,
 //! and the server never resets a connection that closed cleanly.
