@@ -30,6 +30,8 @@ pub(crate) struct WorkerShared<H: Handler> {
     pub counters: Arc<Counters>,
     pub slow_handler: Duration,
     pub batch_scheduling: bool,
+    /// The workers' timer slack; `None` keeps the system's.
+    pub timer_slack: Option<Duration>,
     /// Set once every reactor has exited: work still queued belongs to connections that are
     /// gone, so requests are not run, but sessions are still closed.
     pub stopping: Arc<AtomicBool>,
@@ -44,6 +46,7 @@ impl<H: Handler> Clone for WorkerShared<H> {
             counters: Arc::clone(&self.counters),
             slow_handler: self.slow_handler,
             batch_scheduling: self.batch_scheduling,
+            timer_slack: self.timer_slack,
             stopping: Arc::clone(&self.stopping),
         }
     }
@@ -100,6 +103,9 @@ impl Pool {
 fn run_worker<H: Handler>(shared: WorkerShared<H>, _exit_guard: Sender<()>) {
     if shared.batch_scheduling {
         crate::sys::prefer_batch_scheduling();
+    }
+    if let Some(slack) = shared.timer_slack {
+        crate::sys::prefer_timer_slack(slack);
     }
     let handler = &*shared.handler;
     let counters = &shared.counters;

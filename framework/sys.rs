@@ -217,3 +217,35 @@ pub(crate) fn take_listen_fd() -> io::Result<Option<std::os::fd::OwnedFd>> {
     let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     Ok(Some(owned))
 }
+
+/// Sets the calling thread's timer slack (Linux's PR_SET_TIMERSLACK): how late the kernel
+/// may fire its timed waits (a sleep, a timeout) to batch wake-ups. The default, 50 µs, makes
+/// a 1 ms sleep take about 1.06 ms. A no-op elsewhere.
+pub(crate) fn set_timer_slack(slack: std::time::Duration) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // 0 would mean "back to the default": the smallest slack is 1 ns.
+        let nanos = slack.as_nanos().clamp(1, libc::c_ulong::MAX as u128) as libc::c_ulong;
+        // SAFETY: PR_SET_TIMERSLACK takes its argument by value and changes only the calling
+        // thread's timer slack; it reads and writes no memory of ours.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, nanos, 0, 0, 0) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = slack;
+    Ok(())
+}
+
+/// [`set_timer_slack`] for a worker thread; a failure is logged once per process and
+/// otherwise ignored.
+pub(crate) fn prefer_timer_slack(slack: std::time::Duration) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Err(e) = set_timer_slack(slack) {
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log::warn!("cannot set the workers' timer slack: {e}");
+        }
+    }
+}
