@@ -87,7 +87,7 @@ impl Builder {
             trigger: None,
             workers: 4 * default_parallelism(),
             reactors: default_parallelism(),
-            backlog: 1024,
+            backlog: crate::sys::listen_backlog_limit(),
             reuse_port: false,
             max_connections: 10_000,
             job_queue_capacity: 1024,
@@ -143,7 +143,10 @@ impl Builder {
         self
     }
 
-    /// The listen backlog when this builder binds the socket. Default: 1024.
+    /// The listen backlog when this builder binds the socket (a TCP or Unix socket). Default:
+    /// the most the system allows (Linux: `net.core.somaxconn`, 4096 on current kernels;
+    /// elsewhere 1024), so a burst of connections waits in the queue instead of overflowing
+    /// it into SYN retries.
     pub fn backlog(mut self, n: u32) -> Self {
         self.backlog = n;
         self

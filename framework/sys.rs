@@ -249,3 +249,13 @@ pub(crate) fn prefer_timer_slack(slack: std::time::Duration) {
         }
     }
 }
+
+/// The largest listen backlog the system honours (Linux: `/proc/sys/net/core/somaxconn`,
+/// which caps whatever `listen` asks for); 1024 where it cannot be read.
+pub(crate) fn listen_backlog_limit() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .map_or(1024, |n| n.min(i32::MAX as u32))
+}
