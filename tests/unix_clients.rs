@@ -116,7 +116,11 @@ fn a_stale_socket_file_is_replaced() {
     // A server that is gone: std's listener leaves its file behind when dropped.
     drop(UnixListener::bind(&path).expect("bind a listener"));
     assert!(is_socket(&path), "the stale socket file is there");
-    assert!(UnixStream::connect(&path).is_err(), "nobody listens on it");
+    // Nobody listens on it. (A child another test forks at this moment holds a copy of the
+    // listener until it execs: wait for that copy to close.)
+    wait_until("the dropped listener to be gone", || {
+        UnixStream::connect(&path).is_err().then_some(())
+    });
 
     let server = start_example_unix("echo_server", &["--unix", &dir.arg("echo.sock")]);
     assert_eq!(server.path, path);

@@ -89,6 +89,11 @@ fn a_stale_socket_file_is_replaced() {
     // A crashed server leaves its socket file behind: nobody listens on it.
     drop(UnixListener::bind(&path).expect("bind"));
     assert!(path.exists());
+    // A child another test forks at this moment holds a copy of the listener until it
+    // execs: wait for that copy to close, or the file is rightly taken as live.
+    common::wait_until("the dropped listener to be gone", || {
+        UnixStream::connect(&path).is_err().then_some(())
+    });
     let server = start(Builder::bind_unix(&path)).expect("start over a stale file");
     let mut client = common::connect_unix(&path);
     assert!(request(&mut client, "hi").starts_with("hi uid="));
