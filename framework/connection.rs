@@ -303,9 +303,10 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     pub fn drive(&mut self, env: &mut Env<'_, C, S>) -> Step {
         let mut budget = env.limits.read_per_wakeup;
         loop {
-            let mut progress = self.open_if_established(env);
-            progress |= self.dispatch_buffered(env);
+            let mut progress = self.dispatch_buffered(env);
             progress |= self.read(env, &mut budget);
+            // A read that brings data opens the session before decoding it; one that only
+            // finished the preamble (or found nothing, on a plain stream) opens it here.
             progress |= self.open_if_established(env);
             if self.shutdown_grace.is_some() && !self.outbox.is_unopened() && self.requests() > 0 {
                 // The first requests arrived during the shutdown's grace: serve them, close.

@@ -116,14 +116,16 @@ impl Tls {
                 Ok(n) => self.received += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.send_what_fits(io);
+                    // What does not fit is held; a failure shows at the next write.
+                    let _ = self.flush(io);
                     return if filled > 0 { Ok(filled) } else { Err(e) };
                 }
                 Err(e) => return Err(e),
             }
             let processed = self.conn.process_new_packets();
             // Handshake messages, or the alert that tells the peer what went wrong.
-            self.send_what_fits(io);
+            // What does not fit is held; a failure shows at the next write.
+            let _ = self.flush(io);
             if let Err(error) = processed {
                 return Err(tls_error(error));
             }
@@ -221,19 +223,8 @@ impl Tls {
     pub fn close_notify<S: Transport>(&mut self, io: &mut S) {
         if !self.conn.is_handshaking() {
             self.conn.send_close_notify();
-            self.send_what_fits(io);
-        }
-    }
-
-    /// Sends what rustls wants to send while reading; what does not fit is held, and a
-    /// failure shows at the next write.
-    fn send_what_fits<S: Transport>(&mut self, io: &mut S) {
-        while self.conn.wants_write() {
-            match self.conn.write_tls(io) {
-                Ok(n) if n > 0 => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                _ => return,
-            }
+            // Best effort: the socket closes next.
+            let _ = self.flush(io);
         }
     }
 }

@@ -39,15 +39,21 @@ enum Header {
 
 /// A connection's socket with its preamble and encryption.
 pub(crate) struct Wire {
-    stream: Stream,
+    beneath: Beneath,
     header: Header,
+    #[cfg(feature = "tls")]
+    tls: Option<Box<Tls>>,
+}
+
+/// The socket, with the bytes that arrived after the PROXY header served first: what TLS
+/// (or the plaintext protocol) reads from.
+struct Beneath {
+    stream: Stream,
     /// Bytes that arrived after the PROXY header: the start of the stream proper.
     early: Vec<u8>,
     early_read: usize,
     /// An error the socket gave while topping up a read of `early` bytes: the next read's.
     deferred: Option<io::Error>,
-    #[cfg(feature = "tls")]
-    tls: Option<Box<Tls>>,
 }
 
 impl Wire {
@@ -56,15 +62,17 @@ impl Wire {
     /// Errors: rustls refusing the configuration.
     pub fn new(stream: Stream, config: &WireConfig) -> io::Result<Self> {
         Ok(Wire {
-            stream,
+            beneath: Beneath {
+                stream,
+                early: Vec::new(),
+                early_read: 0,
+                deferred: None,
+            },
             header: if config.proxy_protocol {
                 Header::Awaited(Vec::new())
             } else {
                 Header::None
             },
-            early: Vec::new(),
-            early_read: 0,
-            deferred: None,
             #[cfg(feature = "tls")]
             tls: match &config.tls {
                 Some(tls) => Some(Box::new(Tls::new(tls)?)),
@@ -81,7 +89,7 @@ impl Wire {
         loop {
             match proxy::parse(got) {
                 Ok(Parsed::Complete { header, len }) => {
-                    self.early = got.split_off(len);
+                    self.beneath.early = got.split_off(len);
                     self.header = Header::Received(header);
                     return Ok(());
                 }
@@ -95,7 +103,7 @@ impl Wire {
             }
             let mut chunk = [0u8; 256];
             let want = (MAX_HEADER - got.len()).clamp(1, chunk.len());
-            match self.stream.read(&mut chunk[..want]) {
+            match self.beneath.stream.read(&mut chunk[..want]) {
                 Ok(0) if got.is_empty() => {
                     // A probe (a proxy's health check) that connected and left.
                     return Err(io::ErrorKind::UnexpectedEof.into());
@@ -110,19 +118,6 @@ impl Wire {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Whether the preamble is over: the PROXY header (if expected) arrived and the TLS
-    /// handshake (if any) is done.
-    pub fn is_established(&self) -> bool {
-        if let Header::Awaited(_) = self.header {
-            return false;
-        }
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &self.tls {
-            return !tls.is_handshaking();
-        }
-        true
     }
 
     /// What the preamble taught about the connection, applied to `ctx` (once): the client
@@ -141,36 +136,6 @@ impl Wire {
             unreachable!("applied before the header arrived");
         }
     }
-
-    /// The socket with the bytes that came after the PROXY header in front.
-    fn inner(&mut self) -> Inner<'_> {
-        Inner {
-            early: &mut self.early,
-            early_read: &mut self.early_read,
-            deferred: &mut self.deferred,
-            stream: &mut self.stream,
-        }
-    }
-
-    /// Whether output waits in the wire (encrypted records, our FIN after them).
-    pub fn holds_output(&self) -> bool {
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &self.tls {
-            return tls.holds_output();
-        }
-        false
-    }
-
-    /// Sends what the wire holds. Errors: WouldBlock when the socket is full.
-    pub fn flush_held(&mut self) -> io::Result<()> {
-        #[cfg(feature = "tls")]
-        if let Some(mut tls) = self.tls.take() {
-            let result = tls.flush(&mut self.inner());
-            self.tls = Some(tls);
-            return result;
-        }
-        Ok(())
-    }
 }
 
 impl Read for Wire {
@@ -181,24 +146,20 @@ impl Read for Wire {
             Err(e) => return Err(e),
         }
         #[cfg(feature = "tls")]
-        if let Some(mut tls) = self.tls.take() {
-            let result = tls.read(&mut self.inner(), buf);
-            self.tls = Some(tls);
-            return result;
+        if let Some(tls) = self.tls.as_deref_mut() {
+            return tls.read(&mut self.beneath, buf);
         }
-        self.inner().read(buf)
+        self.beneath.read(buf)
     }
 }
 
 impl Write for Wire {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         #[cfg(feature = "tls")]
-        if let Some(mut tls) = self.tls.take() {
-            let result = tls.write(&mut self.inner(), buf);
-            self.tls = Some(tls);
-            return result;
+        if let Some(tls) = self.tls.as_deref_mut() {
+            return tls.write(&mut self.beneath, buf);
         }
-        self.stream.write(buf)
+        self.beneath.stream.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -209,20 +170,32 @@ impl Write for Wire {
 impl Transport for Wire {
     fn shutdown_write(&mut self) -> io::Result<()> {
         #[cfg(feature = "tls")]
-        if let Some(mut tls) = self.tls.take() {
-            let result = tls.shutdown_write(&mut self.inner());
-            self.tls = Some(tls);
-            return result;
+        if let Some(tls) = self.tls.as_deref_mut() {
+            return tls.shutdown_write(&mut self.beneath);
         }
-        self.stream.shutdown_write()
+        self.beneath.stream.shutdown_write()
     }
 
+    /// Over once the PROXY header (if expected) arrived and the TLS handshake (if any) is
+    /// done.
     fn is_established(&self) -> bool {
-        Wire::is_established(self)
+        if let Header::Awaited(_) = self.header {
+            return false;
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return !tls.is_handshaking();
+        }
+        true
     }
 
+    /// Encrypted records, and our FIN after them.
     fn holds_output(&self) -> bool {
-        Wire::holds_output(self)
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return tls.holds_output();
+        }
+        false
     }
 
     fn read_pending(&self) -> bool {
@@ -234,7 +207,11 @@ impl Transport for Wire {
     }
 
     fn flush_held(&mut self) -> io::Result<()> {
-        Wire::flush_held(self)
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_deref_mut() {
+            return tls.flush(&mut self.beneath);
+        }
+        Ok(())
     }
 
     fn apply_to(&mut self, ctx: &mut Context) {
@@ -243,9 +220,8 @@ impl Transport for Wire {
 
     fn before_close(&mut self) {
         #[cfg(feature = "tls")]
-        if let Some(mut tls) = self.tls.take() {
-            tls.close_notify(&mut self.inner());
-            self.tls = Some(tls);
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.close_notify(&mut self.beneath);
         }
     }
 }
@@ -257,7 +233,7 @@ impl Source for Wire {
         token: Token,
         interest: Interest,
     ) -> io::Result<()> {
-        self.stream.register(registry, token, interest)
+        self.beneath.stream.register(registry, token, interest)
     }
 
     fn reregister(
@@ -266,31 +242,23 @@ impl Source for Wire {
         token: Token,
         interest: Interest,
     ) -> io::Result<()> {
-        self.stream.reregister(registry, token, interest)
+        self.beneath.stream.reregister(registry, token, interest)
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        self.stream.deregister(registry)
+        self.beneath.stream.deregister(registry)
     }
 }
 
-/// The socket, with the bytes read past the PROXY header served first.
-struct Inner<'a> {
-    early: &'a mut Vec<u8>,
-    early_read: &'a mut usize,
-    deferred: &'a mut Option<io::Error>,
-    stream: &'a mut Stream,
-}
-
-impl Read for Inner<'_> {
+impl Read for Beneath {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if *self.early_read < self.early.len() {
-            let n = (self.early.len() - *self.early_read).min(buf.len());
-            buf[..n].copy_from_slice(&self.early[*self.early_read..*self.early_read + n]);
-            *self.early_read += n;
-            if *self.early_read == self.early.len() {
-                *self.early = Vec::new();
-                *self.early_read = 0;
+        if self.early_read < self.early.len() {
+            let n = (self.early.len() - self.early_read).min(buf.len());
+            buf[..n].copy_from_slice(&self.early[self.early_read..self.early_read + n]);
+            self.early_read += n;
+            if self.early_read == self.early.len() {
+                self.early = Vec::new();
+                self.early_read = 0;
             }
             if n == buf.len() {
                 return Ok(n);
@@ -301,7 +269,7 @@ impl Read for Inner<'_> {
                 Ok(more) => Ok(n + more),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
                 Err(e) => {
-                    *self.deferred = Some(e);
+                    self.deferred = Some(e);
                     Ok(n)
                 }
             };
@@ -313,7 +281,7 @@ impl Read for Inner<'_> {
     }
 }
 
-impl Write for Inner<'_> {
+impl Write for Beneath {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.stream.write(buf)
     }
@@ -327,7 +295,7 @@ impl Write for Inner<'_> {
     }
 }
 
-impl Transport for Inner<'_> {
+impl Transport for Beneath {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.stream.shutdown_write()
     }
