@@ -3,6 +3,7 @@
 //! through mio and socket2.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 
 /// Starts a named thread; the server starts every thread through one of these, so a test
@@ -80,10 +81,21 @@ pub(crate) fn set_batch_scheduling() -> io::Result<()> {
 /// [`set_batch_scheduling`] for a server thread; a failure is logged once per process and
 /// otherwise ignored (the thread runs under the default policy).
 pub(crate) fn prefer_batch_scheduling() {
-    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if let Err(e) = set_batch_scheduling() {
-        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            log::warn!("cannot put server threads under SCHED_BATCH: {e}");
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    warn_once(
+        &WARNED,
+        "cannot put server threads under SCHED_BATCH",
+        set_batch_scheduling(),
+    );
+}
+
+/// Logs `result`'s error, the first time `warned` sees one: a per-thread setting that fails
+/// fails on every thread, and one line says it.
+fn warn_once(warned: &AtomicBool, what: &str, result: io::Result<()>) {
+    if let Err(e) = result {
+        // Relaxed: the flag only keeps the line from repeating; it orders no other memory.
+        if !warned.swap(true, Ordering::Relaxed) {
+            log::warn!("{what}: {e}");
         }
     }
 }
@@ -157,7 +169,6 @@ const SD_LISTEN_FDS_START: i32 = 3;
 #[cfg(unix)]
 pub(crate) fn take_listen_fd() -> io::Result<Option<std::os::fd::OwnedFd>> {
     use std::os::fd::{BorrowedFd, FromRawFd};
-    use std::sync::atomic::{AtomicBool, Ordering};
     static TAKEN: AtomicBool = AtomicBool::new(false);
 
     let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
@@ -242,12 +253,12 @@ pub(crate) fn set_timer_slack(slack: std::time::Duration) -> io::Result<()> {
 /// [`set_timer_slack`] for a worker thread; a failure is logged once per process and
 /// otherwise ignored.
 pub(crate) fn prefer_timer_slack(slack: std::time::Duration) {
-    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if let Err(e) = set_timer_slack(slack) {
-        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            log::warn!("cannot set the workers' timer slack: {e}");
-        }
-    }
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    warn_once(
+        &WARNED,
+        "cannot set the workers' timer slack",
+        set_timer_slack(slack),
+    );
 }
 
 /// The largest listen backlog the system honours (Linux: `/proc/sys/net/core/somaxconn`,
