@@ -247,7 +247,8 @@ impl Builder {
     }
 
     /// Handler calls running this long or longer are logged and counted (never killed).
-    /// Default: 1 s.
+    /// Default: 1 s. `Duration::MAX` turns the check off, and the workers then never read
+    /// the clock around a call.
     pub fn slow_handler_threshold(mut self, threshold: Duration) -> Self {
         self.slow_handler = threshold;
         self

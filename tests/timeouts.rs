@@ -241,6 +241,39 @@ fn a_peer_that_stops_reading_is_closed_at_the_write_stall_timeout() {
     server.shutdown();
 }
 
+/// The workers read the clock once between two calls of a batch (one call's end is the
+/// next one's start): the fast call after a slow one in the same pipelined batch is not
+/// counted as slow too.
+#[test]
+fn in_a_pipelined_batch_only_the_slow_call_is_counted() {
+    common::init_logging();
+    let threshold = Duration::from_millis(300);
+    let slow = Duration::from_millis(600);
+    let server = Builder::bind("127.0.0.1:0")
+        .workers(1)
+        .slow_handler_threshold(threshold)
+        .thread_name("to-slowb")
+        .start(
+            LineCodec::new(),
+            handler_fn(move |line: Vec<u8>, _ctx: &Context| {
+                if line == b"slow" {
+                    thread::sleep(slow);
+                }
+                line
+            }),
+        )
+        .expect("start the server");
+    let mut client = connect(server.local_addr());
+    round_trip(&mut client, b"fast 1\n", b"fast 1\n");
+    // Nothing is in flight: the three arrive in one segment and run as one batch.
+    send(&mut client, b"slow\nfast 2\nfast 3\n");
+    assert_eq!(read_exactly(&mut client, 19), b"slow\nfast 2\nfast 3\n");
+    let stats = wait_for_stats(&server, "the slow call counted", |s| s.slow_handlers >= 1);
+    assert_eq!(stats.slow_handlers, 1, "{stats:#?}");
+    drop(client);
+    server.shutdown();
+}
+
 #[test]
 fn a_slow_handler_is_counted_and_its_reply_still_arrives() {
     common::init_logging();
