@@ -42,6 +42,8 @@
 
 use std::process::ExitCode;
 
+#[path = "support/allocator.rs"]
+mod allocator;
 #[path = "support/kv_store.rs"]
 mod kv_store;
 #[path = "support/protocol_main.rs"]

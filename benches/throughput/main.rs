@@ -15,6 +15,9 @@
 //! **Processes.** The same binary is the server: the bench re-executes itself with the
 //! hidden `--serve KIND ...` arguments (`servers.rs`), so each server's CPU time, memory,
 //! threads and descriptors are its own; the parent reads them from /proc (`runner.rs`).
+//! Every server process this binary runs allocates with mimalloc, as the examples do
+//! (`examples/support/allocator.rs` says why); the example binaries (kv_server, http_hello,
+//! and echo_server as the README starts it) are built and run as they are.
 //!
 //! **Thread budget** (`--threads`, default 2 for a 2-core machine): tokio gets that many
 //! worker threads, which do all its socket I/O; reactor-pool gets as many reactor threads
@@ -89,6 +92,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use loadgen::LoadConfig;
 use report::{Outcome, Report, Scenario, Settings};
 use servers::{Kind, ServeArgs};
+
+/// The allocator of every server this binary runs (tokio's too), as in the examples.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Workers (reactor-pool) and blocking threads (tokio) in the blocking workload.
 const BLOCKING_WORKERS: usize = 64;
@@ -235,9 +242,6 @@ fn parse_options(mut args: pico_args::Arguments) -> Result<Options, String> {
 }
 
 fn serve_mode(kind: &str, mut args: pico_args::Arguments) -> Result<(), String> {
-    if matches!(kind, "kv" | "http") {
-        return protocols::serve(kind, args);
-    }
     let e = |e: pico_args::Error| e.to_string();
     let kind = Kind::parse(kind).ok_or_else(|| format!("unknown server kind {kind:?}"))?;
     let addr: SocketAddr = args.value_from_str("--addr").map_err(e)?;
@@ -390,12 +394,6 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
         })
         .filter(|(_, kinds)| !kinds.is_empty())
         .collect();
-    if plan
-        .iter()
-        .any(|(_, kinds)| kinds.contains(&Kind::EchoExample))
-    {
-        runner::build_echo_example().map_err(|e| e.to_string())?;
-    }
     let proto_plan: Vec<(protocols::ProtoScenario, Vec<&'static str>)> =
         protocols::matrix(opts.quick, opts.duration.as_secs_f64().round() as u64)
             .into_iter()
@@ -428,6 +426,24 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
     }
     if plan.is_empty() && proto_plan.is_empty() {
         return Err(format!("no scenario matches {:?}; see --list", opts.filter));
+    }
+    // The example binaries this run starts, built once before the first run.
+    let mut examples: Vec<&str> = Vec::new();
+    if plan
+        .iter()
+        .any(|(_, kinds)| kinds.contains(&Kind::EchoExample))
+    {
+        examples.push("echo_server");
+    }
+    for (_, servers) in &proto_plan {
+        for server in servers {
+            if protocols::is_example(server) && !examples.contains(server) {
+                examples.push(server);
+            }
+        }
+    }
+    if !examples.is_empty() {
+        runner::build_examples(&examples).map_err(|e| e.to_string())?;
     }
     let total: usize = plan.iter().map(|(_, k)| k.len() * opts.runs).sum();
     let proto_total: usize = proto_plan.iter().map(|(_, s)| s.len()).sum();

@@ -12,9 +12,10 @@
 //! redis-server executes commands on one thread (`--io-threads 1`: no I/O threads either).
 //! The load tools run on the same cores as the servers.
 //!
-//! The example servers run in a child of this bench binary (`--serve kv`, `--serve http`),
-//! which includes their sources ([`kv_example`], [`http_example`]): `cargo bench` does not
-//! build examples. redis-server and nginx run with configurations bound to 127.0.0.1 on a
+//! The example servers run as the example binaries the README starts (built by this bench
+//! with `cargo build --release --example ...`, since `cargo bench` does not build examples),
+//! with their own allocator (mimalloc, `examples/support/allocator.rs`; redis-server uses
+//! jemalloc) and their default logging, on a free port. redis-server and nginx run with configurations bound to 127.0.0.1 on a
 //! free port, in a directory under the bench output directory, and are stopped (SIGTERM, then
 //! SIGKILL after 5 s) when their run ends, whatever happened. A missing tool or peer is
 //! skipped with a `skipped: X not installed` line.
@@ -31,18 +32,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::runner::{self, ServerProcess};
-
-// main() and its signal handling (`support/protocol_main.rs`, `support/shutdown.rs`) are
-// the examples' own: unused here.
-#[allow(dead_code, clippy::duplicate_mod)]
-#[path = "../../examples/kv_server.rs"]
-mod kv_example;
-
-// main() and its signal handling (`support/protocol_main.rs`, `support/shutdown.rs`) are
-// the examples' own: unused here.
-#[allow(dead_code, clippy::duplicate_mod)]
-#[path = "../../examples/http_hello.rs"]
-mod http_example;
 
 /// redis-benchmark's tests, in the order it runs them with `-t ping,set,get,incr`.
 pub const RESP_TESTS: [&str; 5] = ["PING_INLINE", "PING_MBULK", "SET", "GET", "INCR"];
@@ -192,34 +181,15 @@ fn program(name: &str) -> PathBuf {
     find_program(name).unwrap_or_else(|| name.into())
 }
 
-/// The child's main for `--serve kv` and `--serve http`: starts the example server, prints its
-/// address, serves until stdin closes, SIGTERM or `--max-lifetime`.
-pub fn serve(kind: &str, mut args: pico_args::Arguments) -> Result<(), String> {
-    let e = |e: pico_args::Error| e.to_string();
-    let addr: SocketAddr = args.value_from_str("--addr").map_err(e)?;
-    let reactors: usize = args.value_from_str("--reactors").map_err(e)?;
-    let workers: usize = args.value_from_str("--workers").map_err(e)?;
-    let max_lifetime = Duration::from_secs(args.value_from_str("--max-lifetime").map_err(e)?);
-    crate::reject_leftovers(args)?;
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = env_logger::try_init();
-    }
-    crate::raise_fd_limit();
-    let started = match kind {
-        "kv" => kv_example::start(addr, Some(workers), Some(reactors)),
-        "http" => http_example::start(addr, Some(workers), Some(reactors)),
-        _ => return Err(format!("unknown server kind {kind:?}")),
-    };
-    let server = started.map_err(|e| format!("{kind} server: {e}"))?;
-    crate::servers::announce_and_wait(server.local_addr(), max_lifetime)
-        .map_err(|e| format!("{kind} server: {e}"))?;
-    // Nothing to clean up: the OS closes every socket.
-    std::process::exit(0)
+/// Whether `server` is one of this crate's examples (run as its own binary, as the README
+/// starts it), not a peer installed on the machine.
+pub fn is_example(server: &str) -> bool {
+    matches!(server, "kv_server" | "http_hello")
 }
 
 /// A running server under test, stopped when dropped (also on error paths).
 enum Running {
-    /// This binary's `--serve kv|http` child.
+    /// An example binary (kv_server, http_hello).
     Own(Option<ServerProcess>),
     /// redis-server or nginx.
     Peer(Child),
@@ -306,32 +276,19 @@ fn spawn_peer(mut command: Command, dir: &Path, addr: SocketAddr) -> io::Result<
 }
 
 fn start_server(
-    scenario: &ProtoScenario,
     server: &str,
     settings: &ProtoSettings,
     dir: &Path,
-    max_lifetime: Duration,
 ) -> io::Result<(Running, SocketAddr)> {
     match server {
         "kv_server" | "http_hello" => {
-            let kind = if scenario.proto == Proto::Resp {
-                "kv"
-            } else {
-                "http"
-            };
             let args = [
-                "--serve",
-                kind,
-                "--addr",
-                "127.0.0.1:0",
-                "--reactors",
-                &settings.reactors.to_string(),
-                "--workers",
-                &settings.workers.to_string(),
-                "--max-lifetime",
-                &max_lifetime.as_secs().to_string(),
+                "--reactors".to_string(),
+                settings.reactors.to_string(),
+                "--workers".to_string(),
+                settings.workers.to_string(),
             ];
-            let process = ServerProcess::spawn_with(args.map(String::from).to_vec())?;
+            let process = ServerProcess::spawn_example(server, &args)?;
             let addr = process.addr;
             Ok((Running::Own(Some(process)), addr))
         }
@@ -569,8 +526,8 @@ fn run_one(
     let result = (|| -> Result<Vec<ToolResult>, String> {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let (running, addr) = start_server(scenario, server, settings, &dir, timeout * 2)
-            .map_err(|e| format!("{server}: {e}"))?;
+        let (running, addr) =
+            start_server(server, settings, &dir).map_err(|e| format!("{server}: {e}"))?;
         let args = tool_args(scenario, addr);
         command = format!("{} {}", scenario.tool(), args.join(" "));
         let ran = run_tool(scenario.tool(), &args, &dir, timeout);

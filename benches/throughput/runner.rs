@@ -87,13 +87,20 @@ impl ServerProcess {
         ServerProcess::spawn_with(args.to_args())
     }
 
-    /// Starts target/<profile>/examples/echo_server as the README does, but on a free port
-    /// (`--addr 127.0.0.1:0`), and takes its address from its "listening on" log line. Its
-    /// log (info, a line per connection) is read and discarded, as a terminal would show it.
+    /// Starts target/<profile>/examples/echo_server as the README does, but on a free port.
     pub fn spawn_echo_example() -> io::Result<ServerProcess> {
-        let path = echo_example_path()?;
+        ServerProcess::spawn_example("echo_server", &[])
+    }
+
+    /// Starts the example binary target/<profile>/examples/`name` with `args`, on a free
+    /// port (`--addr 127.0.0.1:0`), and takes its address from its "listening on" log line
+    /// (after a `scheme://`, if any). Its log (info unless `RUST_LOG` says otherwise, as a
+    /// terminal would show it) is read and discarded.
+    pub fn spawn_example(name: &str, args: &[String]) -> io::Result<ServerProcess> {
+        let path = example_path(name)?;
         let mut child = Command::new(&path)
             .args(["--addr", "127.0.0.1:0"])
+            .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -109,7 +116,8 @@ impl ServerProcess {
                 if !announced {
                     if let Some((_, rest)) = line.split_once("listening on ") {
                         let word = rest.split_whitespace().next().unwrap_or_default();
-                        let _ = tx.send(word.to_string());
+                        let addr = word.split_once("://").map_or(word, |(_, addr)| addr);
+                        let _ = tx.send(addr.to_string());
                         announced = true;
                     }
                 }
@@ -118,7 +126,7 @@ impl ServerProcess {
         });
         let word = match rx.recv_timeout(STARTUP_TIMEOUT) {
             Ok(word) => word,
-            Err(_) => return Err(fail_spawn(child, "echo_server printed no address".into())),
+            Err(_) => return Err(fail_spawn(child, format!("{name} printed no address"))),
         };
         match word.parse() {
             Ok(addr) => Ok(ServerProcess {
@@ -212,28 +220,35 @@ impl ServerProcess {
     }
 }
 
-/// target/<profile>/examples/echo_server, beside this bench's target/<profile>/deps/.
-pub fn echo_example_path() -> io::Result<std::path::PathBuf> {
+/// target/<profile>/examples/`name`, beside this bench's target/<profile>/deps/.
+pub fn example_path(name: &str) -> io::Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .ok_or_else(|| io::Error::other("bench binary not in target/<profile>/deps"))?;
-    Ok(dir.join("examples").join("echo_server"))
+    Ok(dir.join("examples").join(name))
 }
 
-/// Builds the echo_server example in release mode (`cargo bench` does not build examples),
-/// with the cargo that runs this bench.
-pub fn build_echo_example() -> io::Result<()> {
+/// Builds the example binaries `names` in release mode (`cargo bench` does not build
+/// examples), with the cargo that runs this bench and the features it was built with.
+pub fn build_examples(names: &[&str]) -> io::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--example", "echo_server"])
-        .status()?;
+    let mut command = Command::new(cargo);
+    command.args(["build", "--release"]);
+    for name in names {
+        command.args(["--example", name]);
+    }
+    if cfg!(feature = "tls") {
+        command.args(["--features", "tls"]);
+    }
+    let status = command.status()?;
     if status.success() {
         Ok(())
     } else {
         Err(io::Error::other(format!(
-            "cargo build --release --example echo_server: {status}"
+            "cargo build --release --example {}: {status}",
+            names.join(" --example ")
         )))
     }
 }
