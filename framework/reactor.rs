@@ -251,11 +251,16 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
                 });
             }
             self.drain_inbox();
-            for key in std::mem::take(&mut self.revisit) {
+            let mut revisit = std::mem::take(&mut self.revisit);
+            for key in revisit.drain(..) {
                 if let Some(entry) = live_entry(&mut self.slots, key) {
                     entry.revisit_listed = false;
                 }
                 self.with_conn(key, |conn, env| conn.drive(env));
+            }
+            // Back with its capacity, as in `drain_inbox`.
+            if self.revisit.is_empty() {
+                self.revisit = revisit;
             }
             self.retry_stalled();
             self.fire_timers();
@@ -320,8 +325,14 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
                 Inbound::Shutdown { deadline } => self.begin_shutdown(deadline),
             }
         }
-        for key in std::mem::take(&mut self.replied) {
+        let mut replied = std::mem::take(&mut self.replied);
+        for key in replied.drain(..) {
             self.with_conn(key, |conn, env| conn.drive(env));
+        }
+        // The emptied list goes back with its capacity: a list taken for good made the next
+        // reply allocate it again (a malloc and a realloc per drain).
+        if self.replied.is_empty() {
+            self.replied = replied;
         }
         any
     }
