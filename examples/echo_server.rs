@@ -22,8 +22,6 @@ use std::time::Duration;
 use reactor_pool::{handler_fn, Context, RawCodec};
 use shutdown::OnSignal;
 
-#[path = "support/allocator.rs"]
-mod allocator;
 #[path = "support/shutdown.rs"]
 mod shutdown;
 #[path = "support/transport.rs"]

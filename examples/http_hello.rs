@@ -23,8 +23,6 @@
 use std::collections::VecDeque;
 use std::process::ExitCode;
 
-#[path = "support/allocator.rs"]
-mod allocator;
 #[path = "support/protocol_main.rs"]
 mod protocol_main;
 #[path = "support/shutdown.rs"]

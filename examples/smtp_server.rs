@@ -36,8 +36,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-#[path = "support/allocator.rs"]
-mod allocator;
 #[path = "support/shutdown.rs"]
 mod shutdown;
 #[path = "support/smtp_codec.rs"]

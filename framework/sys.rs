@@ -1,6 +1,8 @@
 //! Every platform-specific fact the library depends on, in one place, and the library's only
-//! `unsafe` code (one system call that no well-kept crate wraps on its own). Sockets go
-//! through mio and socket2.
+//! `unsafe` code, each block with its contract: the calls no well-kept crate wraps on their
+//! own (`sched_setscheduler`, `getsockopt(SO_PEERCRED)`, `prctl(PR_SET_TIMERSLACK)`) and the
+//! adoption of the listening socket systemd passes (`fcntl(F_GETFD)`, a borrowed then an
+//! owned descriptor 3). Sockets go through mio and socket2.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};

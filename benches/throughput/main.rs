@@ -15,9 +15,8 @@
 //! **Processes.** The same binary is the server: the bench re-executes itself with the
 //! hidden `--serve KIND ...` arguments (`servers.rs`), so each server's CPU time, memory,
 //! threads and descriptors are its own; the parent reads them from /proc (`runner.rs`).
-//! Every server process this binary runs allocates with mimalloc, as the examples do
-//! (`examples/support/allocator.rs` says why); the example binaries (kv_server, http_hello,
-//! and echo_server as the README starts it) are built and run as they are.
+//! The example binaries (kv_server, http_hello, and echo_server as the README starts it)
+//! are built and run as they are, with their own allocators.
 //!
 //! **Thread budget** (`--threads`, default 2 for a 2-core machine): tokio gets that many
 //! worker threads, which do all its socket I/O; reactor-pool gets as many reactor threads
@@ -92,10 +91,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use loadgen::LoadConfig;
 use report::{Outcome, Report, Scenario, Settings};
 use servers::{Kind, ServeArgs};
-
-/// The allocator of every server this binary runs (tokio's too), as in the examples.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Workers (reactor-pool) and blocking threads (tokio) in the blocking workload.
 const BLOCKING_WORKERS: usize = 64;

@@ -14,8 +14,8 @@
 //!
 //! The example servers run as the example binaries the README starts (built by this bench
 //! with `cargo build --release --example ...`, since `cargo bench` does not build examples),
-//! with their own allocator (mimalloc, `examples/support/allocator.rs`; redis-server uses
-//! jemalloc) and their default logging, on a free port. redis-server and nginx run with configurations bound to 127.0.0.1 on a
+//! with their own allocator (kv_server: mimalloc, `examples/support/allocator.rs`, as
+//! redis-server has jemalloc) and their default logging, on a free port. redis-server and nginx run with configurations bound to 127.0.0.1 on a
 //! free port, in a directory under the bench output directory, and are stopped (SIGTERM, then
 //! SIGKILL after 5 s) when their run ends, whatever happened. A missing tool or peer is
 //! skipped with a `skipped: X not installed` line.
