@@ -776,8 +776,8 @@ pub fn markdown(
     let _ = writeln!(
         md,
         "\n## Protocols: the example servers against redis-server and nginx\n\n\
-         One run per server. kv_server and http_hello (the examples, run from this bench \
-         binary) have {r} reactor(s) and {w} workers; redis-server executes commands on one \
+         One run per server. kv_server and http_hello (the example binaries, built by this \
+         bench and run as the README starts them) have {r} reactor(s) and {w} workers; redis-server executes commands on one \
          thread and is started with `--io-threads 1`; nginx has `worker_processes {t};`. \
          The load tools share the machine's cores with the servers. Each server was started \
          fresh on 127.0.0.1 for its run.\n",
