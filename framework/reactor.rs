@@ -101,6 +101,16 @@ struct Slot<C: Codec, S> {
     entry: Option<Entry<C, S>>,
 }
 
+/// Puts a list taken out for a pass back in its place, emptied, so its capacity serves the
+/// next pass: a list taken for good made the next push allocate it again (a malloc and a
+/// realloc per drain of the inbox). Items listed anew during the pass are kept instead.
+fn give_back<T>(place: &mut Vec<T>, mut emptied: Vec<T>) {
+    if place.is_empty() {
+        emptied.clear();
+        *place = emptied;
+    }
+}
+
 /// The connection `key` names, if it is still open: same slot, same generation.
 fn live_entry<C: Codec, S>(slots: &mut [Slot<C, S>], key: ConnKey) -> Option<&mut Entry<C, S>> {
     slots
@@ -258,10 +268,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
                 }
                 self.with_conn(key, |conn, env| conn.drive(env));
             }
-            // Back with its capacity, as in `drain_inbox`.
-            if self.revisit.is_empty() {
-                self.revisit = revisit;
-            }
+            give_back(&mut self.revisit, revisit);
             self.retry_stalled();
             self.fire_timers();
             self.queue_closes();
@@ -329,11 +336,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
         for key in replied.drain(..) {
             self.with_conn(key, |conn, env| conn.drive(env));
         }
-        // The emptied list goes back with its capacity: a list taken for good made the next
-        // reply allocate it again (a malloc and a realloc per drain).
-        if self.replied.is_empty() {
-            self.replied = replied;
-        }
+        give_back(&mut self.replied, replied);
         any
     }
 
