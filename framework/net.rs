@@ -102,6 +102,16 @@ impl Transport for Stream {
     }
 }
 
+impl Stream {
+    /// The mio socket underneath, whichever kind it is.
+    fn source(&mut self) -> &mut dyn Source {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Unix(s) => s,
+        }
+    }
+}
+
 impl Source for Stream {
     fn register(
         &mut self,
@@ -109,10 +119,7 @@ impl Source for Stream {
         token: Token,
         interest: Interest,
     ) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.register(registry, token, interest),
-            Stream::Unix(s) => s.register(registry, token, interest),
-        }
+        self.source().register(registry, token, interest)
     }
 
     fn reregister(
@@ -121,17 +128,11 @@ impl Source for Stream {
         token: Token,
         interest: Interest,
     ) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.reregister(registry, token, interest),
-            Stream::Unix(s) => s.reregister(registry, token, interest),
-        }
+        self.source().reregister(registry, token, interest)
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.deregister(registry),
-            Stream::Unix(s) => s.deregister(registry),
-        }
+        self.source().deregister(registry)
     }
 }
 
@@ -335,6 +336,16 @@ impl Listener {
     }
 }
 
+impl Listener {
+    /// The mio listener underneath, whichever kind it is.
+    fn source(&mut self) -> &mut dyn Source {
+        match &mut self.socket {
+            ListenSocket::Tcp(l) => l,
+            ListenSocket::Unix { listener, .. } => listener,
+        }
+    }
+}
+
 impl Source for Listener {
     fn register(
         &mut self,
@@ -342,10 +353,7 @@ impl Source for Listener {
         token: Token,
         interest: Interest,
     ) -> io::Result<()> {
-        match &mut self.socket {
-            ListenSocket::Tcp(l) => l.register(registry, token, interest),
-            ListenSocket::Unix { listener, .. } => listener.register(registry, token, interest),
-        }
+        self.source().register(registry, token, interest)
     }
 
     fn reregister(
@@ -354,17 +362,11 @@ impl Source for Listener {
         token: Token,
         interest: Interest,
     ) -> io::Result<()> {
-        match &mut self.socket {
-            ListenSocket::Tcp(l) => l.reregister(registry, token, interest),
-            ListenSocket::Unix { listener, .. } => listener.reregister(registry, token, interest),
-        }
+        self.source().reregister(registry, token, interest)
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        match &mut self.socket {
-            ListenSocket::Tcp(l) => l.deregister(registry),
-            ListenSocket::Unix { listener, .. } => listener.deregister(registry),
-        }
+        self.source().deregister(registry)
     }
 }
 
