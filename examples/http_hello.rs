@@ -13,7 +13,9 @@
 //! Routes: `GET /` (and `HEAD /`) → 200 `Hello, world!`; `POST /echo` → 200 with the request
 //! body; any other path → 404; any other method → 405. A malformed request → 400, headers
 //! over the limit → 431, a body over the limit → 413, chunked bodies → 501; each is followed
-//! by a clean close.
+//! by a clean close. A request with `Connection: close` (or HTTP/1.0 without keep-alive)
+//! gets its reply and then a clean close, and nothing the client pipelined after it is run
+//! (RFC 9112 §9.6; the codec says so in `Codec::closes_after`, before the handler runs).
 //!
 //! A body's length must be unambiguous (RFC 9112 section 6.3), or the request gets a 400 and
 //! the close: Content-Length values (repeated headers, or a list in one) that differ, one that
@@ -45,6 +47,9 @@ struct Request {
     method: String,
     path: String,
     body: Vec<u8>,
+    /// The connection's last request (`Connection: close`, or HTTP/1.0 without
+    /// keep-alive): RFC 9112 §9.6, nothing the client sent after it is processed.
+    close: bool,
 }
 
 /// What the handler answers.
@@ -209,6 +214,7 @@ impl Codec for HttpCodec {
             method,
             path: parsed.path.unwrap_or_default().to_string(),
             body: body.to_vec(),
+            close,
         };
         Ok(Some((request, head_len + body_len)))
     }
@@ -241,6 +247,12 @@ impl Codec for HttpCodec {
         } else {
             AfterReply::KeepOpen
         }
+    }
+
+    /// Decided before the handler runs, so a request pipelined after `Connection: close`
+    /// is never run.
+    fn closes_after(&self, request: &Request) -> bool {
+        request.close
     }
 
     fn error_reply(&mut self, error: &DecodeError, out: &mut Vec<u8>) {

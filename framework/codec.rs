@@ -58,8 +58,11 @@ pub enum AfterReply {
     /// Keep reading requests (the usual case).
     KeepOpen,
     /// This was the last reply: write it and everything before it, then close the connection
-    /// cleanly (for example HTTP's `Connection: close`). Requests decoded after this one are
-    /// dropped without a reply.
+    /// cleanly. Requests after this one get no reply, and those not yet handed to the
+    /// handler are not run; but the connection decodes ahead, so requests after it may
+    /// already have run by the time this reply is encoded. When the request alone tells
+    /// that it is the last (HTTP's `Connection: close`, a `QUIT`), say so in
+    /// [`Codec::closes_after`] instead: then nothing after it ever runs.
     Close,
 }
 
@@ -120,13 +123,59 @@ pub trait Codec: Clone + Send + 'static {
 
     /// Whether decoding stops after `request` until its replies have been encoded, so that
     /// the bytes after it are decoded in whatever mode encoding that reply switched the
-    /// codec to (SMTP's `DATA`, HTTP's `Upgrade`, `STARTTLS`). The reactor still reads
-    /// ahead; it only holds the bytes.
+    /// codec to (SMTP's `DATA`, HTTP's `Upgrade`, `STARTTLS`). Until then the connection
+    /// reads no further: bytes already read wait undecoded in its buffer, the rest in the
+    /// kernel's.
     ///
     /// The default is `false`.
     fn holds_decoding(&self, request: &Self::Request) -> bool {
         let _ = request;
         false
+    }
+
+    /// Whether `request` is the connection's last (HTTP/1.1's `Connection: close`, an
+    /// HTTP/1.0 request without keep-alive, a protocol's `QUIT`): asked as soon as it is
+    /// decoded, before it is handed to the handler. When `true`, nothing after it is decoded
+    /// or run (the input after it is discarded), its replies and every earlier one are
+    /// written, and the connection closes cleanly ([`CloseReason::Requested`]).
+    ///
+    /// The default is `false`.
+    ///
+    /// [`CloseReason::Requested`]: crate::CloseReason::Requested
+    fn closes_after(&self, request: &Self::Request) -> bool {
+        let _ = request;
+        false
+    }
+
+    /// How many bytes at the front of `input` to drop before decoding, without producing a
+    /// request: the rest of a message the codec has decided to refuse after it started
+    /// (memcached's over-limit data block, an SMTP message over its size limit), consumed as
+    /// it arrives instead of buffered whole. Asked before every [`decode`](Codec::decode),
+    /// and again when `decode` returns `Ok(None)` (so `decode` may decide to skip what it
+    /// was given); skipped bytes are consumed and the codec is asked again, so it may skip a
+    /// little at a time. Skipped bytes reach neither the handler nor the pool. A codec that skips must
+    /// itself bound how long it does (the connection's partial-frame timeout does not run
+    /// while bytes are being consumed).
+    ///
+    /// Returns at most `input.len()` (more is a contract violation, handled as
+    /// [`DecodeError::Invalid`]). The default is `0`.
+    fn skip(&mut self, input: &[u8]) -> usize {
+        let _ = input;
+        0
+    }
+
+    /// The peer ended its input (FIN) with `input` left over that
+    /// [`decode`](Codec::decode) could not make a request of: the start of a frame cut short.
+    /// Return a request to serve it anyway (a last line without its newline), an error to
+    /// answer it with [`error_reply`](Codec::error_reply) before the close (or, for
+    /// [`DecodeError::Refused`], to answer it and go on), or `Ok(None)` to drop it. Asked
+    /// again while it returns requests and input is left. Every reply owed is written
+    /// whatever it returns.
+    ///
+    /// The default drops the bytes (`Ok(None)`; logged at debug level).
+    fn decode_eof(&mut self, input: &[u8]) -> Result<Option<Decoded<Self::Request>>, DecodeError> {
+        let _ = input;
+        Ok(None)
     }
 }
 

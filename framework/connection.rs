@@ -17,7 +17,7 @@ use crate::buffer::Buffer;
 use crate::clock;
 use crate::codec::{Codec, Farewell};
 use crate::handler::{CloseReason, Context};
-use crate::message::{ConnKey, Dispatch, Dispatched, Done};
+use crate::message::{Answer, ConnKey, Dispatch, Dispatched, Done};
 use crate::net::Transport;
 use crate::outbox::{Finish, Outbox};
 use crate::pipeline::{Decoded, EndReason, Pipeline, Room};
@@ -61,6 +61,21 @@ enum State {
     Lingering { until: Instant },
     /// Done: the reactor deregisters and drops the socket.
     Closed,
+}
+
+/// Where a connection is in the server's shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shutdown {
+    /// The server is running.
+    Running,
+    /// The server is shutting down: every request that reached this connection's kernel
+    /// buffer before is still read and served, so it keeps reading until a read finds that
+    /// buffer empty (and what was read is decoded, all but an unfinished frame); then it
+    /// ends, after the replies it owes.
+    Draining,
+    /// The server shut down before this connection's first request (or before its preamble
+    /// was over): it may still send it until `until`, then drains as above.
+    Grace { until: Instant },
 }
 
 /// What to do once the output is written out.
@@ -114,9 +129,7 @@ pub(crate) struct Connection<C: Codec, S, T> {
     partial_since: Option<Instant>,
     /// When it was accepted: the preamble's clock.
     accepted: Instant,
-    /// The server shut down before this connection's first request (or before its
-    /// preamble was over): it may still send it until then; it ends once it has.
-    shutdown_grace: Option<Instant>,
+    shutdown: Shutdown,
 }
 
 impl<C: Codec, S, T: Transport> Connection<C, S, T> {
@@ -152,7 +165,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             last_write: now,
             partial_since: None,
             accepted: now,
-            shutdown_grace: None,
+            shutdown: Shutdown::Running,
         }
     }
 
@@ -171,6 +184,11 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     fn in_flight(&self) -> usize {
         self.pipeline.in_flight()
+    }
+
+    /// Requests received and not answered yet (waiting, running, or to be written).
+    pub fn unanswered(&self) -> u64 {
+        self.in_flight() as u64
     }
 
     /// Whether anything waits to be written: output, or records inside the stream.
@@ -218,30 +236,39 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                             counters,
                         );
                         if let Err(reason) = result {
-                            self.end(0, reason);
+                            self.end(0, reason, counters);
                         }
                     }
                 }
                 Err(_) => {
                     self.outbox.lost();
-                    self.end(0, EndReason::HandlerPanicked);
+                    self.end(0, EndReason::HandlerPanicked, counters);
                 }
             },
+            Done::Answered { seq, answer, .. } => self.answered(seq, answer, counters),
             Done::Ran {
-                answers,
+                last,
                 skipped,
                 session,
                 fresh,
                 ..
             } => {
                 self.outbox.home(session, fresh);
-                Counters::add(&counters.replies_dropped, skipped as u64);
-                if let Some(seq) = self.pipeline.answered(answers, self.cut(), counters) {
-                    self.end(seq, EndReason::HandlerPanicked);
+                Counters::add(&counters.skipped, skipped as u64);
+                if let Some((seq, answer)) = last {
+                    self.answered(seq, answer, counters);
                 }
             }
         }
         self.encode_ready(counters, now);
+    }
+
+    /// Keeps one request's answer; a close or a panic in it ends the connection there, so
+    /// nothing after it is handed on.
+    fn answered(&mut self, seq: u64, answer: Answer<C::Response>, counters: &Counters) {
+        if let Some((cut, reason)) = self.pipeline.answered(seq, answer, self.cut(), counters) {
+            self.end(cut, reason, counters);
+        }
     }
 
     /// Encodes the replies that are next in order (none before the greeting).
@@ -259,12 +286,14 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             .encode_ready(&mut self.output, cut, &self.ctx, counters)
         {
             // Nothing after the last reply written is encoded.
-            self.end(self.pipeline.write_seq(), reason);
+            self.end(self.pipeline.write_seq(), reason, counters);
         }
     }
 
-    /// The server ends the connection: replies before `cut` are still owed.
-    pub fn end(&mut self, cut: u64, reason: EndReason) {
+    /// The server ends the connection: the requests before `cut` are still served and
+    /// answered; those after it that were not handed on yet never will be (counted as
+    /// skipped). This is the one place that decides where a connection ends.
+    pub fn end(&mut self, cut: u64, reason: EndReason, counters: &Counters) {
         let then = match self.state {
             State::Open => AfterFlush::Linger,
             State::ReadClosed => AfterFlush::Close,
@@ -282,9 +311,8 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             }
             _ => {}
         }
-        self.shutdown_grace = None;
-        // Work the pool never took gets no reply: the cut moves to its first request.
-        let cut = self.outbox.cut(cut);
+        let skipped = self.outbox.cut(cut);
+        Counters::add(&counters.skipped, skipped as u64);
         self.ended.get_or_insert(match &reason {
             EndReason::Protocol(_) => CloseReason::ProtocolError,
             EndReason::CodecPanicked | EndReason::HandlerPanicked => CloseReason::Panicked,
@@ -308,9 +336,13 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             // A read that brings data opens the session before decoding it; one that only
             // finished the preamble (or found nothing, on a plain stream) opens it here.
             progress |= self.open_if_established(env);
-            if self.shutdown_grace.is_some() && !self.outbox.is_unopened() && self.requests() > 0 {
-                // The first requests arrived during the shutdown's grace: serve them, close.
-                self.end(self.pipeline.next_seq(), EndReason::ServerShutdown);
+            if self.drained_for_shutdown() {
+                // Every request received before the shutdown is decoded and handed on.
+                self.end(
+                    self.pipeline.next_seq(),
+                    EndReason::ServerShutdown,
+                    env.counters,
+                );
                 progress = true;
             }
             progress |= self.advance(env);
@@ -322,11 +354,40 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                 break;
             }
         }
+        if self.is_idle() {
+            // Whatever the last exchange's size, an idle connection keeps little memory.
+            self.input.shrink_idle();
+            self.output.shrink_idle();
+        }
         if budget == 0 && self.socket.may_read() && self.wants_input() {
             Step::Revisit
         } else {
             Step::Wait
         }
+    }
+
+    /// Whether the connection waits for its peer with nothing of its own to do: no request
+    /// in flight or waiting, no output, no input kept.
+    fn is_idle(&self) -> bool {
+        self.in_flight() == 0 && self.input.is_empty() && !self.has_output()
+    }
+
+    /// Whether a shutdown may end the connection now: it took every request that reached
+    /// it before (a read found the kernel's buffer empty, and the input left is at most an
+    /// unfinished frame, since there is room to decode more and nothing was decoded).
+    fn drained_for_shutdown(&mut self) -> bool {
+        match self.shutdown {
+            Shutdown::Running => return false,
+            Shutdown::Grace { .. } if self.outbox.is_unopened() || self.requests() == 0 => {
+                return false
+            }
+            // The first request came within the grace: from now on, drain as any other.
+            Shutdown::Grace { .. } => self.shutdown = Shutdown::Draining,
+            Shutdown::Draining => {}
+        }
+        self.takes_requests()
+            && !self.socket.may_read()
+            && (self.input.is_empty() || self.has_room())
     }
 
     /// Whether another request may be decoded: no batch waiting for room in the job queue,
@@ -386,7 +447,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         if self.input.is_empty() {
             // The common case: decode straight from the scratch buffer, copy only leftovers.
             let scratch = std::mem::take(env.scratch);
-            let used = self.decode_from(&scratch[..n], env);
+            let used = self.decode_from(&scratch[..n], false, env);
             if used < n && self.takes_requests() {
                 self.input.tail().extend_from_slice(&scratch[used..n]);
             }
@@ -404,7 +465,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         let mut progress = self.hand_on(env);
         if !self.input.is_empty() && self.takes_requests() {
             let input = std::mem::take(&mut self.input);
-            let used = self.decode_from(input.pending(), env);
+            let used = self.decode_from(input.pending(), false, env);
             if self.takes_requests() {
                 self.input = input;
                 self.input.consume(used);
@@ -417,27 +478,52 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     /// Decodes requests from `src` while limits allow, then hands them on together; returns
     /// bytes used.
-    fn decode_from(&mut self, src: &[u8], env: &mut Env<'_, C, S>) -> usize {
+    fn decode_from(&mut self, src: &[u8], at_eof: bool, env: &mut Env<'_, C, S>) -> usize {
         let mut used = 0;
         while used < src.len() && self.has_room() && self.takes_requests() {
-            match self.pipeline.decode(&src[used..], &self.ctx, env.counters) {
-                Ok(Some(Decoded::Request(request, seq, size))) => {
+            match self
+                .pipeline
+                .decode(&src[used..], at_eof, &self.ctx, env.counters)
+            {
+                Ok(Some(Decoded::Request {
+                    request,
+                    seq,
+                    size,
+                    last,
+                })) => {
                     used += size;
                     self.outbox.push(seq, request);
+                    if last {
+                        // Nothing after it is decoded: the close is decided before dispatch.
+                        self.end(seq + 1, EndReason::CloseRequested, env.counters);
+                    }
                 }
                 Ok(Some(Decoded::Refused(size))) => {
                     used += size;
                     self.encode_ready(env.counters, env.now);
                 }
+                Ok(Some(Decoded::Skipped(size))) => used += size,
                 Ok(None) => break,
                 Err(reason) => {
-                    self.end(self.pipeline.next_seq(), reason);
+                    self.end(self.pipeline.next_seq(), reason, env.counters);
                     break;
                 }
             }
         }
         self.hand_on(env);
         used
+    }
+
+    /// The peer's FIN came after an unfinished frame: asks the codec's `decode_eof` about
+    /// it. Returns whether that decoded (or skipped) anything.
+    fn decode_at_eof(&mut self, env: &mut Env<'_, C, S>) -> bool {
+        let input = std::mem::take(&mut self.input);
+        let used = self.decode_from(input.pending(), true, env);
+        if self.takes_requests() {
+            self.input = input;
+            self.input.consume(used);
+        }
+        used > 0 || !self.takes_requests()
     }
 
     /// Once the stream's preamble is over, learns what it said (the client a PROXY header
@@ -466,14 +552,10 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     fn hand_on(&mut self, env: &mut Env<'_, C, S>) -> bool {
         let mut progress = false;
         while let Some(work) = self.outbox.next(env.reactor, self.key, self.ctx) {
-            // Counted when taken, so requests dropped before the pool took them never show
-            // as in flight.
-            let requests = work.requests() as u64;
             match env.dispatch.dispatch(work) {
-                Dispatched::Queued => Counters::add(&env.counters.requests, requests),
-                Dispatched::Ran(done) => {
-                    Counters::add(&env.counters.requests, requests);
-                    if let Some(done) = done {
+                Dispatched::Queued => {}
+                Dispatched::Ran(answers) => {
+                    for done in answers {
                         self.on_done(done, env.counters, env.now);
                     }
                 }
@@ -560,8 +642,16 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                 if !self.input.is_empty() && self.dispatch_buffered(env) {
                     return true;
                 }
+                if !matches!(self.state, State::ReadClosed) {
+                    // Decoding it ended the connection (a protocol error).
+                    return true;
+                }
                 // Everything decodable was decoded and answered: what is left is the start
-                // of a request that will never be finished.
+                // of a request that will never be finished. The codec may still make
+                // something of it.
+                if !self.input.is_empty() && self.decode_at_eof(env) {
+                    return true;
+                }
                 if !self.input.is_empty() {
                     log::debug!(
                         "connection {} ({}): peer closed with {} bytes of an unfinished request",
@@ -643,7 +733,9 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         otherwise: CloseReason,
     ) -> (Finish<S>, CloseReason) {
         self.pipeline.drop_unwritten(counters);
-        (self.outbox.finish(), self.ended.unwrap_or(otherwise))
+        let (finish, dropped) = self.outbox.finish();
+        Counters::add(&counters.replies_dropped, dropped as u64);
+        (finish, self.ended.unwrap_or(otherwise))
     }
 
     /// Writes output until WouldBlock; returns whether anything was written (or the

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{AfterFlush, Connection, Env, Limits, State, Step};
+use super::{AfterFlush, Connection, Env, Limits, Shutdown, State, Step};
 
 /// At shutdown, how long a connection that has not sent its first request yet (most often
 /// one accepted an instant before, its request on the way) may still send it. Without it,
@@ -22,8 +22,10 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     /// The earliest instant at which a timeout would end this connection.
     pub fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
         let timeout = self.next_timeout(limits);
-        match self.shutdown_grace {
-            Some(grace) if self.takes_requests() => Some(timeout.map_or(grace, |t| t.min(grace))),
+        match self.shutdown {
+            Shutdown::Grace { until } if self.takes_requests() => {
+                Some(timeout.map_or(until, |t| t.min(until)))
+            }
             _ => timeout,
         }
     }
@@ -63,10 +65,14 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             Some(deadline) if deadline <= env.now => {}
             _ => return Step::Wait,
         }
-        if let Some(grace) = self.shutdown_grace {
-            if grace <= env.now && self.takes_requests() {
+        if let Shutdown::Grace { until } = self.shutdown {
+            if until <= env.now && self.takes_requests() {
                 // The shutdown's grace is over without a first request.
-                self.end(self.pipeline.next_seq(), EndReason::ServerShutdown);
+                self.end(
+                    self.pipeline.next_seq(),
+                    EndReason::ServerShutdown,
+                    env.counters,
+                );
                 return self.drive(env);
             }
         }
@@ -111,25 +117,33 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         } else {
             Farewell::IdleTimeout
         };
-        self.end(self.pipeline.next_seq(), EndReason::Timeout(which));
+        self.end(
+            self.pipeline.next_seq(),
+            EndReason::Timeout(which),
+            env.counters,
+        );
         self.drive(env)
     }
 
-    /// The server is shutting down: finish what is in flight, then close.
+    /// The server is shutting down. "Received" means that a request's bytes reached this
+    /// connection's kernel buffer before now: each such request is served and answered
+    /// (within the shutdown timeout), so the connection keeps reading until a read finds
+    /// that buffer empty, even where backpressure had paused it (a peer that pipelines and
+    /// reads slowly); then it ends. A request still on its way when that read comes is not
+    /// served; an unfinished one is dropped with the codec's farewell.
     pub fn shut_down(&mut self, env: &mut Env<'_, C, S>) -> Step {
-        // Requests that reached the kernel before the shutdown are served: read them first.
-        if let Step::Close = self.drive(env) {
-            return Step::Close;
-        }
         if self.requests() == 0 && self.takes_requests() {
             // Accepted an instant ago, or mid-preamble (a TLS handshake, a PROXY header on
             // its way): its first requests may be on the wire. They are served if they
             // come within the grace (and the drain's deadline); then it closes.
             let grace = clock::after(env.now, FIRST_REQUEST_GRACE);
-            self.shutdown_grace = Some(env.drain_deadline.map_or(grace, |d| d.min(grace)));
-            return Step::Wait;
+            self.shutdown = Shutdown::Grace {
+                until: env.drain_deadline.map_or(grace, |d| d.min(grace)),
+            };
+        } else {
+            self.shutdown = Shutdown::Draining;
         }
-        self.end(self.pipeline.next_seq(), EndReason::ServerShutdown);
+        // Reads what reached the kernel, and ends the connection once that is taken.
         self.drive(env)
     }
 }

@@ -18,14 +18,6 @@ impl<T> Few<T> {
         }
     }
 
-    /// Room for `n` items without growing (the first is inline, so `n - 1` in the vector).
-    pub fn with_capacity(n: usize) -> Self {
-        Few {
-            first: None,
-            rest: Vec::with_capacity(n.saturating_sub(1)),
-        }
-    }
-
     pub fn push(&mut self, item: T) {
         if self.first.is_none() {
             self.first = Some(item);
@@ -40,10 +32,6 @@ impl<T> Few<T> {
 
     pub fn is_empty(&self) -> bool {
         self.first.is_none()
-    }
-
-    pub fn first(&self) -> Option<&T> {
-        self.first.as_ref()
     }
 }
 
@@ -87,22 +75,7 @@ mod tests {
             "one item allocates nothing"
         );
         few.extend_for_test([2, 3]);
-        assert_eq!(few.first(), Some(&1));
         assert_eq!(few.into_iter().collect::<Vec<_>>(), [1, 2, 3]);
-    }
-
-    #[test]
-    fn with_capacity_holds_that_many_without_growing() {
-        let mut few: Few<u8> = Few::with_capacity(16);
-        let room = few.rest.capacity();
-        assert_eq!(room, 15, "the first is inline");
-        few.extend_for_test(0..16);
-        assert_eq!(few.rest.capacity(), room, "grew");
-        assert_eq!(
-            few.into_iter().collect::<Vec<_>>(),
-            (0..16).collect::<Vec<_>>()
-        );
-        assert_eq!(Few::<u8>::with_capacity(0).rest.capacity(), 0);
     }
 
     impl<T> Few<T> {

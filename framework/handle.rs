@@ -149,14 +149,21 @@ impl ServerHandle {
 
     /// Shuts the server down gracefully and waits for it:
     ///
-    /// 1. the listener closes at once (new connections are refused);
-    /// 2. each connection stops taking requests; requests already handed to the pool finish
-    ///    and their replies are written; then the connection closes cleanly (our FIN, input
-    ///    drained so the peer sees no reset);
+    /// 1. the listener closes at once (new connections are refused; those already in its
+    ///    backlog are accepted);
+    /// 2. every request the server has *received* is served: one whose bytes reached the
+    ///    server's kernel before the shutdown reached its connection. Requests waiting for a
+    ///    worker or for room in the job queue run, and each connection keeps reading until
+    ///    a read finds its kernel buffer empty (even where backpressure had paused it), so
+    ///    what a pipelining client sent is served too; a connection accepted an instant
+    ///    before has a second to send its first request. Then the connection writes what it
+    ///    owes and the codec's farewell, and closes cleanly (our FIN, input drained so the
+    ///    peer sees no reset);
     /// 3. at the shutdown timeout ([`Builder::shutdown_timeout`](crate::Builder::shutdown_timeout))
-    ///    whatever is left is closed, and every thread is joined — except workers still
-    ///    blocked in a handler past the deadline, which are left to finish on their own (and
-    ///    logged).
+    ///    whatever is left is closed — requests received and not answered by then are
+    ///    counted in [`Stats::replies_dropped`](crate::Stats::replies_dropped) and logged —
+    ///    and every thread is joined, except workers still blocked in a handler past the
+    ///    deadline, which are left to finish on their own (and logged).
     pub fn shutdown(mut self) {
         self.stop();
     }

@@ -135,9 +135,11 @@ impl<R> Replies<R> {
         self.responses.into_iter()
     }
 
-    /// Closes the connection once these responses (and every earlier one) are written:
-    /// requests the peer sent after this one are not served. The close is clean: our FIN,
-    /// then the peer's input is drained for a while so it reads our last bytes, not a reset.
+    /// Closes the connection once these responses (and every earlier one) are written.
+    /// This is a barrier: no request the peer sent after this one is handed to the handler
+    /// (not even one already decoded into the same batch); they are counted in
+    /// [`Stats::skipped`](crate::Stats::skipped). The close is clean: our FIN, then the
+    /// peer's input is drained for a while so it reads our last bytes, not a reset.
     pub fn close(&mut self) {
         self.close = true;
     }
@@ -189,7 +191,10 @@ pub enum CloseReason {
 ///    the session `&mut`. A connection's requests run one after another in the order they
 ///    arrived, each seeing what the earlier ones did; requests of different connections run
 ///    in parallel on the pool. When a peer pipelines requests, one worker runs the ones that
-///    have arrived back to back, so a pipelined batch costs one hand-off between threads.
+///    have arrived back to back, so a pipelined batch costs one hand-off between threads;
+///    each request's replies leave for the socket as soon as its call returns, so a slow
+///    request delays only the replies behind it. A call that closes the connection
+///    ([`Replies::close`]) or panics is a barrier: the requests after it are not run.
 /// 3. [`close`](Handler::close) runs exactly once when the connection ends, whatever the
 ///    reason (see [`CloseReason`]), on a worker thread, after the last call has returned.
 ///

@@ -109,6 +109,7 @@ impl<Req, S> Work<Req, S> {
 
 /// How one request was answered.
 pub(crate) enum Answer<Resp> {
+    /// The call returned: its responses, and whether they close the connection.
     Replied(Replies<Resp>),
     /// The handler panicked: the connection ends after the replies before this one.
     Panicked,
@@ -122,12 +123,19 @@ pub(crate) enum Done<Resp, S> {
         ctx: Context,
         outcome: Result<(S, Replies<Resp>), HandlerPanicked>,
     },
-    /// A batch ran: its answers in order, the requests not run after a panic, and the
-    /// session, coming home.
+    /// One request of a batch was answered and more of the batch are to run: posted as soon
+    /// as its call returns, so a slow request behind it does not hold its replies.
+    Answered {
+        key: ConnKey,
+        seq: u64,
+        answer: Answer<Resp>,
+    },
+    /// A batch is over: its last answer (a batch of one costs one message), the requests
+    /// not run because a close or a panic came before them, and the session, coming home.
     Ran {
         key: ConnKey,
         ctx: Context,
-        answers: Few<(u64, Answer<Resp>)>,
+        last: Option<(u64, Answer<Resp>)>,
         skipped: usize,
         session: S,
         /// As in [`Work::Batch`]: a throwaway session, dropped when it comes back.
@@ -135,26 +143,57 @@ pub(crate) enum Done<Resp, S> {
     },
 }
 
+/// What is left of work whose connection is gone: requests run whose replies nobody will
+/// write, requests never run, and the session (with its connection), if it carried one.
+pub(crate) struct Leftovers<S> {
+    pub answered: usize,
+    pub skipped: usize,
+    pub session: Option<(S, Context)>,
+}
+
 impl<Resp, S> Done<Resp, S> {
     pub fn key(&self) -> ConnKey {
         match self {
-            Done::Opened { key, .. } | Done::Ran { key, .. } => *key,
+            Done::Opened { key, .. } | Done::Answered { key, .. } | Done::Ran { key, .. } => *key,
         }
     }
 
-    /// The requests this answers for, the session it carries (if any) and its connection:
-    /// what is left to account for when that connection is gone.
-    pub fn into_leftovers(self) -> (usize, Option<S>, Context) {
+    /// Whether this ends the trip of the connection's session: it comes home, or (the open
+    /// hook panicked) it never will. A connection closed while its session was out is
+    /// closed for good then.
+    pub fn ends_session_trip(&self) -> bool {
         match self {
-            Done::Opened { outcome, ctx, .. } => (0, outcome.ok().map(|(session, _)| session), ctx),
+            Done::Opened { .. } => true,
+            Done::Answered { .. } => false,
+            Done::Ran { fresh, .. } => !fresh,
+        }
+    }
+
+    /// What is left to account for when the connection is gone.
+    pub fn into_leftovers(self) -> Leftovers<S> {
+        match self {
+            Done::Opened { outcome, ctx, .. } => Leftovers {
+                answered: 0,
+                skipped: 0,
+                session: outcome.ok().map(|(session, _)| (session, ctx)),
+            },
+            Done::Answered { .. } => Leftovers {
+                answered: 1,
+                skipped: 0,
+                session: None,
+            },
             Done::Ran {
-                answers,
+                last,
                 skipped,
                 session,
                 ctx,
                 fresh,
                 ..
-            } => (answers.len() + skipped, (!fresh).then_some(session), ctx),
+            } => Leftovers {
+                answered: usize::from(last.is_some()),
+                skipped,
+                session: (!fresh).then_some((session, ctx)),
+            },
         }
     }
 }
@@ -239,8 +278,8 @@ pub(crate) enum Dispatched<Req, Resp, S> {
     Queued,
     /// The job queue is full: the work comes back, to be offered again later.
     Full(Work<Req, S>),
-    /// Done at once (inline mode); `None` for a close.
-    Ran(Option<Done<Resp, S>>),
+    /// Done at once (inline mode): what the work answered, in order (nothing for a close).
+    Ran(Few<Done<Resp, S>>),
     /// Nobody is left to do it: the server is being torn down.
     Gone(Work<Req, S>),
 }

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 
+use crate::few::Few;
 use crate::handler::Context;
 use crate::message::{ConnKey, Work};
 
@@ -137,43 +138,60 @@ impl<Req, S> Outbox<Req, S> {
         self.at = SessionAt::Gone;
     }
 
-    /// The connection ends after request `cut`: drops what waits from `cut` on, and takes
-    /// back the session from stalled work, which the pool never saw. Returns the cut, lowered
-    /// to the first request of that stalled work (no reply will come for it).
-    pub fn cut(&mut self, mut cut: u64) -> u64 {
+    /// The connection ends before request `cut`: the requests from `cut` on that wait here
+    /// (or in stalled work) are dropped, and their number returned. Stalled work before the
+    /// cut stays, to be handed on when the queue has room: those requests were received and
+    /// are owed their replies (a shutdown serves them). A stalled open hook stays too, unless
+    /// no request is owed (`cut` 0).
+    pub fn cut(&mut self, cut: u64) -> usize {
+        let waiting = self.waiting.len();
+        self.waiting.retain(|&(seq, _)| seq < cut);
+        let mut dropped = waiting - self.waiting.len();
         match self.stalled.take() {
             Some(Work::Batch {
+                reactor,
+                key,
+                ctx,
                 requests,
                 session,
                 fresh,
-                ..
             }) => {
-                if let Some(&(first, _)) = requests.first() {
-                    cut = cut.min(first);
+                let stalled = requests.len();
+                let kept: Few<(u64, Req)> =
+                    requests.into_iter().filter(|(seq, _)| *seq < cut).collect();
+                dropped += stalled - kept.len();
+                if kept.is_empty() {
+                    // The pool never saw it: the session is here after all.
+                    self.home(session, fresh);
+                } else {
+                    self.stalled = Some(Work::Batch {
+                        reactor,
+                        key,
+                        ctx,
+                        requests: kept,
+                        session,
+                        fresh,
+                    });
                 }
-                self.home(session, fresh);
             }
-            Some(Work::Open { .. }) => {
-                // The open hook never ran: no session, and no request can be served.
-                self.at = SessionAt::Gone;
-                cut = 0;
-            }
-            Some(work @ Work::Close { .. }) => self.stalled = Some(work),
-            None => {}
+            // The open hook never ran and no request needs it: no session, no close hook.
+            Some(Work::Open { .. }) if cut == 0 => self.at = SessionAt::Gone,
+            other => self.stalled = other,
         }
-        self.waiting.retain(|&(seq, _)| seq < cut);
-        cut
+        dropped
     }
 
-    /// The connection is being dropped: what becomes of its session.
-    pub fn finish(&mut self) -> Finish<S> {
+    /// The connection is being dropped: what becomes of its session, and how many requests
+    /// waiting here are dropped with it.
+    pub fn finish(&mut self) -> (Finish<S>, usize) {
         // Stalled work never reached the pool: its session is here after all.
-        self.cut(0);
-        match std::mem::replace(&mut self.at, SessionAt::Gone) {
+        let dropped = self.cut(0);
+        let finish = match std::mem::replace(&mut self.at, SessionAt::Gone) {
             SessionAt::Home(session) => Finish::Here(session),
             SessionAt::Opening | SessionAt::Away => Finish::Out,
             SessionAt::Unopened | SessionAt::Gone => Finish::Nothing,
-        }
+        };
+        (finish, dropped)
     }
 }
 

@@ -11,7 +11,6 @@ use std::panic::{self, AssertUnwindSafe};
 
 use crate::buffer::Buffer;
 use crate::codec::{AfterReply, Codec, DecodeError, Farewell};
-use crate::few::Few;
 use crate::handler::{panic_message, Context, Replies};
 use crate::message::Answer;
 use crate::stats::Counters;
@@ -50,10 +49,18 @@ enum Slot<R> {
 
 /// What [`Pipeline::decode`] found at the front of the input.
 pub(crate) enum Decoded<R> {
-    /// A request for the handler, with its sequence number and size.
-    Request(R, u64, usize),
+    /// A request for the handler, with its sequence number and size; `last` when the codec
+    /// said nothing after it may run ([`Codec::closes_after`]).
+    Request {
+        request: R,
+        seq: u64,
+        size: usize,
+        last: bool,
+    },
     /// A request the codec refused and answers itself; its size.
     Refused(usize),
+    /// Bytes the codec skipped without making a request of them ([`Codec::skip`]).
+    Skipped(usize),
 }
 
 /// Requests decoded but not yet answered in writing, and the codec that frames them.
@@ -120,40 +127,63 @@ impl<C: Codec> Pipeline<C> {
             && output.saturating_add(to_come) < self.room.output_high_water
     }
 
-    /// Decodes one request from the front of `input`: `Ok(None)` when more bytes are needed.
-    /// The request is numbered and counted in flight; the caller hands it on.
+    /// Decodes one request from the front of `input` (with [`Codec::decode_eof`] when the
+    /// peer's FIN came after it): `Ok(None)` when more bytes are needed. The request is
+    /// numbered and counted in flight; the caller hands it on.
     pub fn decode(
         &mut self,
         input: &[u8],
+        at_eof: bool,
         ctx: &Context,
         counters: &Counters,
     ) -> Result<Option<Decoded<C::Request>>, EndReason> {
+        if let Some(skipped) = self.skip(input, ctx, counters)? {
+            return Ok(Some(skipped));
+        }
         let codec = &mut self.codec;
-        let decoded = panic::catch_unwind(AssertUnwindSafe(|| codec.decode(input)))
-            .map_err(|payload| codec_panicked("decode", &*payload, ctx, counters))?;
+        let decoded = panic::catch_unwind(AssertUnwindSafe(|| {
+            if at_eof {
+                codec.decode_eof(input)
+            } else {
+                codec.decode(input)
+            }
+        }))
+        .map_err(|payload| codec_panicked("decode", &*payload, ctx, counters))?;
         let error = match decoded {
             Ok(Some((request, used))) if (1..=input.len()).contains(&used) => {
                 let codec = &self.codec;
-                let hold = panic::catch_unwind(AssertUnwindSafe(|| codec.holds_decoding(&request)))
-                    .map_err(|payload| {
-                        codec_panicked("holds_decoding", &*payload, ctx, counters)
-                    })?;
+                let (hold, last) = panic::catch_unwind(AssertUnwindSafe(|| {
+                    (codec.holds_decoding(&request), codec.closes_after(&request))
+                }))
+                .map_err(|payload| {
+                    codec_panicked("holds_decoding or closes_after", &*payload, ctx, counters)
+                })?;
                 let seq = self.push(used, Slot::Waiting);
+                Counters::add(&counters.requests, 1);
                 if hold {
                     self.hold = Some(seq);
                 }
-                return Ok(Some(Decoded::Request(request, seq, used)));
+                return Ok(Some(Decoded::Request {
+                    request,
+                    seq,
+                    size: used,
+                    last,
+                }));
             }
             Ok(Some((_, used))) => DecodeError::Invalid(format!(
                 "the codec reported using {used} of the {} bytes it was given",
                 input.len()
             )),
-            // The codec keeps waiting, but no request may be this large.
-            Ok(None) if input.len() > self.room.max_frame => DecodeError::FrameTooLarge {
-                size: input.len(),
-                max: self.room.max_frame,
+            // A codec that needs more may have decided to skip what it was given.
+            Ok(None) => match self.skip(input, ctx, counters)? {
+                Some(skipped) => return Ok(Some(skipped)),
+                // The codec keeps waiting, but no request may be this large.
+                None if input.len() > self.room.max_frame => DecodeError::FrameTooLarge {
+                    size: input.len(),
+                    max: self.room.max_frame,
+                },
+                None => return Ok(None),
             },
-            Ok(None) => return Ok(None),
             Err(DecodeError::Refused { consumed, reason })
                 if (1..=input.len()).contains(&consumed) =>
             {
@@ -180,6 +210,29 @@ impl<C: Codec> Pipeline<C> {
         Err(EndReason::Protocol(error))
     }
 
+    /// Asks the codec how many bytes at the front of `input` to skip.
+    fn skip(
+        &mut self,
+        input: &[u8],
+        ctx: &Context,
+        counters: &Counters,
+    ) -> Result<Option<Decoded<C::Request>>, EndReason> {
+        let codec = &mut self.codec;
+        let skip = panic::catch_unwind(AssertUnwindSafe(|| codec.skip(input)))
+            .map_err(|payload| codec_panicked("skip", &*payload, ctx, counters))?;
+        match skip {
+            0 => Ok(None),
+            n if n <= input.len() => Ok(Some(Decoded::Skipped(n))),
+            n => {
+                Counters::add(&counters.protocol_errors, 1);
+                Err(EndReason::Protocol(DecodeError::Invalid(format!(
+                    "the codec skipped {n} of the {} bytes it was given",
+                    input.len()
+                ))))
+            }
+        }
+    }
+
     fn push(&mut self, size: usize, slot: Slot<C::Response>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -204,30 +257,31 @@ impl<C: Codec> Pipeline<C> {
         }
     }
 
-    /// Keeps a batch's answers for the requests before `cut` (the rest are dropped, and
-    /// counted so). Returns the first owed request whose handler panicked.
+    /// Keeps request `seq`'s answer if it is still owed (before `cut`); counts it dropped
+    /// otherwise. Returns how the connection must end because of it, if it must: after this
+    /// request when its replies close the connection, before it when its handler panicked.
     pub fn answered(
         &mut self,
-        answers: Few<(u64, Answer<C::Response>)>,
+        seq: u64,
+        answer: Answer<C::Response>,
         cut: u64,
         counters: &Counters,
-    ) -> Option<u64> {
-        let mut panicked = None;
-        for (seq, answer) in answers {
-            let kept = match answer {
-                Answer::Replied(replies) => seq < cut && self.store(seq, replies),
-                Answer::Panicked => {
-                    if seq < cut {
-                        panicked.get_or_insert(seq);
-                    }
-                    false
+    ) -> Option<(u64, EndReason)> {
+        match answer {
+            Answer::Replied(replies) if seq < cut => {
+                let closes = replies.close;
+                if self.store(seq, replies) {
+                    return closes.then_some((seq + 1, EndReason::CloseRequested));
                 }
-            };
-            if !kept {
-                Counters::add(&counters.replies_dropped, 1);
             }
+            Answer::Panicked if seq < cut => {
+                Counters::add(&counters.replies_dropped, 1);
+                return Some((seq, EndReason::HandlerPanicked));
+            }
+            _ => {}
         }
-        panicked
+        Counters::add(&counters.replies_dropped, 1);
+        None
     }
 
     /// Encodes into `output` the answers that are next in order, up to request `cut`.

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::few::Few;
 use crate::handler::{panic_message, CloseReason, Context, Handler, Replies};
-use crate::message::{Answer, Done, HandlerPanicked, Inbound, Mailbox, Work};
+use crate::message::{Answer, Done, HandlerPanicked, Inbound, Leftovers, Mailbox, Work};
 use crate::stats::Counters;
 use crate::sys::Spawn;
 
@@ -120,31 +119,57 @@ fn run_worker<H: Handler>(shared: WorkerShared<H>, _exit_guard: Sender<()>) {
             Work::Open { reactor, .. } | Work::Batch { reactor, .. } => *reactor,
             Work::Close { .. } => usize::MAX,
         };
-        let Some(done) = run_work(handler, work, counters, shared.slow_handler) else {
-            continue;
-        };
-        if let Err(Inbound::Done(done)) = shared.mailboxes[reactor].send(Inbound::Done(done)) {
-            // The reactor has exited (shutdown past its deadline): nobody will write these
-            // replies, but the session is still owed its close.
-            let (requests, session, ctx) = done.into_leftovers();
-            Counters::add(&counters.replies_dropped, requests as u64);
-            if let Some(session) = session {
-                close_session(handler, session, &ctx, CloseReason::Shutdown, counters);
+        run_work(handler, work, counters, shared.slow_handler, &mut |done| {
+            if let Err(Inbound::Done(done)) = shared.mailboxes[reactor].send(Inbound::Done(done)) {
+                // The reactor has exited (shutdown past its deadline): nobody will write
+                // these replies, but the session is still owed its close.
+                leftover(handler, done.into_leftovers(), counters);
             }
-        }
+        });
     }
 }
 
-/// Work left in the queue after every reactor exited: requests are not run (their
-/// connections are gone), sessions are closed.
+/// Accounts for what came back for a connection that is gone: its requests are dropped
+/// (counted, and logged: only a shutdown past its deadline gets here), its session closed.
+fn leftover<H: Handler>(handler: &H, left: Leftovers<H::Session>, counters: &Counters) {
+    Counters::add(&counters.replies_dropped, left.answered as u64);
+    Counters::add(&counters.skipped, left.skipped as u64);
+    if let Some((session, ctx)) = left.session {
+        if left.answered + left.skipped > 0 {
+            log::warn!(
+                "connection {} ({}): shutdown deadline passed; {} requests dropped unanswered",
+                ctx.connection_id,
+                ctx.peer,
+                left.answered + left.skipped
+            );
+        }
+        close_session(handler, session, &ctx, CloseReason::Shutdown, counters);
+    }
+}
+
+/// Work left in the queue after every reactor exited (the shutdown deadline passed):
+/// requests are not run (their connections are gone) but counted and logged; sessions are
+/// closed.
 fn abandon<H: Handler>(handler: &H, work: Work<H::Request, H::Session>, counters: &Counters) {
-    Counters::add(&counters.replies_dropped, work.requests() as u64);
+    let requests = work.requests();
+    Counters::add(&counters.replies_dropped, requests as u64);
     match work {
         Work::Open { .. } => {}
-        // A concurrent batch's throwaway session is not the connection's: no close.
-        Work::Batch { fresh: true, .. } => {}
-        Work::Batch { ctx, session, .. } => {
-            close_session(handler, session, &ctx, CloseReason::Shutdown, counters)
+        Work::Batch {
+            ctx,
+            session,
+            fresh,
+            ..
+        } => {
+            log::warn!(
+                "connection {} ({}): shutdown deadline passed; {requests} requests dropped unrun",
+                ctx.connection_id,
+                ctx.peer
+            );
+            // A concurrent batch's throwaway session is not the connection's: no close.
+            if !fresh {
+                close_session(handler, session, &ctx, CloseReason::Shutdown, counters)
+            }
         }
         Work::Close {
             ctx,
@@ -154,26 +179,33 @@ fn abandon<H: Handler>(handler: &H, work: Work<H::Request, H::Session>, counters
     }
 }
 
-/// Runs one piece of work, catching panics, and counts slow or panicking calls. The workers
-/// call it, and so does a reactor in inline mode. Returns what goes back to the reactor
-/// (nothing for a close).
+/// Runs one piece of work, catching panics, and counts slow or panicking calls; gives what
+/// goes back to the reactor to `post` (nothing for a close). The workers call it, and so
+/// does a reactor in inline mode.
+///
+/// A batch's requests run one after another with the session. Each request's answer is
+/// posted as soon as its call has returned (before the next call starts, which may block),
+/// so a slow request delays only the replies behind it; the last answer travels with the
+/// session. A call that closes the connection ([`Replies::close`]) or panics is a barrier:
+/// the requests after it are not run, only counted.
 pub(crate) fn run_work<H: Handler + ?Sized>(
     handler: &H,
     work: Work<H::Request, H::Session>,
     counters: &Counters,
     slow_handler: Duration,
-) -> Option<Done<H::Response, H::Session>> {
+    post: &mut dyn FnMut(Done<H::Response, H::Session>),
+) {
     match work {
         Work::Open { key, ctx, .. } => {
             let mut greeting = Replies::new();
             let outcome = timed(&ctx, "open", counters, slow_handler, &mut None, || {
                 handler.open(&ctx, &mut greeting)
             });
-            Some(Done::Opened {
+            post(Done::Opened {
                 key,
                 ctx,
                 outcome: outcome.map(|session| (session, greeting)),
-            })
+            });
         }
         Work::Batch {
             key,
@@ -184,41 +216,49 @@ pub(crate) fn run_work<H: Handler + ?Sized>(
             ..
         } => {
             let total = requests.len();
-            // One allocation for a pipelined batch's answers, not one per doubling.
-            let mut answers = Few::with_capacity(total);
+            let mut ran = 0;
+            let mut last: Option<(u64, Answer<H::Response>)> = None;
             let mut clock = None;
             for (seq, request) in requests {
+                if let Some((seq, answer)) = last.take() {
+                    // The call before returned: its replies leave now, whatever this one does.
+                    post(Done::Answered { key, seq, answer });
+                }
+                ran += 1;
                 let mut replies = Replies::new();
-                let ran = timed(&ctx, "call", counters, slow_handler, &mut clock, || {
+                let outcome = timed(&ctx, "call", counters, slow_handler, &mut clock, || {
                     handler.call(&mut session, request, &ctx, &mut replies)
                 });
-                match ran {
-                    Ok(()) => answers.push((seq, Answer::Replied(replies))),
+                let barrier = match outcome {
+                    Ok(()) => {
+                        let closes = replies.closes();
+                        last = Some((seq, Answer::Replied(replies)));
+                        closes
+                    }
                     Err(HandlerPanicked) => {
                         // The session may be half-updated: run nothing more with it.
-                        answers.push((seq, Answer::Panicked));
-                        break;
+                        last = Some((seq, Answer::Panicked));
+                        true
                     }
+                };
+                if barrier {
+                    break;
                 }
             }
-            let skipped = total - answers.len();
-            Some(Done::Ran {
+            post(Done::Ran {
                 key,
                 ctx,
-                answers,
-                skipped,
+                last,
+                skipped: total - ran,
                 session,
                 fresh,
-            })
+            });
         }
         Work::Close {
             ctx,
             session,
             reason,
-        } => {
-            close_session(handler, session, &ctx, reason, counters);
-            None
-        }
+        } => close_session(handler, session, &ctx, reason, counters),
     }
 }
 

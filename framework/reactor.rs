@@ -12,6 +12,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::acceptor::AcceptGate;
 use crate::codec::Codec;
 use crate::connection::{Connection, Env, Limits, Step};
+use crate::few::Few;
 use crate::handler::{CloseReason, Context, Handler};
 use crate::message::{
     ConnKey, Dispatch, Dispatched, Done, EventKey, Inbound, Mailbox, WakeFlag, Work,
@@ -72,12 +73,15 @@ impl<C: Codec, S> Copy for Inline<'_, C, S> {}
 
 impl<C: Codec, S: Send + 'static> Dispatch<C::Request, C::Response, S> for Inline<'_, C, S> {
     fn dispatch(&mut self, work: Work<C::Request, S>) -> Dispatched<C::Request, C::Response, S> {
-        Dispatched::Ran(pool::run_work(
+        let mut answers = Few::new();
+        pool::run_work(
             self.handler,
             work,
             self.counters,
             self.slow_handler,
-        ))
+            &mut |done| answers.push(done),
+        );
+        Dispatched::Ran(answers)
     }
 }
 
@@ -229,6 +233,11 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
             if timeout != Some(Duration::ZERO) {
                 // About to sleep: from now on a reply must wake us.
                 self.wake_flag.about_to_sleep();
+                // What this drain brings (a connection, a reply) is stamped with the time
+                // it arrives, not with the start of the turn that went before: a connection
+                // accepted now had its clocks start up to a turn early, and a 600 ms
+                // handshake timeout fired at 597 ms.
+                self.now = Instant::now();
                 if self.drain_inbox() {
                     timeout = Some(Duration::ZERO);
                 }
@@ -345,15 +354,19 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
         let Some(entry) = live_entry(&mut self.slots, key) else {
             // Its connection closed while this was out: account for the requests, and give
             // the session to the close hook.
-            let (requests, session, ctx) = done.into_leftovers();
-            Counters::add(&self.counters.replies_dropped, requests as u64);
-            let reason = self.orphans.remove(&key).unwrap_or(CloseReason::Shutdown);
-            if let Some(session) = session {
-                self.closing.push(Work::Close {
-                    ctx,
-                    session,
-                    reason,
-                });
+            let trip_over = done.ends_session_trip();
+            let left = done.into_leftovers();
+            Counters::add(&self.counters.replies_dropped, left.answered as u64);
+            Counters::add(&self.counters.skipped, left.skipped as u64);
+            if trip_over {
+                let reason = self.orphans.remove(&key).unwrap_or(CloseReason::Shutdown);
+                if let Some((session, ctx)) = left.session {
+                    self.closing.push(Work::Close {
+                        ctx,
+                        session,
+                        reason,
+                    });
+                }
             }
             return;
         };
@@ -369,7 +382,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
     fn queue_closes(&mut self) {
         for work in std::mem::take(&mut self.closing) {
             if self.hooks_here {
-                pool::run_work(&*self.handler, work, &self.counters, self.slow_handler);
+                self.run_close(work);
                 continue;
             }
             match self.jobs.try_send(work) {
@@ -377,7 +390,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
                 Err(TrySendError::Full(work)) => self.closing.push(work),
                 // No worker is left (the server is being torn down): run it here.
                 Err(TrySendError::Disconnected(work)) => {
-                    pool::run_work(&*self.handler, work, &self.counters, self.slow_handler);
+                    self.run_close(work);
                 }
             }
         }
@@ -398,8 +411,19 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
                     Err(e) => e.into_inner(),
                 }
             };
-            pool::run_work(&*self.handler, work, &self.counters, self.slow_handler);
+            self.run_close(work);
         }
+    }
+
+    /// Runs a close hook on this thread (it answers nothing).
+    fn run_close(&self, work: Work<C::Request, S>) {
+        pool::run_work(
+            &*self.handler,
+            work,
+            &self.counters,
+            self.slow_handler,
+            &mut |_| {},
+        );
     }
 
     fn add_connection(&mut self, stream: Stream, ctx: Context) {
@@ -620,8 +644,15 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
     fn force_close_all(&mut self) {
         let keys = self.live_keys();
         if !keys.is_empty() {
+            let unanswered: u64 = self
+                .slots
+                .iter()
+                .filter_map(|slot| slot.entry.as_ref())
+                .map(|entry| entry.conn.unanswered())
+                .sum();
             log::warn!(
-                "reactor {}: shutdown deadline passed; closing {} connections",
+                "reactor {}: shutdown deadline passed; closing {} connections with {unanswered} \
+                 requests received and not answered (counted in replies_dropped)",
                 self.index,
                 keys.len()
             );

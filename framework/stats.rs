@@ -17,6 +17,7 @@ pub(crate) struct Counters {
     pub accept_errors: AtomicU64,
     pub resets: AtomicU64,
     pub replies_dropped: AtomicU64,
+    pub skipped: AtomicU64,
     pub timers: AtomicU64,
     pub refused: AtomicU64,
     pub transport_errors: AtomicU64,
@@ -37,13 +38,14 @@ impl Counters {
         let requests = self.requests.load(Relaxed);
         let responses = self.responses.load(Relaxed);
         let replies_dropped = self.replies_dropped.load(Relaxed);
+        let skipped = self.skipped.load(Relaxed);
         Stats {
             connections_open: accepted.saturating_sub(closed),
             connections_accepted: accepted,
             connections_closed: closed,
             requests,
             responses,
-            in_flight: requests.saturating_sub(responses + replies_dropped),
+            in_flight: requests.saturating_sub(responses + replies_dropped + skipped),
             job_queue_depth: job_queue_depth as u64,
             bytes_buffered: self.bytes_buffered.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
@@ -53,6 +55,7 @@ impl Counters {
             accept_errors: self.accept_errors.load(Relaxed),
             resets: self.resets.load(Relaxed),
             replies_dropped,
+            skipped,
             timers: self.timers.load(Relaxed),
             refused: self.refused.load(Relaxed),
             transport_errors: self.transport_errors.load(Relaxed),
@@ -73,12 +76,15 @@ pub struct Stats {
     pub connections_accepted: u64,
     /// Connections closed since the server started, for whatever reason.
     pub connections_closed: u64,
-    /// Requests decoded and taken by the pool (or the inline handler), plus those the codec
-    /// refused and answered itself.
+    /// Requests decoded (those the codec refused and answered itself included). Each ends
+    /// in exactly one of `responses`, `replies_dropped` and `skipped`; until then it is
+    /// `in_flight`.
     pub requests: u64,
     /// Requests answered: their replies (none, one or several) encoded into the output.
     pub responses: u64,
-    /// Requests counted in `requests` that are neither answered nor dropped yet.
+    /// Requests counted in `requests` that are neither answered, dropped nor skipped yet:
+    /// waiting for a worker (or for room in the job queue), running, or waiting for their
+    /// turn to be written.
     pub in_flight: u64,
     /// Work waiting in the job queue for a worker: batches of one connection's requests,
     /// and open and close hooks.
@@ -97,9 +103,16 @@ pub struct Stats {
     pub accept_errors: u64,
     /// Connections the peer reset or that failed with an I/O error.
     pub resets: u64,
-    /// Requests whose replies were dropped unwritten (or that were never run): their
-    /// connection had closed or was ending, or the handler or codec panicked.
+    /// Requests whose replies were never written: the peer reset the connection or stopped
+    /// reading, the handler panicked in that call or the codec while encoding it, or the
+    /// shutdown deadline passed first (then each connection's loss is also logged).
     pub replies_dropped: u64,
+    /// Requests received but never run, because their connection was ending before them:
+    /// they came after a close (the handler's [`Replies::close`](crate::Replies::close),
+    /// the codec's [`Codec::closes_after`](crate::Codec::closes_after) or
+    /// [`AfterReply::Close`](crate::AfterReply::Close)) or after a request whose handler
+    /// panicked.
+    pub skipped: u64,
     /// Timer entries the reactors hold: at most one per open connection.
     pub timers: u64,
     /// Requests the codec refused and answered itself ([`DecodeError::Refused`](crate::DecodeError::Refused)),

@@ -330,10 +330,24 @@ fn decode_pieces(pieces: &[&[u8]], max_size: usize) -> Vec<Seen> {
     for piece in pieces {
         input.extend_from_slice(piece);
         loop {
+            // As the connection does: bytes the codec skips first, before and after a
+            // decode that needs more.
+            let skipped = codec.skip(&input);
+            if skipped > 0 {
+                input.drain(..skipped);
+                continue;
+            }
             let (next, used) = match codec.decode(&input) {
                 Ok(Some((request, used))) => (Seen::Request(request), used),
                 Err(DecodeError::Refused { consumed, reason }) => (Seen::Refused(reason), consumed),
-                Ok(None) => break,
+                Ok(None) => {
+                    let skipped = codec.skip(&input);
+                    if skipped == 0 {
+                        break;
+                    }
+                    input.drain(..skipped);
+                    continue;
+                }
                 Err(e) => panic!("decode error {e}"),
             };
             assert!(used > 0 && used <= input.len());
@@ -376,7 +390,7 @@ fn expected_session(message: &[u8], oversized: bool) -> Vec<Seen> {
         Seen::Request(Request::Rcpt { to: "c@d".into() }),
         Seen::Request(Request::Data),
     ];
-    if !message.is_empty() || oversized {
+    if !message.is_empty() {
         expected.push(Seen::Request(Request::Chunk(message.to_vec())));
     }
     expected.extend([
@@ -404,14 +418,14 @@ fn the_codec_decodes_alike_however_the_input_is_split() {
     for split in 1..SESSION.len() {
         let (a, b) = SESSION.split_at(split);
         let mut seen = decode_pieces(&[a, b], max);
-        let Seen::Request(Request::Chunk(kept)) = &mut seen[4] else {
-            panic!("split at {split}: {seen:?}");
-        };
-        assert!(
-            kept.len() <= max && message.starts_with(kept),
-            "split at {split}"
-        );
-        kept.clear();
+        // What was kept before the limit (if anything) went on as a chunk, never more.
+        if let Seen::Request(Request::Chunk(kept)) = &seen[4] {
+            assert!(
+                !kept.is_empty() && kept.len() <= max && message.starts_with(kept),
+                "split at {split}: {kept:?}"
+            );
+            seen.remove(4);
+        }
         assert_eq!(seen, expected_session(b"", true), "split at {split}");
     }
     assert_eq!(

@@ -10,8 +10,9 @@
 //!
 //! The message is never buffered whole: each decode hands on what arrived (at most
 //! [`CHUNK`] bytes) as a [`Request::Chunk`] for the handler to write out. The codec counts
-//! the bytes, and past the size limit it hands on nothing more: it swallows the rest of the
-//! message up to the dot and reports it as oversized.
+//! the bytes, and past the size limit it hands on nothing more: it skips the rest of the
+//! message up to the dot as it arrives ([`Codec::skip`], so no request goes through the
+//! pool for it) and reports it as oversized.
 //!
 //! Only `<CRLF>.<CRLF>` ends a message: a bare LF or CR is data, so no line-ending trick
 //! (SMTP smuggling) makes this server see a message end where a relay saw none.
@@ -48,7 +49,7 @@ pub enum Request {
     Rset,
     Noop,
     Quit,
-    /// Bytes of the message, dot-unstuffed (empty while an oversized message is skipped).
+    /// Bytes of the message, dot-unstuffed.
     Chunk(Vec<u8>),
     /// The terminating dot: the message ended, and whether it went over the size limit.
     EndOfData {
@@ -131,14 +132,18 @@ impl SmtpCodec {
         }
     }
 
-    fn decode_data(&mut self, input: &[u8]) -> Result<Option<Decoded<Request>>, DecodeError> {
+    /// Message bytes from the front of `input`: how many are used, and the unstuffed
+    /// bytes to hand on (none once the message is oversized). Stops before the terminating
+    /// dot, after [`CHUNK`] bytes kept, and where the size limit is passed (the bytes past
+    /// it are then skipped, not kept).
+    fn scan_data(&mut self, input: &[u8]) -> (usize, Vec<u8>) {
         let Mode::Data {
             mut at_line_start,
             mut size,
             mut oversized,
         } = self.mode
         else {
-            unreachable!("decode_data runs in data mode only")
+            unreachable!("scan_data runs in data mode only")
         };
         let mut chunk = Vec::new();
         let mut pos = 0;
@@ -146,15 +151,9 @@ impl SmtpCodec {
         while pos < input.len() && (oversized || pos < CHUNK) {
             let rest = &input[pos..];
             if at_line_start {
-                if rest.starts_with(b".\r\n") {
-                    if pos > 0 {
-                        break; // What came before the dot goes first.
-                    }
-                    self.mode = Mode::Command;
-                    return Ok(Some((Request::EndOfData { oversized }, 3)));
-                }
-                if b".\r\n".starts_with(rest) {
-                    break; // `.` or `.\r`: perhaps the end; wait for more.
+                if b".\r\n".starts_with(&rest[..rest.len().min(3)]) {
+                    // The end (decode answers it), or perhaps the end: wait for more.
+                    break;
                 }
                 if rest[0] == b'.' {
                     pos += 1; // Dot-unstuffing: `..x` is `.x`.
@@ -181,12 +180,12 @@ impl SmtpCodec {
             }
             if !oversized {
                 if size.saturating_add(take) > self.max_size {
+                    // What was kept goes on; from here on, bytes are skipped.
                     oversized = true;
-                    chunk = Vec::new();
-                } else {
-                    chunk.extend_from_slice(&window[..take]);
-                    size += take;
+                    break;
                 }
+                chunk.extend_from_slice(&window[..take]);
+                size += take;
             }
             pos += take;
             at_line_start = ends_line;
@@ -196,6 +195,55 @@ impl SmtpCodec {
             size,
             oversized,
         };
+        (pos, chunk)
+    }
+
+    fn decode_data(&mut self, input: &[u8]) -> Result<Option<Decoded<Request>>, DecodeError> {
+        if let Mode::Data {
+            at_line_start: true,
+            oversized,
+            ..
+        } = self.mode
+        {
+            if input.starts_with(b".\r\n") {
+                self.mode = Mode::Command;
+                return Ok(Some((Request::EndOfData { oversized }, 3)));
+            }
+        }
+        if matches!(
+            self.mode,
+            Mode::Data {
+                oversized: true,
+                ..
+            }
+        ) {
+            return Ok(None); // `skip` takes these bytes.
+        }
+        let before = self.mode;
+        let (pos, chunk) = self.scan_data(input);
+        if let (
+            true,
+            Mode::Data {
+                at_line_start,
+                size,
+                ..
+            },
+        ) = (chunk.is_empty(), before)
+        {
+            if let Mode::Data {
+                oversized: true, ..
+            } = self.mode
+            {
+                // Over the limit with nothing kept: `skip` takes these bytes, from where
+                // this scan began.
+                self.mode = Mode::Data {
+                    at_line_start,
+                    size,
+                    oversized: true,
+                };
+                return Ok(None);
+            }
+        }
         Ok((pos > 0).then_some((Request::Chunk(chunk), pos)))
     }
 }
@@ -208,6 +256,17 @@ impl Codec for SmtpCodec {
         match self.mode {
             Mode::Command => self.decode_command(input),
             Mode::Data { .. } => self.decode_data(input),
+        }
+    }
+
+    /// The rest of an oversized message, up to its dot: consumed as it arrives, never
+    /// handed on.
+    fn skip(&mut self, input: &[u8]) -> usize {
+        match self.mode {
+            Mode::Data {
+                oversized: true, ..
+            } => self.scan_data(input).0,
+            _ => 0,
         }
     }
 
