@@ -19,8 +19,9 @@
 //!
 //! A body's length must be unambiguous (RFC 9112 section 6.3), or the request gets a 400 and
 //! the close: Content-Length values (repeated headers, or a list in one) that differ, one that
-//! is not all digits (`+5`), and Transfer-Encoding together with Content-Length or with a
-//! final coding other than chunked. Identical Content-Length values count as one.
+//! is not all digits (`+5`) or is too big for a u64 (a valid length over the limit is a
+//! 413), and Transfer-Encoding together with Content-Length or with a final coding other
+//! than chunked. Identical Content-Length values count as one.
 
 use std::collections::VecDeque;
 use std::process::ExitCode;
@@ -98,17 +99,17 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// One Content-Length value (or list element): `1*DIGIT` around optional whitespace, as RFC
-/// 9112 section 6.3 demands; `+5` or `5 5` is `None`. Too many digits for a u64 saturate,
-/// which is over any body limit.
+/// 9112 section 6.3 demands; `+5` or `5 5` is `None`. So is a number too big for a u64:
+/// it is no length this server can hold, and RFC 9112 section 6.3 makes a Content-Length
+/// that cannot be parsed an invalid message (400), not a large body (413).
 fn content_length_value(value: &[u8]) -> Option<u64> {
     let digits = value.trim_ascii();
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    Some(digits.iter().fold(0u64, |len, &digit| {
-        len.saturating_mul(10)
-            .saturating_add(u64::from(digit - b'0'))
-    }))
+    digits.iter().try_fold(0u64, |len, &digit| {
+        len.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+    })
 }
 
 fn header_is(value: &[u8], token: &str) -> bool {

@@ -92,6 +92,46 @@ fn http_content_length_that_is_not_all_digits_gets_one_400_then_close() {
 }
 
 #[test]
+fn http_content_length_too_big_for_a_u64_gets_one_400_then_close() {
+    let server = Server::start();
+    // Digits that overflow a u64 saturated to u64::MAX, a valid length over the limit: 413.
+    // A value that is no valid length makes the message invalid (RFC 9112 section 6.3).
+    for value in [
+        "18446744073709551616",
+        "99999999999999999999",
+        "18446744073709551615, 18446744073709551616",
+    ] {
+        let request = format!(
+            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {value}\r\nConnection: close\r\n\r\nhello"
+        );
+        assert_one_400(&server.exchange(&request), &request);
+    }
+}
+
+#[test]
+fn http_content_length_over_the_body_limit_still_gets_413() {
+    let server = Server::start();
+    // Valid lengths: u64::MAX is the largest, and leading zeros do not overflow.
+    for value in [
+        "1048577",
+        "18446744073709551615",
+        "000000000000000000000001048577",
+    ] {
+        let request =
+            format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {value}\r\n\r\nhello");
+        let reply = server.exchange(&request);
+        assert!(
+            reply.starts_with("HTTP/1.1 413 Content Too Large\r\n"),
+            "{request:?}: {reply:?}"
+        );
+        assert!(
+            reply.contains("\r\nConnection: close\r\n"),
+            "{request:?}: {reply:?}"
+        );
+    }
+}
+
+#[test]
 fn http_transfer_encoding_with_content_length_gets_one_400_then_close() {
     let server = Server::start();
     // Either order: the length must not depend on which header a reader looks at first.
