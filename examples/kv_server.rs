@@ -34,6 +34,10 @@
 //! they are not atomic themselves: a transaction may see half of an MSET.) A failed AUTH
 //! leaves an authenticated connection authenticated, as in redis-server.
 //!
+//! Integer arguments (SELECT's index, SET's `EX`/`PX`, and the value INCR reads) are read as
+//! redis-server reads them: an optional `-`, then digits with no leading zero, in an i64.
+//! `+5`, `007`, `-0`, ` 5` and `1e3` get `-ERR value is not an integer or out of range`.
+//!
 //! `SET`'s `EX`/`PX` follow redis-server: an expiry that is not positive, or whose unix time
 //! in milliseconds would overflow an i64, gets `-ERR invalid expire time in 'set' command`
 //! and the key is left as it was; any other is kept, however far (`EX 4294967296` is 136

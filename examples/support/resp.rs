@@ -247,7 +247,21 @@ pub fn arity(name: &str) -> Value {
 /// The error for an argument that should be an i64 and is not.
 pub const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
 
-/// `bytes` as an i64, if they are one in decimal.
+/// `bytes` as an i64, if they are one as redis-server reads one (its `string2ll`): an
+/// optional `-`, then digits without a leading zero, or `0` alone. Rust's `parse` also took
+/// `+5`, `007` and `-0`, which redis-server refuses with [`NOT_AN_INTEGER`], so `INCR`,
+/// `SELECT` and `SET`'s `EX`/`PX` accepted what redis-server does not.
 pub fn parse_int(bytes: &[u8]) -> Option<i64> {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    let canonical = match digits {
+        // Not `-0`: its only writing is `0`.
+        [b'0'] => digits.len() == bytes.len(),
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !canonical {
+        return None;
+    }
+    // ASCII, and only overflow is left to refuse (i64::MIN's digits included).
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }

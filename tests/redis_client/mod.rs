@@ -1,5 +1,8 @@
 //! A small RESP2 client for the kv_server tests: exact-reply round trips, commands as
 //! redis-cli encodes them, a reply reader, and redis-cli itself.
+//!
+//! Every test file compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
 
 use std::io::{self, BufRead, Read, Write};
 use std::net::TcpStream;
