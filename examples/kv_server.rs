@@ -38,6 +38,16 @@
 //! redis-server reads them: an optional `-`, then digits with no leading zero, in an i64.
 //! `+5`, `007`, `-0`, ` 5` and `1e3` get `-ERR value is not an integer or out of range`.
 //!
+//! `SET`'s options are checked as redis-server checks them, every word before any value: a
+//! word that is no option, options that do not go together (`EX` with `PX`; also `NX` with
+//! `XX`, `KEEPTTL` with an expiry, ...) and a missing value are `-ERR syntax error`, even
+//! when a value is bad too; `EX` or `PX` given twice is allowed, and only the last value is
+//! read. The options kv_server does not implement (NX, XX, GET, KEEPTTL, EXAT, PXAT) get
+//! `-ERR syntax error`, as ever, but only after those checks and after the `EX`/`PX` value
+//! is read: where redis-server refuses such a command (a syntax error, a bad expiry), the
+//! reply is its reply; where it would act on them, it is kv_server's `-ERR syntax error`,
+//! and the key is left as it was.
+//!
 //! `SET`'s `EX`/`PX` follow redis-server: an expiry that is not positive, or whose unix time
 //! in milliseconds would overflow an i64, gets `-ERR invalid expire time in 'set' command`
 //! and the key is left as it was; any other is kept, however far (`EX 4294967296` is 136

@@ -3,7 +3,12 @@
 //!
 //! The cases are the arguments whose parsing kv_server once did its own way: integers
 //! (redis-server's string2ll refuses `+5`, `007`, `-0` and spaces, which Rust's `parse`
-//! took) in INCR's stored value, SELECT's index and SET's EX and PX.
+//! took) in INCR's stored value, SELECT's index and SET's EX and PX; and how SET's options
+//! combine (redis-server checks every option word before it reads the one expiry it keeps,
+//! the last). Only what kv_server implements as redis-server does is compared: SET's NX,
+//! XX, GET, KEEPTTL, EXAT and PXAT only where redis-server refuses the command before it
+//! would act on them; where it would not, kv_server gives its own answer (see kv_server.rs's
+//! doc), tested in kv_server_regressions.rs.
 //!
 //! The example's source is included, so its server runs in this process and is always
 //! built from the current source. redis-server must be installed: a missing one fails the
@@ -259,6 +264,67 @@ fn kv_set_parses_ex_and_px_values_like_redis() {
             commands.push(vec!["GET", "k"]);
         }
         commands.push(vec!["SET", "k", "new", unit, "10"]);
+    }
+    assert_same_replies(&commands);
+}
+
+#[test]
+fn kv_set_options_combine_like_redis() {
+    let mut commands = Vec::new();
+    for options in [
+        // EX with PX, in either order, whatever their values.
+        &["EX", "100", "PX", "100000"][..],
+        &["PX", "100000", "EX", "100"],
+        &["ex", "100", "px", "100000"],
+        &["EX", "abc", "PX", "100000"],
+        &["EX", "100", "PX", "abc"],
+        &["EX", "0", "PX", "100000"],
+        // The same one twice: the last is read, the first never is.
+        &["EX", "100", "EX", "200"],
+        &["PX", "100000", "PX", "200000"],
+        &["EX", "abc", "EX", "100"],
+        &["EX", "0", "EX", "100"],
+        &["EX", "100", "EX", "0"],
+        &["EX", "100", "EX", "abc"],
+        &["EX", "100", "ex", "+5"],
+        // A missing value.
+        &["EX"],
+        &["PX"],
+        &["EX", "100", "PX"],
+        &["EX", "100", "EX"],
+        &["EX", "abc", "EX"],
+        // Words that are no option.
+        &["FOO"],
+        &["FOO", "100"],
+        &["EX", "100", "FOO"],
+        &["EX", "abc", "FOO"],
+        &["EX", "0", "FOO"],
+        &["EX", "100", "100"],
+        &["EXX", "100"],
+        &["E", "100"],
+        // Options kv_server does not implement, where redis-server refuses the command
+        // before it would act on them: a combination it calls a syntax error, or an EX or
+        // PX value it refuses.
+        &["EX", "100", "KEEPTTL"],
+        &["KEEPTTL", "EX", "100"],
+        &["EX", "abc", "KEEPTTL"],
+        &["KEEPTTL", "PX", "0"],
+        &["NX", "XX"],
+        &["XX", "EX", "100", "NX"],
+        &["EX", "100", "EXAT", "100"],
+        &["PXAT", "100", "EX", "abc"],
+        &["EXAT", "100", "PXAT", "100"],
+        &["NX", "EX"],
+        &["GET", "FOO"],
+        &["EX", "abc", "NX"],
+        &["NX", "EX", "abc"],
+        &["GET", "PX", "0"],
+        &["XX", "GET", "EX", "+100"],
+    ] {
+        // SET over an old value, then GET: a refused SET leaves the old value.
+        let mut set = vec!["SET", "k", "new"];
+        set.extend_from_slice(options);
+        commands.extend([vec!["SET", "k", "old"], set, vec!["GET", "k"]]);
     }
     assert_same_replies(&commands);
 }

@@ -124,6 +124,79 @@ fn deadline(amount: i64, unit_ms: i64) -> Result<Option<Instant>, Value> {
     Ok(Instant::now().checked_add(Duration::from_millis(ms as u64)))
 }
 
+const SYNTAX_ERROR: &str = "ERR syntax error";
+
+// SET's options, one bit each.
+const NX: u8 = 1;
+const XX: u8 = 1 << 1;
+const GET: u8 = 1 << 2;
+const KEEPTTL: u8 = 1 << 3;
+const EX: u8 = 1 << 4;
+const PX: u8 = 1 << 5;
+const EXAT: u8 = 1 << 6;
+const PXAT: u8 = 1 << 7;
+
+/// SET's option words as redis-server 7 reads them (`parseExtendedStringArgumentsOrReply`
+/// in t_string.c): the name (any case), its bit, the options it cannot be combined with,
+/// and whether a value follows.
+const SET_OPTIONS: [(&str, u8, u8, bool); 8] = [
+    ("NX", NX, XX, false),
+    ("XX", XX, NX, false),
+    ("GET", GET, 0, false),
+    ("KEEPTTL", KEEPTTL, EX | PX | EXAT | PXAT, false),
+    ("EX", EX, KEEPTTL | PX | EXAT | PXAT, true),
+    ("PX", PX, KEEPTTL | EX | EXAT | PXAT, true),
+    ("EXAT", EXAT, KEEPTTL | EX | PX | PXAT, true),
+    ("PXAT", PXAT, KEEPTTL | EX | PX | EXAT, true),
+];
+
+/// What SET's options ask for, once their words are known to make sense together.
+struct SetOptions<'a> {
+    /// The EX or PX given (the last, if repeated), its value not yet read, and its unit in
+    /// milliseconds.
+    expiry: Option<(&'a [u8], i64)>,
+    /// NX, XX, GET, KEEPTTL, EXAT or PXAT: options redis-server has and kv_server does not.
+    unsupported: bool,
+}
+
+impl<'a> SetOptions<'a> {
+    /// Checks every word before any value is read, as redis-server does: a word that is no
+    /// option, one that cannot go with an earlier one (EX with PX, NX with XX, ...), or a
+    /// missing value is `-ERR syntax error` whatever the values say, and of a repeated EX
+    /// or PX only the last value is read at all.
+    fn parse(words: &'a [Vec<u8>]) -> Result<Self, Value> {
+        let mut options = SetOptions {
+            expiry: None,
+            unsupported: false,
+        };
+        let mut seen = 0u8;
+        let mut words = words.iter();
+        while let Some(word) = words.next() {
+            let Some(&(_, bit, excludes, has_value)) = SET_OPTIONS
+                .iter()
+                .find(|(name, ..)| word.eq_ignore_ascii_case(name.as_bytes()))
+            else {
+                return Err(error(SYNTAX_ERROR));
+            };
+            if seen & excludes != 0 {
+                return Err(error(SYNTAX_ERROR));
+            }
+            seen |= bit;
+            let value = if has_value {
+                Some(words.next().ok_or_else(|| error(SYNTAX_ERROR))?)
+            } else {
+                None
+            };
+            match (bit, value) {
+                (EX, Some(value)) => options.expiry = Some((value.as_slice(), 1000)),
+                (PX, Some(value)) => options.expiry = Some((value.as_slice(), 1)),
+                _ => options.unsupported = true,
+            }
+        }
+        Ok(options)
+    }
+}
+
 /// Database `index` of the keys `K` reaches: the data commands, arguments already counted.
 pub struct Db<'k, K: Keys> {
     keys: &'k mut K,
@@ -154,19 +227,14 @@ impl<'k, K: Keys> Db<'k, K> {
         self.value(key)
     }
 
-    /// `SET key value [EX seconds | PX milliseconds]...`: `args` from the key on.
+    /// `SET key value [EX seconds | PX milliseconds]`: `args` from the key on.
     pub fn set(&mut self, args: &[Vec<u8>]) -> Value {
+        let options = match SetOptions::parse(&args[2..]) {
+            Ok(options) => options,
+            Err(refused) => return refused,
+        };
         let mut expires = None;
-        let mut options = args[2..].iter();
-        while let Some(option) = options.next() {
-            let unit_ms = match option.to_ascii_uppercase().as_slice() {
-                b"EX" => 1000,
-                b"PX" => 1,
-                _ => return error("ERR syntax error"),
-            };
-            let Some(amount) = options.next() else {
-                return error("ERR syntax error");
-            };
+        if let Some((amount, unit_ms)) = options.expiry {
             let Some(amount) = parse_int(amount) else {
                 return error(NOT_AN_INTEGER);
             };
@@ -174,6 +242,10 @@ impl<'k, K: Keys> Db<'k, K> {
                 Ok(at) => expires = at,
                 Err(invalid) => return invalid,
             }
+        }
+        if options.unsupported {
+            // What kv_server has always answered to these; see kv_server.rs's doc.
+            return error(SYNTAX_ERROR);
         }
         self.put(&args[0], args[1].clone(), expires);
         Value::Simple("OK")
