@@ -16,6 +16,16 @@ impl Builder {
     /// [`std::io::ErrorKind::AddrInUse`] if a server is still listening there, or if `path` is a
     /// file that is not a socket. Handlers see [`Peer::Unix`](crate::Peer::Unix) with the
     /// peer's uid, gid and pid ([`Context::credentials`](crate::Context::credentials)).
+    ///
+    /// Servers sharing `path` take turns under an exclusive `flock` on the sibling file
+    /// `<path>.lock` (created if need be, mode 0666 less the umask): a starting server holds
+    /// it from its check for a live server until it listens, a stopping one while it checks
+    /// that the socket file is still its own and removes it. So of servers started on one
+    /// path at once exactly one starts, the others failing with `AddrInUse`, and a server
+    /// that replaces a stale file is never left without it. The lock file stays when the
+    /// server stops: removing it would let two servers lock two different files of that
+    /// name at once. A script that replaces the socket file itself can take the same lock
+    /// (`flock(1)`); `start` waits while anyone holds it.
     pub fn bind_unix(path: impl AsRef<Path>) -> Self {
         Self::new(Listen::UnixPath(path.as_ref().to_path_buf()))
     }

@@ -217,59 +217,38 @@ impl Listener {
     /// Binds a Unix domain socket at `path`. A socket file left there by a server that is
     /// gone (connecting to it is refused) is replaced; a live server's socket, or a file
     /// that is not a socket, is an error ([`io::ErrorKind::AddrInUse`]).
+    ///
+    /// The probe, the removal of a stale file, `bind` and `listen` run under the path's
+    /// [`PathLock`]: unlocked, two servers starting at once could both find the file stale
+    /// and the second remove the first's, and a socket bound but not yet listening refuses
+    /// a probe just as a stale one does.
     pub fn bind_unix(path: &Path, backlog: i32) -> io::Result<Self> {
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("{} exists and is not a socket", path.display()),
-                ));
-            }
-            // A non-blocking probe: a live server with a full backlog must not hang us.
-            let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-            probe.set_nonblocking(true)?;
-            match probe.connect(&socket2::SockAddr::unix(path)?) {
-                Ok(()) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!("a server is listening on {}", path.display()),
-                    ))
-                }
-                Err(e)
-                    if e.kind() == io::ErrorKind::WouldBlock
-                        || e.raw_os_error() == Some(libc::EINPROGRESS) =>
-                {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!(
-                            "a server is listening on {} (its backlog is full)",
-                            path.display()
-                        ),
-                    ))
-                }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    log::info!("removing stale socket file {}", path.display());
-                    match std::fs::remove_file(path) {
-                        // Its server removed it meanwhile: as good.
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                        _ => {}
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("cannot tell whether {} is in use: {e}", path.display()),
-                    ))
-                }
-            }
-        }
+        let lock = PathLock::take(path)?;
+        remove_if_stale(path)?;
         let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
         socket.bind(&socket2::SockAddr::unix(path)?)?;
-        let file = SocketFile::new(path)?;
-        socket.listen(backlog)?;
-        let std_listener: std::os::unix::net::UnixListener = socket.into();
-        std_listener.set_nonblocking(true)?;
+        let pin = sys::pin_inode(path)?;
+        let identity = identity(path, pin.as_ref())?;
+        let listening = socket.listen(backlog).and_then(|()| {
+            let listener: std::os::unix::net::UnixListener = socket.into();
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        });
+        // No SocketFile exists before this succeeds: dropping one takes the lock again,
+        // through another open file description, and would wait for this one forever.
+        let std_listener = match listening {
+            Ok(listener) => listener,
+            Err(e) => {
+                remove_if_ours(path, identity);
+                return Err(e);
+            }
+        };
+        let file = SocketFile {
+            path: path.to_path_buf(),
+            identity,
+            _pin: pin,
+        };
+        drop(lock);
         Ok(Listener {
             socket: ListenSocket::Unix {
                 listener: mio::net::UnixListener::from_std(std_listener),
@@ -370,36 +349,148 @@ impl Source for Listener {
     }
 }
 
+/// Removes the socket file at `path` if no server listens on it (connecting is refused);
+/// fails with [`io::ErrorKind::AddrInUse`] if one does, or if `path` is not a socket. Call
+/// it under the path's [`PathLock`].
+fn remove_if_stale(path: &Path) -> io::Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{} exists and is not a socket", path.display()),
+        ));
+    }
+    // A non-blocking probe: a live server with a full backlog must not hang us.
+    let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    probe.set_nonblocking(true)?;
+    match probe.connect(&socket2::SockAddr::unix(path)?) {
+        Ok(()) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("a server is listening on {}", path.display()),
+        )),
+        Err(e)
+            if e.kind() == io::ErrorKind::WouldBlock
+                || e.raw_os_error() == Some(libc::EINPROGRESS) =>
+        {
+            Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "a server is listening on {} (its backlog is full)",
+                    path.display()
+                ),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            log::info!("removing stale socket file {}", path.display());
+            match std::fs::remove_file(path) {
+                // A server that does not take the lock (or a person) removed it: as good.
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot tell whether {} is in use: {e}", path.display()),
+        )),
+    }
+}
+
+/// An exclusive lock on a Unix socket path, shared by every server of this crate (in any
+/// process) that binds or removes the socket file there: a `flock` on the sibling file
+/// `<path>.lock`, held until dropped. The lock file is left in place: were it removed, a
+/// server could lock the removed file while another created and locked a new one under the
+/// same name, and both would go ahead.
+struct PathLock {
+    /// Held for the lock: closing it releases the lock.
+    _file: std::fs::File,
+}
+
+impl PathLock {
+    /// Waits for the lock of the socket at `path`, creating its lock file if need be (mode
+    /// 0666 less the umask; close-on-exec, as std opens every file, so a child we spawn
+    /// does not hold our lock).
+    fn take(path: &Path) -> io::Result<Self> {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".lock");
+        let lock_path = PathBuf::from(name);
+        let context =
+            |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", lock_path.display()));
+        // Opened for writing, which NFS's emulation of flock needs for an exclusive lock;
+        // read-only when we may not write it (another user made it), which a local file
+        // system's flock accepts.
+        let file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            // Nothing is ever written to it; another server may hold it this instant.
+            .truncate(false)
+            .open(&lock_path)
+        {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                std::fs::File::open(&lock_path).map_err(context)?
+            }
+            opened => opened.map_err(context)?,
+        };
+        sys::lock_exclusive(file.as_fd()).map_err(context)?;
+        Ok(PathLock { _file: file })
+    }
+}
+
+/// The device and inode of the file at `path` (of `pinned`, the same file held open, when
+/// there is one), which tell one socket file from another that replaced it under the same
+/// name.
+fn identity(path: &Path, pinned: Option<&std::fs::File>) -> io::Result<(u64, u64)> {
+    let meta = match pinned {
+        Some(file) => file.metadata()?,
+        None => std::fs::symlink_metadata(path)?,
+    };
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// Removes the socket file at `path` if it is still the one whose [`identity`] is `ours`.
+/// Call it under the path's [`PathLock`], or a server that replaced the file between the
+/// check and the removal loses its file.
+fn remove_if_ours(path: &Path, ours: (u64, u64)) {
+    match identity(path, None) {
+        Ok(found) if found == ours => {
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!("cannot remove {}: {e}", path.display());
+            }
+        }
+        _ => log::debug!(
+            "{} was replaced or removed by someone else: left alone",
+            path.display()
+        ),
+    }
+}
+
 /// A socket file this server created. Dropping it removes the file, unless it is no longer
 /// ours: a new server (a restart) that replaced it keeps its own.
 pub(crate) struct SocketFile {
     path: PathBuf,
     /// Device and inode of the file we bound, to recognise it.
     identity: (u64, u64),
-}
-
-impl SocketFile {
-    fn new(path: &Path) -> io::Result<Self> {
-        let meta = std::fs::symlink_metadata(path)?;
-        Ok(SocketFile {
-            path: path.to_path_buf(),
-            identity: (meta.dev(), meta.ino()),
-        })
-    }
+    /// The file we bound, held so that its inode number is not given to a file that
+    /// replaces it (see [`sys::pin_inode`]); `None` where it cannot be held.
+    _pin: Option<std::fs::File>,
 }
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        match std::fs::symlink_metadata(&self.path) {
-            Ok(meta) if (meta.dev(), meta.ino()) == self.identity => {
-                if let Err(e) = std::fs::remove_file(&self.path) {
-                    log::warn!("cannot remove {}: {e}", self.path.display());
-                }
+        let _lock = match PathLock::take(&self.path) {
+            Ok(lock) => lock,
+            Err(e) => {
+                // Unlocked, the file might be a successor's by the time we remove it; a
+                // stale file left behind is harmless: the next server replaces it.
+                log::warn!(
+                    "{} left in place: cannot take its lock: {e}",
+                    self.path.display()
+                );
+                return;
             }
-            _ => log::debug!(
-                "{} was replaced or removed by someone else: left alone",
-                self.path.display()
-            ),
-        }
+        };
+        remove_if_ours(&self.path, self.identity);
     }
 }

@@ -1,8 +1,9 @@
 //! Every platform-specific fact the library depends on, in one place, and the library's only
 //! `unsafe` code, each block with its contract: the calls no well-kept crate wraps on their
-//! own (`sched_setscheduler`, `getsockopt(SO_PEERCRED)`, `prctl(PR_SET_TIMERSLACK)`) and the
-//! adoption of the listening socket systemd passes (`fcntl(F_GETFD)`, a borrowed then an
-//! owned descriptor 3). Sockets go through mio and socket2.
+//! own (`sched_setscheduler`, `getsockopt(SO_PEERCRED)`, `prctl(PR_SET_TIMERSLACK)`, and
+//! `flock` on a Unix socket path's lock file, std's `File::lock` being newer than our MSRV)
+//! and the adoption of the listening socket systemd passes (`fcntl(F_GETFD)`, a borrowed
+//! then an owned descriptor 3). Sockets go through mio and socket2.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -150,6 +151,61 @@ pub(crate) fn peer_credentials(
             io::ErrorKind::Unsupported,
             "peer credentials are not available on this platform",
         ))
+    }
+}
+
+/// Takes an exclusive `flock(2)` lock on `file`, waiting while another open file
+/// description holds it (in this process or another). The lock belongs to the open file
+/// description, so it is released when the last descriptor of it closes; a second open of
+/// the same file, even in this process, is another description and waits for the first.
+///
+/// # Errors
+///
+/// The error of `flock` (EINTR is retried).
+#[cfg(unix)]
+pub(crate) fn lock_exclusive(file: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: `file` is an open descriptor for the duration of the borrow; flock takes
+        // it and the operation by value and reads or writes no memory of ours.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        // A signal handler ran while we waited: the lock is not ours yet, wait again.
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Keeps the file at `path` (a symlink itself, not followed) from giving up its inode for as
+/// long as the returned file is open, even once the file is removed: its device and inode
+/// then name it alone, where a file system such as ext4 gives a freed inode number to the
+/// next file it creates (a successor's socket, bound where ours was). Linux and Android: an
+/// `O_PATH` descriptor, which any file, a socket too, can be opened as without being read.
+/// `None` elsewhere.
+///
+/// # Errors
+///
+/// The error of `open`.
+pub(crate) fn pin_inode(path: &std::path::Path) -> io::Result<Option<std::fs::File>> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_PATH ignores the access mode; std adds O_CLOEXEC, which O_PATH keeps.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(path)
+            .map(Some)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = path;
+        Ok(None)
     }
 }
 
