@@ -5,11 +5,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::Receiver;
 
 use crate::acceptor::AcceptGate;
 use crate::clock;
@@ -204,40 +204,58 @@ impl fmt::Debug for ServerHandle {
 }
 
 /// Makes a server's [`ServerHandle::join`] (and so [`Builder::serve`](crate::Builder::serve))
-/// return after a graceful shutdown. Cheap to clone; firing it more than once, or before the
-/// server has started, is harmless (a server started with a trigger that already fired stops
-/// at once).
-#[derive(Clone, Debug)]
+/// return after a graceful shutdown. Cheap to clone; every clone is the same trigger, and
+/// one trigger may stop several servers. Once fired it stays fired: every server started
+/// with it or a clone of it stops, whether its `join` waits already or comes later (it then
+/// stops at once). Firing it more than once is harmless.
+#[derive(Clone, Default)]
 pub struct ShutdownTrigger {
-    tx: Sender<()>,
-    rx: Receiver<()>,
+    /// Whether it has fired (never reset), and where every `wait` sleeps until it has. A
+    /// flag, not a message: a message is taken by one waiter, a flag is seen by all.
+    state: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl ShutdownTrigger {
     /// A trigger not yet tied to a server; give it to
     /// [`Builder::shutdown_trigger`](crate::Builder::shutdown_trigger).
     pub fn new() -> Self {
-        // One slot: a fired trigger stays fired, however often it is fired.
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        ShutdownTrigger { tx, rx }
+        Self::default()
     }
 
-    /// Asks the server to shut down.
+    /// Asks every server started with this trigger (or a clone of it) to shut down. Call it
+    /// from a thread (a signal-handling thread, say), not inside a signal handler: it takes
+    /// a lock.
     pub fn fire(&self) {
-        match self.tx.try_send(()) {
-            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+        let (fired, woken) = &*self.state;
+        *lock(fired) = true;
+        // Every waiter: each is a different server's join.
+        woken.notify_all();
+    }
+
+    /// Blocks until the trigger fires; returns at once if it already has.
+    fn wait(&self) {
+        let (fired, woken) = &*self.state;
+        let mut fired = lock(fired);
+        // The flag, not the wake-up, says it fired: waits can wake spuriously.
+        while !*fired {
+            fired = woken.wait(fired).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
-    /// Blocks until the trigger fires. The trigger holds both ends of its channel, so this
-    /// waits for a message, never a disconnect.
-    fn wait(&self) {
-        let _ = self.rx.recv();
+    fn fired(&self) -> bool {
+        *lock(&self.state.0)
     }
 }
 
-impl Default for ShutdownTrigger {
-    fn default() -> Self {
-        Self::new()
+/// Locks the flag. Nothing panics while holding it, but a poisoned bool is still a bool.
+fn lock(fired: &Mutex<bool>) -> MutexGuard<'_, bool> {
+    fired.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl fmt::Debug for ShutdownTrigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShutdownTrigger")
+            .field("fired", &self.fired())
+            .finish()
     }
 }
