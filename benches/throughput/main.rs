@@ -102,6 +102,9 @@ const BLOCKING_CONNECTIONS: usize = 256;
 const HOLD: (usize, u64, f64) = (19_000, 2000, 10.0);
 /// The hold scenario, quick mode.
 const HOLD_QUICK: (usize, u64, f64) = (2_000, 250, 1.0);
+/// The hold scenario with large pings (connections, bytes, think ms, seconds): the RSS an
+/// idle connection keeps after a large exchange.
+const HOLD_LARGE: (usize, usize, u64, f64) = (1_000, 32 * 1024, 1000, 3.0);
 /// The most connections thread-per-conn holds (one thread each) in a hold scenario.
 const THREADS_HOLD_MAX: usize = 5_000;
 
@@ -300,6 +303,7 @@ fn plain_matrix(quick: bool) -> Vec<Scenario> {
         Scenario::echo(100, 64, 16),
         blocking,
         Scenario::hold(connections, think_ms, duration_s),
+        Scenario::hold_sized(HOLD_LARGE.0, HOLD_LARGE.1, HOLD_LARGE.2, HOLD_LARGE.3),
     ]
 }
 

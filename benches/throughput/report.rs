@@ -81,15 +81,29 @@ impl Scenario {
     /// `think_ms`, and so on, for at least `duration_s` (and at least 2.5 think times, so
     /// every connection pings at least twice in the window).
     pub fn hold(connections: usize, think_ms: u64, duration_s: f64) -> Scenario {
+        Scenario::hold_sized(connections, 64, think_ms, duration_s)
+    }
+
+    /// [`Scenario::hold`] with `message_size`-byte pings: what an idle connection keeps
+    /// after large exchanges (the settled RSS columns).
+    pub fn hold_sized(
+        connections: usize,
+        message_size: usize,
+        think_ms: u64,
+        duration_s: f64,
+    ) -> Scenario {
         let think = if think_ms % 1000 == 0 {
             format!("{}s", think_ms / 1000)
         } else {
             format!("{think_ms}ms")
         };
         Scenario {
-            name: format!("hold c{connections} 64B think{think}"),
+            name: format!(
+                "hold c{connections} {} think{think}",
+                size_label(message_size)
+            ),
             connections,
-            message_size: 64,
+            message_size,
             depth: 1,
             sleep_us: 0,
             blocking_workers: 0,
@@ -308,7 +322,7 @@ const HEADERS: [&str; 17] = [
 ];
 
 /// The columns of the hold scenarios' table.
-const HOLD_HEADERS: [&str; 17] = [
+const HOLD_HEADERS: [&str; 19] = [
     "scenario",
     "server",
     "conns",
@@ -324,6 +338,8 @@ const HOLD_HEADERS: [&str; 17] = [
     "idle RSS MiB",
     "peak RSS MiB",
     "RSS/conn KiB",
+    "settled RSS MiB",
+    "settled/conn KiB",
     "srv thr",
     "cli lag p99 us",
 ];
@@ -385,6 +401,8 @@ fn hold_row(o: &Outcome) -> Vec<String> {
         mib(m.server_idle_rss_kib),
         mib(m.server_peak_rss_kib),
         format!("{:.2}", m.rss_per_conn_kib),
+        mib(m.server_settled_rss_kib),
+        format!("{:.2}", m.settled_rss_per_conn_kib),
         m.server_threads.to_string(),
         m.send_lag_p99_us.to_string(),
     ]

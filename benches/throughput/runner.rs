@@ -58,6 +58,12 @@ pub struct RunMetrics {
     pub server_idle_rss_kib: u64,
     /// (peak RSS - idle RSS) / connections established, in KiB.
     pub rss_per_conn_kib: f64,
+    /// The server's resident set (VmRSS) once the load is over, every connection still
+    /// open and idle.
+    pub server_settled_rss_kib: u64,
+    /// (settled RSS - idle RSS) / connections established, in KiB: what an idle connection
+    /// keeps after its exchanges.
+    pub settled_rss_per_conn_kib: f64,
     /// The server's threads at the end of the measured window.
     pub server_threads: u64,
     /// The server's open file descriptors at the end of the measured window.
@@ -363,6 +369,7 @@ pub fn run_once(serve: &ServeArgs, load: &LoadConfig) -> io::Result<RunMetrics> 
     let mut cpu_end = CpuSample::default();
     let mut threads_fds = (0, 0);
     let mut peak_rss = 0;
+    let mut settled_rss = 0;
     let mut server = Some(server);
     let result = loadgen::run(&load, |event| {
         let Some(srv) = server.as_ref() else { return };
@@ -374,6 +381,7 @@ pub fn run_once(serve: &ServeArgs, load: &LoadConfig) -> io::Result<RunMetrics> 
             }
             Event::Drained => {
                 peak_rss = srv.memory_and_threads().0;
+                settled_rss = srv.rss_kib();
                 // Stopped before the client closes its side, so TIME_WAIT is the server's.
                 if let Some(srv) = server.take() {
                     srv.stop();
@@ -388,11 +396,14 @@ pub fn run_once(serve: &ServeArgs, load: &LoadConfig) -> io::Result<RunMetrics> 
     let secs = result.measured.as_secs_f64().max(1e-9);
     let q = |quantile: f64| result.latency_us.value_at_quantile(quantile);
     let req_per_s = result.completed as f64 / secs;
-    let rss_per_conn_kib = if result.established == 0 {
-        0.0
-    } else {
-        peak_rss.saturating_sub(idle_rss) as f64 / result.established as f64
+    let per_conn = |rss: u64| {
+        if result.established == 0 {
+            0.0
+        } else {
+            rss.saturating_sub(idle_rss) as f64 / result.established as f64
+        }
     };
+    let (rss_per_conn_kib, settled_rss_per_conn_kib) = (per_conn(peak_rss), per_conn(settled_rss));
     Ok(RunMetrics {
         requests: result.completed,
         measured_s: secs,
@@ -417,6 +428,8 @@ pub fn run_once(serve: &ServeArgs, load: &LoadConfig) -> io::Result<RunMetrics> 
         server_peak_rss_kib: peak_rss,
         server_idle_rss_kib: idle_rss,
         rss_per_conn_kib,
+        server_settled_rss_kib: settled_rss,
+        settled_rss_per_conn_kib,
         server_threads: threads_fds.0,
         server_fds: threads_fds.1,
         client_cpu_s: cpu_end.client - cpu_start.client,
