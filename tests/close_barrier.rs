@@ -48,6 +48,8 @@ fn show(lines: &[Vec<u8>]) -> Vec<String> {
 struct Tap {
     lines: LineCodec,
     decoded: Lines,
+    /// The line the codec itself calls the connection's last (`Codec::closes_after`).
+    last: Option<&'static [u8]>,
 }
 
 impl Codec for Tap {
@@ -64,6 +66,10 @@ impl Codec for Tap {
 
     fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
         self.lines.encode(response, output)
+    }
+
+    fn closes_after(&self, line: &Vec<u8>) -> bool {
+        self.last == Some(line.as_slice())
     }
 }
 
@@ -126,6 +132,11 @@ struct Fixture {
 
 impl Fixture {
     fn start(name: &str) -> Fixture {
+        Fixture::start_with(name, None)
+    }
+
+    /// A server whose codec calls `last` the connection's last line.
+    fn start_with(name: &str, last: Option<&'static [u8]>) -> Fixture {
         common::init_logging();
         let (ran, decoded) = (Lines::default(), Lines::default());
         let (entered_tx, entered) = unbounded();
@@ -139,6 +150,7 @@ impl Fixture {
                 Tap {
                     lines: LineCodec::new(),
                     decoded: Arc::clone(&decoded),
+                    last,
                 },
                 Store {
                     ran: Arc::clone(&ran),
@@ -260,6 +272,34 @@ fn a_close_is_a_barrier_the_request_after_quit_never_runs() {
         "the handler ran `DEL a`, sent after QUIT; it ran {ran:?}"
     );
     assert_barrier(&burst, &got, &ran, &["hold"]);
+    let stats = fx.server.stats();
+    assert_eq!(
+        (stats.skipped, stats.in_flight),
+        (1, 0),
+        "`DEL a` counted as skipped: {stats:#?}"
+    );
+}
+
+/// The codec's close (`Codec::closes_after`, as HTTP's `Connection: close`) is decided when
+/// the request is decoded: nothing after it is even decoded, let alone run.
+#[test]
+fn a_codec_close_is_decided_before_dispatch_and_nothing_after_it_is_decoded() {
+    let fx = Fixture::start_with("cb-codec", Some(b"BYE"));
+    let mut client = fx.warm_client();
+    let ran_before = len(&fx.ran);
+    send(&mut client, b"SET a\nBYE\nDEL a\nSET b\n");
+    let (got, ran) = fx.finish(client, ran_before);
+    assert_eq!(
+        got, "done SET a\nBYE\n",
+        "the replies up to BYE's, then EOF"
+    );
+    assert_eq!(ran, ["SET a", "BYE"], "ran after the codec's close");
+    let decoded = show(&fx.decoded.lock().unwrap());
+    assert_eq!(
+        decoded.last().map(String::as_str),
+        Some("BYE"),
+        "decoded after BYE"
+    );
 }
 
 #[test]
