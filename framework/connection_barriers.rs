@@ -327,3 +327,36 @@ proptest! {
         prop_assert_eq!(h.stats().in_flight, 0);
     }
 }
+
+/// Barrier issue, 1, concurrent mode: a close that comes back before the replies ahead of
+/// it (its request ran on another worker) still cuts at once what was not handed on yet,
+/// instead of when its reply's turn to be encoded comes.
+#[test]
+fn a_close_answered_out_of_order_cuts_what_was_not_handed_on() {
+    let mut h = Harness::concurrent(LineCodec::new(), limits());
+    for i in 0..20 {
+        h.peer_sends(format!("w{i}\n").as_bytes());
+        h.answer_all(|r| r);
+    }
+    h.stream().sent.clear();
+    h.peer_sends(b"a\nclose\n");
+    assert_eq!(h.jobs.queued.len(), 2);
+    h.jobs.full = true;
+    h.peer_sends(b"b\nc\n");
+    assert!(h.conn.is_stalled(), "b and c wait for room in the queue");
+    let ran = Ran::default();
+    h.work_in(&[1], logging(&ran));
+    h.deliver(usize::MAX);
+    assert_eq!(h.sent(), "", "`a` is still running");
+    h.jobs.full = false;
+    h.event();
+    assert_eq!(
+        h.queued(),
+        1,
+        "only `a` is out: nothing after the close is handed on"
+    );
+    h.run_in(&[0], logging(&ran));
+    assert_eq!((h.sent().as_str(), h.state()), ("a\nclose\n", "Lingering"));
+    assert_eq!(*ran.lock().unwrap(), ["close", "a"]);
+    assert_eq!(h.stats().skipped, 2);
+}
