@@ -360,3 +360,21 @@ fn a_close_answered_out_of_order_cuts_what_was_not_handed_on() {
     assert_eq!(*ran.lock().unwrap(), ["close", "a"]);
     assert_eq!(h.stats().skipped, 2);
 }
+
+/// Regression (barrier issue, 2): at shutdown the cut dropped an open hook still waiting
+/// for room in the job queue, and with it every request the connection had sent.
+#[test]
+fn a_shutdown_runs_an_open_hook_stalled_on_the_full_job_queue_and_serves_its_requests() {
+    let mut h = Harness::behind_preamble(LineCodec::new(), limits(), None, 3);
+    h.jobs.full = true;
+    h.peer_sends(b"PREa\nb\n");
+    assert!(h.conn.is_stalled(), "the open hook waits for room");
+    h.with(|conn, env| conn.shut_down(env));
+    assert_eq!(h.state(), "Ending");
+    h.jobs.full = false;
+    h.event();
+    h.open(Replies::new());
+    h.answer_all(upper);
+    assert_eq!((h.sent().as_str(), h.state()), ("A\nB\n", "Lingering"));
+    assert_eq!(h.stats().replies_dropped + h.stats().skipped, 0);
+}

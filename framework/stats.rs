@@ -24,8 +24,12 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// Adds `n`; adding nothing touches no cache line (the counters are shared by every
+    /// thread, and most calls on the hot path add zero: requests skipped, dropped).
     pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
+        if n > 0 {
+            counter.fetch_add(n, Relaxed);
+        }
     }
 
     pub fn sub(counter: &AtomicU64, n: u64) {
