@@ -6,7 +6,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 
-use crate::few::Few;
+use crate::util::few::Few;
 
 /// What a handler knows about the connection a request came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

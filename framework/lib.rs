@@ -50,55 +50,34 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
-// Layers, lowest first; a module imports only from layers below its own:
-//   sys, clock, buffer, few, stats, codec, handler   (no crate imports but these)
-//   net           the sockets: listeners (TCP, Unix, passed fds), accepted streams, Transport
-//   message       the types that cross threads: ConnKey, Job, Reply, Inbound, Mailbox
-//   pipeline      one connection's requests in flight and the guarded codec calls
-//   outbox        one connection's session and the requests waiting to be handed on
-//   proxy, tls    a PROXY protocol header; TLS over a non-blocking socket (feature "tls")
-//   wire          a connection's transport: PROXY header, then plaintext or TLS
-//   socket        a stream under edge-triggered readiness: reads and writes that track it
-//   connection    the per-connection state machine over any Read + Write stream
-//   timers, pool, acceptor
-//   reactor       owns connections, timers, dispatch to the pool
-//   handle        ServerHandle, ShutdownTrigger, StatsReader: the running server
-//   server        Builder: settings, validation, starting the threads
-//   listen        Builder's transport settings (Unix sockets, systemd, PROXY, TLS)
-mod acceptor;
-mod buffer;
-mod clock;
+// Layers, lowest first; a module imports only from layers below its own (each folder's
+// module doc says what it owns and what it may import; ARCHITECTURE.md draws the map):
+//   sys, util        platform facts and the only unsafe code; buffer, short list, clock
+//   stats, codec, handler   the user's API: counters, framing, the handler and its replies
+//   transport        listeners, accepted streams, PROXY header, TLS, the wire beneath
+//   conn             one connection: state machine, input, output, pipeline, outbox, the
+//                    work it hands to the pool and how a worker runs it
+//   runtime          the threads: acceptor, reactors, pool, mailbox, token, timers
+//   builder          Builder (settings, validation, start-up), ServerHandle, ShutdownTrigger
+mod builder;
 mod codec;
-mod connection;
-mod few;
-mod handle;
+mod conn;
 mod handler;
-mod listen;
-mod message;
-mod net;
-mod outbox;
-mod pipeline;
-mod pool;
-mod proxy;
-mod reactor;
-mod server;
-mod socket;
+mod runtime;
 mod stats;
 mod sys;
-mod timers;
-#[cfg(feature = "tls")]
-mod tls;
-mod wire;
+mod transport;
+mod util;
 
+pub use builder::handle::{ServerHandle, ShutdownTrigger, StatsReader};
+pub use builder::Builder;
 pub use codec::{
     AfterReply, Codec, DecodeError, Decoded, Farewell, LengthPrefixedCodec, LineCodec, RawCodec,
     DEFAULT_MAX_FRAME,
 };
-pub use handle::{ServerHandle, ShutdownTrigger, StatsReader};
 pub use handler::{
     handler_fn, CloseReason, Context, Credentials, Handler, HandlerFn, Peer, Replies,
 };
-pub use server::Builder;
 pub use stats::Stats;
 
 /// The rustls this crate was built with, for [`Builder::tls`]'s configuration (feature

@@ -7,8 +7,8 @@
 
 use std::io;
 
-use crate::buffer::Buffer;
-use crate::net::Transport;
+use crate::transport::net::Transport;
+use crate::util::buffer::Buffer;
 
 /// Whether a direction may still have something for us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::*;
-use crate::buffer::IDLE_CAPACITY;
+use crate::util::buffer::IDLE_CAPACITY;
 
 /// Lines; a line starting with `last` is the connection's last ([`Codec::closes_after`]);
 /// `skip` skips the bytes of lines starting with `#`; at EOF, an unterminated line is

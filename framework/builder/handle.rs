@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::acceptor::AcceptGate;
-use crate::clock;
-use crate::message::{Inbound, Mailbox, Work};
-use crate::net::Bound;
-use crate::pool::Pool;
+use crate::conn::Work;
+use crate::runtime::acceptor::AcceptGate;
+use crate::runtime::mailbox::{Inbound, Mailbox};
+use crate::runtime::pool::Pool;
 use crate::stats::{Counters, Stats};
+use crate::transport::net::Bound;
+use crate::util::clock;
 
 /// The threads of a running server, behind a trait object so the handle is not generic.
 pub(crate) trait Running: Send + Sync {

@@ -1,7 +1,7 @@
 //! TLS on the reactor: a rustls server connection over a non-blocking socket, read and
 //! written with the same edge-triggered contract as the plain socket.
 //!
-//! That contract, which the connection's [`Socket`](crate::socket) relies on: a read or
+//! That contract, which the connection's [`Socket`](crate::conn::socket) relies on: a read or
 //! write returns `WouldBlock`, or comes up short, only when the socket underneath said
 //! `WouldBlock` (or ended). So a read fills the caller's buffer from as many records as it
 //! takes, and a write encrypts and sends until the caller's bytes are taken or the socket is
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use rustls::{ServerConfig, ServerConnection};
 
-use crate::net::Transport;
+use crate::transport::net::Transport;
 
 /// A TLS connection's state above its socket.
 pub(crate) struct Tls {

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::handler::Context;
-use crate::message::{Inbound, Mailbox};
-use crate::net::Listener;
+use crate::runtime::mailbox::{Inbound, Mailbox};
 use crate::stats::Counters;
 use crate::sys::is_peer_gone;
+use crate::transport::net::Listener;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);

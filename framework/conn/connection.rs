@@ -10,19 +10,18 @@
 //! progress there is (dispatch, read, change state, write) until none is left, so what the
 //! connection does depends on its state, never on which event happened to come next.
 
-use std::io;
 use std::time::{Duration, Instant};
 
-use crate::buffer::Buffer;
-use crate::clock;
 use crate::codec::{Codec, Farewell};
+use crate::conn::outbox::{Finish, Outbox};
+use crate::conn::pipeline::{EndReason, Pipeline, Room};
+use crate::conn::socket::Socket;
+use crate::conn::work::{ConnKey, Dispatch};
 use crate::handler::{CloseReason, Context};
-use crate::message::{Answer, ConnKey, Dispatch, Dispatched, Done};
-use crate::net::Transport;
-use crate::outbox::{Finish, Outbox};
-use crate::pipeline::{Decoded, EndReason, Pipeline, Room};
-use crate::socket::{Read, Socket};
 use crate::stats::Counters;
+use crate::transport::net::Transport;
+use crate::util::buffer::Buffer;
+use crate::util::clock;
 
 /// Per-connection limits, validated by the builder.
 #[derive(Debug, Clone)]
@@ -220,76 +219,6 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         }
     }
 
-    /// The pool finished work of this connection. Nothing is written yet: the reactor
-    /// drives the connection once after taking everything waiting in its inbox, so replies
-    /// arriving together leave in one write.
-    pub fn on_done(&mut self, done: Done<C::Response, S>, counters: &Counters, now: Instant) {
-        match done {
-            Done::Opened { outcome, .. } => match outcome {
-                Ok((session, greeting)) => {
-                    self.outbox.home(session, false);
-                    if self.takes_requests() || matches!(self.state, State::Ending { .. }) {
-                        let result = self.pipeline.encode_unsolicited(
-                            greeting,
-                            &mut self.output,
-                            &self.ctx,
-                            counters,
-                        );
-                        if let Err(reason) = result {
-                            self.end(0, reason, counters);
-                        }
-                    }
-                }
-                Err(_) => {
-                    self.outbox.lost();
-                    self.end(0, EndReason::HandlerPanicked, counters);
-                }
-            },
-            Done::Answered { seq, answer, .. } => self.answered(seq, answer, counters),
-            Done::Ran {
-                last,
-                skipped,
-                session,
-                fresh,
-                ..
-            } => {
-                self.outbox.home(session, fresh);
-                Counters::add(&counters.skipped, skipped as u64);
-                if let Some((seq, answer)) = last {
-                    self.answered(seq, answer, counters);
-                }
-            }
-        }
-        self.encode_ready(counters, now);
-    }
-
-    /// Keeps one request's answer; a close or a panic in it ends the connection there, so
-    /// nothing after it is handed on.
-    fn answered(&mut self, seq: u64, answer: Answer<C::Response>, counters: &Counters) {
-        if let Some((cut, reason)) = self.pipeline.answered(seq, answer, self.cut(), counters) {
-            self.end(cut, reason, counters);
-        }
-    }
-
-    /// Encodes the replies that are next in order (none before the greeting).
-    fn encode_ready(&mut self, counters: &Counters, now: Instant) {
-        if self.outbox.is_opening() {
-            return;
-        }
-        if self.output.is_empty() {
-            // The write-stall clock starts when there is something to write.
-            self.last_write = now;
-        }
-        let cut = self.cut();
-        if let Err(reason) = self
-            .pipeline
-            .encode_ready(&mut self.output, cut, &self.ctx, counters)
-        {
-            // Nothing after the last reply written is encoded.
-            self.end(self.pipeline.write_seq(), reason, counters);
-        }
-    }
-
     /// The server ends the connection: the requests before `cut` are still served and
     /// answered; those after it that were not handed on yet never will be (counted as
     /// skipped). This is the one place that decides where a connection ends.
@@ -412,221 +341,6 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         matches!(self.state, State::Open | State::ReadClosed)
     }
 
-    /// Reads until WouldBlock, a limit, or the end of this drive's `budget` of bytes.
-    /// Returns whether anything was read (or the stream ended or failed).
-    fn read(&mut self, env: &mut Env<'_, C, S>, budget: &mut usize) -> bool {
-        let mut progress = false;
-        while *budget > 0 && self.socket.may_read() && self.wants_input() {
-            match self.socket.read(env.scratch) {
-                Read::Data(n) => {
-                    progress = true;
-                    *budget = budget.saturating_sub(n);
-                    self.last_read = env.now;
-                    // The read that ends a preamble may carry the first request.
-                    self.open_if_established(env);
-                    if self.takes_requests() {
-                        self.take_input(n, env);
-                    }
-                }
-                Read::Eof => {
-                    self.on_peer_eof();
-                    return true;
-                }
-                Read::Drained => {}
-                Read::Failed(e) => {
-                    self.fail(e, env.counters);
-                    return true;
-                }
-            }
-        }
-        progress
-    }
-
-    /// Decodes the `n` bytes just read into `env.scratch`, keeping what is left over.
-    fn take_input(&mut self, n: usize, env: &mut Env<'_, C, S>) {
-        if self.input.is_empty() {
-            // The common case: decode straight from the scratch buffer, copy only leftovers.
-            let scratch = std::mem::take(env.scratch);
-            let used = self.decode_from(&scratch[..n], false, env);
-            if used < n && self.takes_requests() {
-                self.input.tail().extend_from_slice(&scratch[used..n]);
-            }
-            *env.scratch = scratch;
-            self.track_partial(env.now, used > 0);
-        } else {
-            self.input.tail().extend_from_slice(&env.scratch[..n]);
-            self.dispatch_buffered(env);
-        }
-    }
-
-    /// Hands on what waits (the stalled work first), then decodes what the input buffer
-    /// holds and hands that on. Returns whether anything left or was decoded.
-    fn dispatch_buffered(&mut self, env: &mut Env<'_, C, S>) -> bool {
-        let mut progress = self.hand_on(env);
-        if !self.input.is_empty() && self.takes_requests() {
-            let input = std::mem::take(&mut self.input);
-            let used = self.decode_from(input.pending(), false, env);
-            if self.takes_requests() {
-                self.input = input;
-                self.input.consume(used);
-            }
-            self.track_partial(env.now, used > 0);
-            progress |= used > 0;
-        }
-        progress
-    }
-
-    /// Decodes requests from `src` while limits allow, then hands them on together; returns
-    /// bytes used.
-    fn decode_from(&mut self, src: &[u8], at_eof: bool, env: &mut Env<'_, C, S>) -> usize {
-        let mut used = 0;
-        while used < src.len() && self.has_room() && self.takes_requests() {
-            match self
-                .pipeline
-                .decode(&src[used..], at_eof, &self.ctx, env.counters)
-            {
-                Ok(Some(Decoded::Request {
-                    request,
-                    seq,
-                    size,
-                    last,
-                })) => {
-                    used += size;
-                    self.outbox.push(seq, request);
-                    if last {
-                        // Nothing after it is decoded: the close is decided before dispatch.
-                        self.end(seq + 1, EndReason::CloseRequested, env.counters);
-                    }
-                }
-                Ok(Some(Decoded::Refused(size))) => {
-                    used += size;
-                    self.encode_ready(env.counters, env.now);
-                }
-                Ok(Some(Decoded::Skipped(size))) => used += size,
-                Ok(None) => break,
-                Err(reason) => {
-                    self.end(self.pipeline.next_seq(), reason, env.counters);
-                    break;
-                }
-            }
-        }
-        self.hand_on(env);
-        used
-    }
-
-    /// The peer's FIN came after an unfinished frame: asks the codec's `decode_eof` about
-    /// it. Returns whether that decoded (or skipped) anything.
-    fn decode_at_eof(&mut self, env: &mut Env<'_, C, S>) -> bool {
-        let input = std::mem::take(&mut self.input);
-        let used = self.decode_from(input.pending(), true, env);
-        if self.takes_requests() {
-            self.input = input;
-            self.input.consume(used);
-        }
-        used > 0 || !self.takes_requests()
-    }
-
-    /// Once the stream's preamble is over, learns what it said (the client a PROXY header
-    /// named) and hands the open hook on; returns whether it did.
-    fn open_if_established(&mut self, env: &mut Env<'_, C, S>) -> bool {
-        if !self.outbox.is_unopened() || !self.takes_requests() || !self.socket.is_established() {
-            return false;
-        }
-        self.socket.stream_mut().apply_to(&mut self.ctx);
-        // The idle clock starts with the session, not with the accept.
-        self.last_read = env.now;
-        if let Some(proxy) = self.ctx.proxy {
-            log::debug!(
-                "connection {} ({proxy}): PROXY header names client {}",
-                self.ctx.connection_id,
-                self.ctx.peer
-            );
-        }
-        self.outbox.open(env.reactor, self.key, self.ctx);
-        self.hand_on(env);
-        true
-    }
-
-    /// Hands the outbox's work to the pool (a full queue gives it back and pauses this
-    /// connection); returns whether any left.
-    fn hand_on(&mut self, env: &mut Env<'_, C, S>) -> bool {
-        let mut progress = false;
-        while let Some(work) = self.outbox.next(env.reactor, self.key, self.ctx) {
-            match env.dispatch.dispatch(work) {
-                Dispatched::Queued => {}
-                Dispatched::Ran(answers) => {
-                    for done in answers {
-                        self.on_done(done, env.counters, env.now);
-                    }
-                }
-                Dispatched::Full(work) => {
-                    self.outbox.stall(work);
-                    return progress;
-                }
-                Dispatched::Gone(_) => {
-                    // Only while the server is torn down: nobody is left to answer.
-                    self.state = State::Closed;
-                    return progress;
-                }
-            }
-            progress = true;
-        }
-        progress
-    }
-
-    /// Keeps `partial_since` at the instant the unfinished request at the front of the input
-    /// started: reset when a request was decoded (`progressed`), cleared when input is empty.
-    fn track_partial(&mut self, now: Instant, progressed: bool) {
-        if self.input.is_empty() {
-            self.partial_since = None;
-        } else if progressed || self.partial_since.is_none() {
-            self.partial_since = Some(now);
-        }
-    }
-
-    fn on_peer_eof(&mut self) {
-        self.state = match std::mem::replace(&mut self.state, State::Closed) {
-            State::Open => State::ReadClosed,
-            State::Ending { cut, reason, .. } => State::Ending {
-                cut,
-                reason,
-                then: AfterFlush::Close,
-            },
-            State::Flushing { .. } => State::Flushing {
-                then: AfterFlush::Close,
-            },
-            State::ReadClosed | State::Lingering { .. } | State::Closed => State::Closed,
-        };
-    }
-
-    /// The stream failed (a reset, most often): the connection is closed at once, counted
-    /// once however many calls then fail.
-    fn fail(&mut self, error: io::Error, counters: &Counters) {
-        if let State::Closed = self.state {
-            return;
-        }
-        let (id, peer) = (self.ctx.connection_id, self.ctx.peer);
-        if error.kind() == io::ErrorKind::InvalidData {
-            // The transport's bad input: a TLS failure, a PROXY header that is not one. Once
-            // the server is ending the connection anyway it is not worth a count.
-            if self.takes_requests() {
-                Counters::add(&counters.transport_errors, 1);
-            }
-            log::info!("connection {id} ({peer}): {error}; closing it");
-            self.ended.get_or_insert(CloseReason::ProtocolError);
-        } else {
-            Counters::add(&counters.resets, 1);
-            if self.requests() == 0 && self.input.is_empty() {
-                // A probe (a load balancer's health check) that connected and reset.
-                log::debug!("connection {id} ({peer}): {error} before any request; closing it");
-            } else {
-                log::info!("connection {id} ({peer}): {error}; closing it");
-            }
-            self.ended.get_or_insert(CloseReason::Reset);
-        }
-        self.state = State::Closed;
-    }
-
     /// Moves to the next state if the current one has nothing left to wait for; returns
     /// whether it moved.
     fn advance(&mut self, env: &mut Env<'_, C, S>) -> bool {
@@ -737,30 +451,17 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         Counters::add(&counters.replies_dropped, dropped as u64);
         (finish, self.ended.unwrap_or(otherwise))
     }
-
-    /// Writes output until WouldBlock; returns whether anything was written (or the
-    /// stream failed).
-    fn write(&mut self, env: &mut Env<'_, C, S>) -> bool {
-        if let State::Closed = self.state {
-            return false;
-        }
-        match self.socket.write(&mut self.output) {
-            Ok(false) => false,
-            Ok(true) => {
-                self.last_write = env.now;
-                true
-            }
-            Err(e) => {
-                self.fail(e, env.counters);
-                true
-            }
-        }
-    }
 }
 
-#[path = "connection_deadlines.rs"]
+// The parts of `Connection` kept in files of their own, so the state machine reads alone;
+// children of this module, so they see its private state.
+#[path = "deadlines.rs"]
 mod deadlines;
+#[path = "input.rs"]
+mod input;
+#[path = "output.rs"]
+mod output;
 
 #[cfg(test)]
-#[path = "connection_tests.rs"]
+#[path = "tests/mod.rs"]
 mod tests;

@@ -11,12 +11,12 @@ use super::{AfterFlush, Connection, Env, Limits, Shutdown, State, Step};
 /// requests; with it, an idle client that connected and said nothing delays the exit by
 /// this much at most.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
-use crate::clock;
 use crate::codec::{Codec, Farewell};
+use crate::conn::pipeline::EndReason;
 use crate::handler::CloseReason;
-use crate::net::Transport;
-use crate::pipeline::EndReason;
 use crate::stats::Counters;
+use crate::transport::net::Transport;
+use crate::util::clock;
 
 impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     /// The earliest instant at which a timeout would end this connection.

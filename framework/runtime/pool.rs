@@ -2,7 +2,6 @@
 //! (which may block) and post what they produced to the reactor that owns the connection.
 
 use std::io;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -10,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::handler::{panic_message, CloseReason, Context, Handler, Replies};
-use crate::message::{Answer, Done, HandlerPanicked, Inbound, Leftovers, Mailbox, Work};
+use crate::conn::{close_session, run_work, Leftovers, Work};
+use crate::handler::{CloseReason, Handler};
+use crate::runtime::mailbox::{Inbound, Mailbox};
 use crate::stats::Counters;
 use crate::sys::Spawn;
 
@@ -177,151 +177,4 @@ fn abandon<H: Handler>(handler: &H, work: Work<H::Request, H::Session>, counters
             reason,
         } => close_session(handler, session, &ctx, reason, counters),
     }
-}
-
-/// Runs one piece of work, catching panics, and counts slow or panicking calls; gives what
-/// goes back to the reactor to `post` (nothing for a close). The workers call it, and so
-/// does a reactor in inline mode.
-///
-/// A batch's requests run one after another with the session. Each request's answer is
-/// posted as soon as its call has returned (before the next call starts, which may block),
-/// so a slow request delays only the replies behind it; the last answer travels with the
-/// session. A call that closes the connection ([`Replies::close`]) or panics is a barrier:
-/// the requests after it are not run, only counted.
-pub(crate) fn run_work<H: Handler + ?Sized>(
-    handler: &H,
-    work: Work<H::Request, H::Session>,
-    counters: &Counters,
-    slow_handler: Duration,
-    post: &mut dyn FnMut(Done<H::Response, H::Session>),
-) {
-    match work {
-        Work::Open { key, ctx, .. } => {
-            let mut greeting = Replies::new();
-            let outcome = timed(&ctx, "open", counters, slow_handler, &mut None, || {
-                handler.open(&ctx, &mut greeting)
-            });
-            post(Done::Opened {
-                key,
-                ctx,
-                outcome: outcome.map(|session| (session, greeting)),
-            });
-        }
-        Work::Batch {
-            key,
-            ctx,
-            requests,
-            mut session,
-            fresh,
-            ..
-        } => {
-            let total = requests.len();
-            let mut ran = 0;
-            let mut last: Option<(u64, Answer<H::Response>)> = None;
-            let mut clock = None;
-            for (seq, request) in requests {
-                if let Some((seq, answer)) = last.take() {
-                    // The call before returned: its replies leave now, whatever this one does.
-                    post(Done::Answered { key, seq, answer });
-                }
-                ran += 1;
-                let mut replies = Replies::new();
-                let outcome = timed(&ctx, "call", counters, slow_handler, &mut clock, || {
-                    handler.call(&mut session, request, &ctx, &mut replies)
-                });
-                let barrier = match outcome {
-                    Ok(()) => {
-                        let closes = replies.closes();
-                        last = Some((seq, Answer::Replied(replies)));
-                        closes
-                    }
-                    Err(HandlerPanicked) => {
-                        // The session may be half-updated: run nothing more with it.
-                        last = Some((seq, Answer::Panicked));
-                        true
-                    }
-                };
-                if barrier {
-                    break;
-                }
-            }
-            post(Done::Ran {
-                key,
-                ctx,
-                last,
-                skipped: total - ran,
-                session,
-                fresh,
-            });
-        }
-        Work::Close {
-            ctx,
-            session,
-            reason,
-        } => close_session(handler, session, &ctx, reason, counters),
-    }
-}
-
-fn close_session<H: Handler + ?Sized>(
-    handler: &H,
-    session: H::Session,
-    ctx: &Context,
-    reason: CloseReason,
-    counters: &Counters,
-) {
-    let _ = timed(ctx, "close", counters, Duration::MAX, &mut None, || {
-        handler.close(session, ctx, reason)
-    });
-}
-
-/// Runs one hook of the handler, catching a panic; logs and counts a slow or panicking one.
-///
-/// `clock` is when the hook starts, if the caller knows (the end of the hook run just before
-/// it on this thread), and becomes when it ended: a batch's calls run back to back, so one
-/// clock read ends one call and starts the next (n + 1 reads for n calls, not 2n: at 16
-/// pipelined GETs the reads were 4% of the workers' CPU). With `slow_handler` at
-/// `Duration::MAX` nothing is timed and the clock is not read.
-fn timed<T>(
-    ctx: &Context,
-    hook: &str,
-    counters: &Counters,
-    slow_handler: Duration,
-    clock: &mut Option<Instant>,
-    f: impl FnOnce() -> T,
-) -> Result<T, HandlerPanicked> {
-    if slow_handler == Duration::MAX {
-        return panic::catch_unwind(AssertUnwindSafe(f))
-            .map_err(|payload| panicked(ctx, hook, counters, payload));
-    }
-    let started = clock.unwrap_or_else(Instant::now);
-    let outcome = panic::catch_unwind(AssertUnwindSafe(f));
-    let ended = Instant::now();
-    *clock = Some(ended);
-    let took = ended.saturating_duration_since(started);
-    if took >= slow_handler {
-        Counters::add(&counters.slow_handlers, 1);
-        log::warn!(
-            "handler {hook} for connection {} ({}) ran for {took:?}",
-            ctx.connection_id,
-            ctx.peer
-        );
-    }
-    outcome.map_err(|payload| panicked(ctx, hook, counters, payload))
-}
-
-/// Counts and logs a hook's panic.
-fn panicked(
-    ctx: &Context,
-    hook: &str,
-    counters: &Counters,
-    payload: Box<dyn std::any::Any + Send>,
-) -> HandlerPanicked {
-    Counters::add(&counters.panics, 1);
-    log::error!(
-        "handler {hook} panicked on connection {} ({}): {}; closing that connection",
-        ctx.connection_id,
-        ctx.peer,
-        panic_message(&*payload)
-    );
-    HandlerPanicked
 }

@@ -9,9 +9,9 @@
 
 use std::collections::VecDeque;
 
-use crate::few::Few;
+use crate::conn::work::{ConnKey, Work};
 use crate::handler::Context;
-use crate::message::{ConnKey, Work};
+use crate::util::few::Few;
 
 /// Where a connection's session is.
 enum SessionAt<S> {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::message::ConnKey;
+use crate::conn::ConnKey;
 use crate::stats::Counters;
 
 /// Deadlines, earliest first. A connection's entry is the earliest deadline it has had

@@ -11,10 +11,10 @@ use mio::event::Source;
 use mio::{Interest, Registry, Token};
 
 use crate::handler::{Context, Peer};
-use crate::net::{Stream, Transport};
-use crate::proxy::{self, Parsed, MAX_HEADER};
+use crate::transport::net::{Stream, Transport};
+use crate::transport::proxy::{self, Parsed, MAX_HEADER};
 #[cfg(feature = "tls")]
-use crate::tls::Tls;
+use crate::transport::tls::Tls;
 
 /// The transports every connection of a server gets.
 #[derive(Clone, Default)]

@@ -6,84 +6,25 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-use mio::{Events, Interest, Poll, Token, Waker};
+use crossbeam_channel::{Receiver, Sender};
+use mio::{Events, Poll, Token, Waker};
 
-use crate::acceptor::AcceptGate;
 use crate::codec::Codec;
-use crate::connection::{Connection, Env, Limits, Step};
-use crate::few::Few;
-use crate::handler::{CloseReason, Context, Handler};
-use crate::message::{
-    ConnKey, Dispatch, Dispatched, Done, EventKey, Inbound, Mailbox, WakeFlag, Work,
-};
-use crate::net::Stream;
-use crate::outbox::Finish;
-use crate::pool;
+use crate::conn::{ConnKey, Connection, Dispatch, Done, Env, Limits, Step, Work};
+use crate::handler::CloseReason;
+use crate::runtime::acceptor::AcceptGate;
+use crate::runtime::dispatch::{DynHandler, Inline, ToPool};
+use crate::runtime::mailbox::{Inbound, Mailbox, WakeFlag};
+use crate::runtime::timers::Timers;
+use crate::runtime::token::EventKey;
 use crate::stats::Counters;
-use crate::timers::Timers;
-use crate::wire::{Wire, WireConfig};
+use crate::transport::wire::{Wire, WireConfig};
 
 const WAKER: Token = Token(usize::MAX);
 
 /// How long a reactor waits before retrying connections whose request the full job queue
 /// refused, when no reply of its own is due to wake it earlier.
 const STALL_RETRY: Duration = Duration::from_millis(5);
-
-/// The handler, as a reactor holds it: run inline, or for a close hook that cannot be queued.
-pub(crate) type DynHandler<C, S> =
-    dyn Handler<Request = <C as Codec>::Request, Response = <C as Codec>::Response, Session = S>;
-
-/// Where work goes: the pool's job queue; open and close hooks that never block run here
-/// instead (`Handler::hooks_block`).
-struct ToPool<'a, C: Codec, S> {
-    jobs: &'a Sender<Work<C::Request, S>>,
-    hooks_here: Option<Inline<'a, C, S>>,
-}
-
-impl<C: Codec, S: Send + 'static> Dispatch<C::Request, C::Response, S> for ToPool<'_, C, S> {
-    fn dispatch(&mut self, work: Work<C::Request, S>) -> Dispatched<C::Request, C::Response, S> {
-        if let (Some(here), Work::Open { .. } | Work::Close { .. }) = (&mut self.hooks_here, &work)
-        {
-            return here.dispatch(work);
-        }
-        match self.jobs.try_send(work) {
-            Ok(()) => Dispatched::Queued,
-            Err(TrySendError::Full(work)) => Dispatched::Full(work),
-            Err(TrySendError::Disconnected(work)) => Dispatched::Gone(work),
-        }
-    }
-}
-
-/// Where work goes in inline mode: the handler, on this thread.
-struct Inline<'a, C: Codec, S> {
-    handler: &'a DynHandler<C, S>,
-    counters: &'a Counters,
-    slow_handler: Duration,
-}
-
-// Manual impls: a derive would require `C: Clone + Copy` and `S: Copy`.
-impl<C: Codec, S> Clone for Inline<'_, C, S> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<C: Codec, S> Copy for Inline<'_, C, S> {}
-
-impl<C: Codec, S: Send + 'static> Dispatch<C::Request, C::Response, S> for Inline<'_, C, S> {
-    fn dispatch(&mut self, work: Work<C::Request, S>) -> Dispatched<C::Request, C::Response, S> {
-        let mut answers = Few::new();
-        pool::run_work(
-            self.handler,
-            work,
-            self.counters,
-            self.slow_handler,
-            &mut |done| answers.push(done),
-        );
-        Dispatched::Ran(answers)
-    }
-}
 
 /// An open connection and what the reactor keeps about it.
 struct Entry<C: Codec, S> {
@@ -377,143 +318,6 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
         }
     }
 
-    /// Hands the waiting close hooks to the pool (or runs them, inline); those the full
-    /// queue refuses wait for the next turn.
-    fn queue_closes(&mut self) {
-        for work in std::mem::take(&mut self.closing) {
-            if self.hooks_here {
-                self.run_close(work);
-                continue;
-            }
-            match self.jobs.try_send(work) {
-                Ok(()) => {}
-                Err(TrySendError::Full(work)) => self.closing.push(work),
-                // No worker is left (the server is being torn down): run it here.
-                Err(TrySendError::Disconnected(work)) => {
-                    self.run_close(work);
-                }
-            }
-        }
-    }
-
-    /// The reactor is exiting: every close hook still waiting is queued, waiting up to one
-    /// second in all for room, or else run here (a close hook that blocks then delays this
-    /// exit only). Hooks that run here anyway (inline mode, non-blocking hooks) run now.
-    fn finish_closes(&mut self) {
-        let run_here = self.hooks_here;
-        let until = Instant::now() + Duration::from_secs(1);
-        for work in std::mem::take(&mut self.closing) {
-            let work = if run_here {
-                work
-            } else {
-                match self.jobs.send_deadline(work, until) {
-                    Ok(()) => continue,
-                    Err(e) => e.into_inner(),
-                }
-            };
-            self.run_close(work);
-        }
-    }
-
-    /// Runs a close hook on this thread (it answers nothing).
-    fn run_close(&self, work: Work<C::Request, S>) {
-        pool::run_work(
-            &*self.handler,
-            work,
-            &self.counters,
-            self.slow_handler,
-            &mut |_| {},
-        );
-    }
-
-    fn add_connection(&mut self, stream: Stream, ctx: Context) {
-        let mut stream = match Wire::new(stream, &self.wire) {
-            Ok(wire) => wire,
-            Err(e) => {
-                log::error!(
-                    "connection {} ({}): {e}; closing it",
-                    ctx.connection_id,
-                    ctx.peer
-                );
-                self.counters_closed();
-                return;
-            }
-        };
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    entry: None,
-                });
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let key = ConnKey {
-            slot,
-            generation: self.slots[slot as usize].generation,
-        };
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, key.token(), interest)
-        {
-            log::error!("cannot register connection from {}: {e}", ctx.peer);
-            self.free.push(slot);
-            self.counters_closed();
-            return;
-        }
-        log::log!(
-            self.log_level,
-            "connection {} accepted from {}",
-            ctx.connection_id,
-            ctx.peer
-        );
-        let conn = Connection::new(
-            stream,
-            (key, ctx),
-            self.codec.clone(),
-            &self.limits,
-            self.concurrent,
-            self.now,
-        );
-        self.slots[slot as usize].entry = Some(Entry {
-            conn,
-            armed: None,
-            accounted: 0,
-            drive_queued: false,
-            stall_listed: false,
-            revisit_listed: false,
-        });
-        self.live += 1;
-        if self.draining.is_some() {
-            self.with_conn(key, |conn, env| conn.shut_down(env));
-        } else {
-            // The peer may have sent its request before we registered: read now.
-            self.with_conn(key, |conn, env| conn.drive(env));
-        }
-    }
-
-    fn begin_shutdown(&mut self, deadline: Instant) {
-        self.draining = Some(deadline);
-        for key in self.live_keys() {
-            self.with_conn(key, |conn, env| conn.shut_down(env));
-        }
-    }
-
-    fn live_keys(&self) -> Vec<ConnKey> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.entry.is_some())
-            .map(|(slot, s)| ConnKey {
-                slot: slot as u32,
-                generation: s.generation,
-            })
-            .collect()
-    }
-
     fn retry_stalled(&mut self) {
         for key in std::mem::take(&mut self.stalled) {
             if let Some(entry) = live_entry(&mut self.slots, key) {
@@ -600,66 +404,9 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
         let deadline = entry.conn.next_deadline(&self.limits);
         self.timers.arm(key, &mut entry.armed, deadline);
     }
-
-    /// Drops connection `key`; `otherwise` is why it ended if the connection does not know.
-    fn close(&mut self, key: ConnKey, otherwise: CloseReason) {
-        let slot = &mut self.slots[key.slot as usize];
-        let Some(mut entry) = slot.entry.take() else {
-            return;
-        };
-        slot.generation = slot.generation.wrapping_add(1);
-        self.free.push(key.slot);
-        self.live -= 1;
-        self.timers.disarm(key, &mut entry.armed);
-        let _ = self.poll.registry().deregister(entry.conn.stream_mut());
-        Counters::sub(&self.counters.bytes_buffered, entry.accounted as u64);
-        let (session, reason) = entry.conn.release(&self.counters, otherwise);
-        match session {
-            Finish::Here(session) => self.closing.push(Work::Close {
-                ctx: *entry.conn.ctx(),
-                session,
-                reason,
-            }),
-            Finish::Out => {
-                self.orphans.insert(key, reason);
-            }
-            Finish::Nothing => {}
-        }
-        log::log!(
-            self.log_level,
-            "connection {} from {} closed after {} requests",
-            entry.conn.ctx().connection_id,
-            entry.conn.ctx().peer,
-            entry.conn.requests()
-        );
-        drop(entry);
-        self.counters_closed();
-    }
-
-    fn counters_closed(&self) {
-        Counters::add(&self.counters.connections_closed, 1);
-        self.gate.release();
-    }
-
-    fn force_close_all(&mut self) {
-        let keys = self.live_keys();
-        if !keys.is_empty() {
-            let unanswered: u64 = self
-                .slots
-                .iter()
-                .filter_map(|slot| slot.entry.as_ref())
-                .map(|entry| entry.conn.unanswered())
-                .sum();
-            log::warn!(
-                "reactor {}: shutdown deadline passed; closing {} connections with {unanswered} \
-                 requests received and not answered (counted in replies_dropped)",
-                self.index,
-                keys.len()
-            );
-        }
-        for key in keys {
-            Counters::add(&self.counters.timeouts, 1);
-            self.close(key, CloseReason::Shutdown);
-        }
-    }
 }
+
+// Connections coming and going, in a file of their own; a child of this module, so it sees
+// the reactor's private state.
+#[path = "lifecycle.rs"]
+mod lifecycle;

@@ -168,9 +168,9 @@ struct InlineEcho;
 impl Dispatch<Vec<u8>, Vec<u8>, ()> for InlineEcho {
     fn dispatch(&mut self, work: Work<Vec<u8>, ()>) -> Dispatched<Vec<u8>, Vec<u8>, ()> {
         let echo = Answering::new(|request: Vec<u8>| Some(one(request)));
-        let mut answers = crate::few::Few::new();
+        let mut answers = crate::util::few::Few::new();
         let counters = Counters::default();
-        crate::pool::run_work(&echo, work, &counters, Duration::MAX, &mut |done| {
+        crate::conn::work::run_work(&echo, work, &counters, Duration::MAX, &mut |done| {
             answers.push(done)
         });
         Dispatched::Ran(answers)

@@ -9,11 +9,11 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
 
-use crate::buffer::Buffer;
 use crate::codec::{AfterReply, Codec, DecodeError, Farewell};
+use crate::conn::work::Answer;
 use crate::handler::{panic_message, Context, Replies};
-use crate::message::Answer;
 use crate::stats::Counters;
+use crate::util::buffer::Buffer;
 
 /// Why a connection ends on the server's initiative. The pipeline reports the first three;
 /// the connection and reactor the rest.

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::server::{Builder, Listen};
+use crate::builder::{Builder, Listen};
 
 impl Builder {
     /// A server that will listen on a Unix domain socket at `path`, created when the server

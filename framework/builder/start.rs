@@ -1,0 +1,324 @@
+//! Starting a server: every setting checked first, then the listener bound and the
+//! threads started (pool, reactors, acceptor), each stopped again if a later one cannot
+//! start.
+
+use std::io;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use super::{Builder, Listen};
+#[cfg(doc)]
+use crate::builder::handle::ShutdownTrigger;
+use crate::builder::handle::{Running, ServerHandle, StatsReader, Threads};
+use crate::codec::Codec;
+use crate::handler::Handler;
+use crate::runtime::acceptor::Acceptor;
+use crate::runtime::dispatch::DynHandler;
+use crate::runtime::mailbox::Mailbox;
+use crate::runtime::pool::{Pool, WorkerShared};
+use crate::runtime::reactor::{Reactor, ReactorParts};
+use crate::stats::Counters;
+use crate::sys::{spawn_thread, Spawn};
+use crate::transport::net::Listener;
+
+impl Builder {
+    /// Checks every setting; names the first that cannot work.
+    fn validate(&self) -> io::Result<()> {
+        let positive = [
+            ("workers", if self.inline { 1 } else { self.workers }),
+            ("reactors", self.reactors),
+            ("max_connections", self.max_connections),
+            ("job_queue_capacity", self.job_queue_capacity),
+            ("read_buffer", self.read_buffer),
+            ("read_per_wakeup", self.limits.read_per_wakeup),
+            ("max_frame_size", self.limits.max_frame),
+            ("max_in_flight_per_connection", self.limits.max_in_flight),
+            ("output_high_water", self.limits.output_high_water),
+        ];
+        for (setting, value) in positive {
+            if value == 0 {
+                return Err(invalid(format!("{setting} must be at least 1")));
+            }
+        }
+        if i32::try_from(self.backlog).is_err() {
+            return Err(invalid(format!(
+                "backlog must be at most {}, not {}",
+                i32::MAX,
+                self.backlog
+            )));
+        }
+        #[cfg(feature = "tls")]
+        if self
+            .wire
+            .tls
+            .as_ref()
+            .is_some_and(|c| c.max_early_data_size > 0)
+        {
+            // rustls keeps 0-RTT data apart, and it can be replayed: not served here.
+            return Err(invalid(
+                "tls: max_early_data_size must be 0 (0-RTT early data is not supported)".into(),
+            ));
+        }
+        if self.thread_name.contains('\0') {
+            return Err(invalid("thread_name must not contain a NUL byte".into()));
+        }
+        Ok(())
+    }
+
+    fn listener(&mut self) -> io::Result<Listener> {
+        match std::mem::replace(&mut self.listen, Listen::Addr(Ok(Vec::new()))) {
+            Listen::Listener(listener) => Listener::tcp(listener),
+            Listen::UnixListener(listener) => Listener::unix(listener),
+            Listen::UnixPath(path) => Listener::bind_unix(&path, self.backlog as i32),
+            Listen::Passed => Listener::from_listen_fds(),
+            Listen::Addr(addrs) => {
+                let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
+                for addr in addrs? {
+                    match Listener::bind_tcp(addr, self.backlog as i32, self.reuse_port) {
+                        Ok(listener) => return Ok(listener),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            }
+        }
+    }
+
+    /// Binds (unless given a listener), starts every thread, and returns at once.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::InvalidInput`] naming the setting when one cannot work; the error of
+    /// binding or listening; or the error of creating a poll or starting a thread, in which
+    /// case every thread already started is stopped and joined before this returns.
+    pub fn start<C, H>(self, codec: C, handler: H) -> io::Result<ServerHandle>
+    where
+        C: Codec,
+        H: Handler<Request = C::Request, Response = C::Response>,
+    {
+        self.start_with(codec, handler, None, &mut spawn_thread)
+    }
+
+    /// Starts a server whose connections' requests may run at the same time on different
+    /// workers when a peer pipelines them (their replies are still written in request
+    /// order): for stateless handlers only, since there is no session to share. The open
+    /// and close hooks still run once per connection; the close hook may run before the
+    /// connection's last calls have returned (they never see its session). Otherwise as
+    /// [`start`](Builder::start).
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Builder::start).
+    pub fn start_concurrent<C, H>(self, codec: C, handler: H) -> io::Result<ServerHandle>
+    where
+        C: Codec,
+        H: Handler<Request = C::Request, Response = C::Response, Session = ()>,
+    {
+        fn fresh() {}
+        self.start_with(codec, handler, Some(fresh), &mut spawn_thread)
+    }
+
+    /// [`start`](Builder::start) with the thread spawner given, so a test can make it fail.
+    fn start_with<C, H>(
+        mut self,
+        codec: C,
+        handler: H,
+        concurrent: Option<fn() -> H::Session>,
+        spawn: &mut Spawn<'_>,
+    ) -> io::Result<ServerHandle>
+    where
+        C: Codec,
+        H: Handler<Request = C::Request, Response = C::Response>,
+    {
+        self.validate()?;
+        let listener = self.listener()?;
+        let bound = listener.bound()?;
+
+        let counters = Arc::new(Counters::default());
+        let (acceptor, gate) =
+            Acceptor::new(listener, self.max_connections, Arc::clone(&counters))?;
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(self.job_queue_capacity);
+        let handler = Arc::new(handler);
+        let dyn_handler: Arc<DynHandler<C, H::Session>> = handler.clone();
+        let mut reactors = Vec::with_capacity(self.reactors);
+        let mut mailboxes = Vec::with_capacity(self.reactors);
+        for index in 0..self.reactors {
+            let (reactor, mailbox) = Reactor::new(
+                index,
+                ReactorParts {
+                    codec: codec.clone(),
+                    jobs: jobs_tx.clone(),
+                    handler: Arc::clone(&dyn_handler),
+                    inline: self.inline,
+                    concurrent,
+                    slow_handler: self.slow_handler,
+                    counters: Arc::clone(&counters),
+                    gate: Arc::clone(&gate),
+                    limits: self.limits.clone(),
+                    read_buffer: self.read_buffer,
+                    log_level: self.connection_log_level,
+                    wire: self.wire.clone(),
+                },
+            )?;
+            reactors.push(reactor);
+            mailboxes.push(mailbox);
+        }
+        // Only reactors hold job senders: when the last reactor exits (or is dropped unstarted)
+        // the workers finish the queue and exit too.
+        drop(jobs_tx);
+        let mailboxes: Arc<[Mailbox<C::Response, H::Session>]> = mailboxes.into();
+        let stopping = Arc::new(AtomicBool::new(false));
+
+        let workers = if self.inline { 0 } else { self.workers };
+        let shared = WorkerShared {
+            handler,
+            jobs: jobs_rx.clone(),
+            mailboxes: Arc::clone(&mailboxes),
+            counters: Arc::clone(&counters),
+            slow_handler: self.slow_handler,
+            batch_scheduling: self.batch_scheduling,
+            timer_slack: self.worker_timer_slack,
+            stopping: Arc::clone(&stopping),
+        };
+        let pool = match Pool::spawn(workers, &self.thread_name, shared, spawn) {
+            Ok(pool) => pool,
+            Err((error, started)) => {
+                // Dropping the unstarted reactors drops every job sender: the workers exit.
+                drop(reactors);
+                started.join(crate::util::clock::after(
+                    std::time::Instant::now(),
+                    self.shutdown_timeout,
+                ));
+                return Err(error);
+            }
+        };
+        let mut threads = Box::new(Threads {
+            gate,
+            acceptor: None,
+            reactors: Vec::with_capacity(reactors.len()),
+            mailboxes,
+            pool,
+            jobs: jobs_rx.clone(),
+            counters: Arc::clone(&counters),
+            stopping,
+            timeout: self.shutdown_timeout,
+        });
+        let batch_scheduling = self.batch_scheduling;
+        let mut unstarted = reactors.into_iter().enumerate();
+        while let Some((index, reactor)) = unstarted.next() {
+            let name = format!("{}-reactor-{index}", self.thread_name);
+            let run = Box::new(move || {
+                if batch_scheduling {
+                    crate::sys::prefer_batch_scheduling();
+                }
+                reactor.run()
+            });
+            match spawn(name, run) {
+                Ok(thread) => threads.reactors.push(thread),
+                Err(error) => {
+                    // The reactors not started hold job senders: drop them, so the workers
+                    // see every sender gone once the started reactors stop.
+                    drop(unstarted);
+                    return Err(stopped(threads, error));
+                }
+            }
+        }
+        let acceptor_mailboxes = Arc::clone(&threads.mailboxes);
+        let name = format!("{}-acceptor", self.thread_name);
+        match spawn(name, Box::new(move || acceptor.run(acceptor_mailboxes))) {
+            Ok(thread) => threads.acceptor = Some(thread),
+            Err(error) => return Err(stopped(threads, error)),
+        }
+
+        log::debug!("listening on {bound}");
+        let queue = jobs_rx;
+        Ok(ServerHandle {
+            bound,
+            stats: StatsReader {
+                counters,
+                queue_depth: Arc::new(move || queue.len()),
+            },
+            threads: Some(threads),
+            trigger: self.trigger.unwrap_or_default(),
+        })
+    }
+
+    /// Starts the server and blocks until its [`ShutdownTrigger`] fires (give one with
+    /// [`Builder::shutdown_trigger`], and fire it from a signal-handling thread, say), then
+    /// shuts down gracefully as [`ServerHandle::shutdown`] does and returns.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Builder::start).
+    pub fn serve<C, H>(self, codec: C, handler: H) -> io::Result<()>
+    where
+        C: Codec,
+        H: Handler<Request = C::Request, Response = C::Response>,
+    {
+        self.start(codec, handler)?.join();
+        Ok(())
+    }
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+/// Starting failed part-way: stops and joins what did start, and returns `error`.
+fn stopped<R: Running + 'static>(threads: Box<R>, error: io::Error) -> io::Error {
+    log::error!("cannot start a server thread: {error}; stopping the threads already started");
+    threads.stop();
+    error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::LineCodec;
+    use crate::handler::{handler_fn, Context};
+    use crossbeam_channel::TryRecvError;
+
+    /// Regression (bug 8): a thread that failed to start left the threads already started
+    /// running forever. Each spawn position fails once; each time, every thread that did
+    /// start has ended by the time `start` returns its error.
+    #[test]
+    fn a_failed_thread_spawn_stops_the_threads_already_started() {
+        // 2 workers, then 2 reactors, then the acceptor.
+        for fail_at in 0..5 {
+            // Each started thread holds a sender: all gone means all threads ended.
+            let (alive, all_ended) = crossbeam_channel::unbounded::<()>();
+            let mut calls = 0;
+            let mut spawn = |name: String, run: Box<dyn FnOnce() + Send>| {
+                calls += 1;
+                if calls > fail_at {
+                    return Err(io::Error::other(format!("no thread for {name}")));
+                }
+                let alive = alive.clone();
+                spawn_thread(
+                    name,
+                    Box::new(move || {
+                        run();
+                        drop(alive);
+                    }),
+                )
+            };
+            let error = Builder::bind("127.0.0.1:0")
+                .workers(2)
+                .reactors(2)
+                .start_with(
+                    LineCodec::new(),
+                    handler_fn(|r: Vec<u8>, _: &Context| r),
+                    None,
+                    &mut spawn,
+                )
+                .expect_err("a spawn failed");
+            assert!(error.to_string().contains("no thread"), "{error}");
+            drop(alive);
+            assert_eq!(
+                all_ended.try_recv(),
+                Err(TryRecvError::Disconnected),
+                "a thread started before spawn {fail_at} failed kept running"
+            );
+        }
+    }
+}

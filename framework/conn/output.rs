@@ -1,0 +1,103 @@
+//! A connection's output side: what the pool sends back (the greeting, each request's
+//! answer, a batch's end with the session), encoded in request order, and written until the
+//! socket is full. Part of [`Connection`]; kept apart so the state machine reads alone.
+
+use std::time::Instant;
+
+use super::{Connection, Env, State};
+use crate::codec::Codec;
+use crate::conn::pipeline::EndReason;
+use crate::conn::work::{Answer, Done};
+use crate::stats::Counters;
+use crate::transport::net::Transport;
+
+impl<C: Codec, S, T: Transport> Connection<C, S, T> {
+    /// The pool finished work of this connection. Nothing is written yet: the reactor
+    /// drives the connection once after taking everything waiting in its inbox, so replies
+    /// arriving together leave in one write.
+    pub fn on_done(&mut self, done: Done<C::Response, S>, counters: &Counters, now: Instant) {
+        match done {
+            Done::Opened { outcome, .. } => match outcome {
+                Ok((session, greeting)) => {
+                    self.outbox.home(session, false);
+                    if self.takes_requests() || matches!(self.state, State::Ending { .. }) {
+                        let result = self.pipeline.encode_unsolicited(
+                            greeting,
+                            &mut self.output,
+                            &self.ctx,
+                            counters,
+                        );
+                        if let Err(reason) = result {
+                            self.end(0, reason, counters);
+                        }
+                    }
+                }
+                Err(_) => {
+                    self.outbox.lost();
+                    self.end(0, EndReason::HandlerPanicked, counters);
+                }
+            },
+            Done::Answered { seq, answer, .. } => self.answered(seq, answer, counters),
+            Done::Ran {
+                last,
+                skipped,
+                session,
+                fresh,
+                ..
+            } => {
+                self.outbox.home(session, fresh);
+                Counters::add(&counters.skipped, skipped as u64);
+                if let Some((seq, answer)) = last {
+                    self.answered(seq, answer, counters);
+                }
+            }
+        }
+        self.encode_ready(counters, now);
+    }
+
+    /// Keeps one request's answer; a close or a panic in it ends the connection there, so
+    /// nothing after it is handed on.
+    pub(super) fn answered(&mut self, seq: u64, answer: Answer<C::Response>, counters: &Counters) {
+        if let Some((cut, reason)) = self.pipeline.answered(seq, answer, self.cut(), counters) {
+            self.end(cut, reason, counters);
+        }
+    }
+
+    /// Encodes the replies that are next in order (none before the greeting).
+    pub(super) fn encode_ready(&mut self, counters: &Counters, now: Instant) {
+        if self.outbox.is_opening() {
+            return;
+        }
+        if self.output.is_empty() {
+            // The write-stall clock starts when there is something to write.
+            self.last_write = now;
+        }
+        let cut = self.cut();
+        if let Err(reason) = self
+            .pipeline
+            .encode_ready(&mut self.output, cut, &self.ctx, counters)
+        {
+            // Nothing after the last reply written is encoded.
+            self.end(self.pipeline.write_seq(), reason, counters);
+        }
+    }
+
+    /// Writes output until WouldBlock; returns whether anything was written (or the
+    /// stream failed).
+    pub(super) fn write(&mut self, env: &mut Env<'_, C, S>) -> bool {
+        if let State::Closed = self.state {
+            return false;
+        }
+        match self.socket.write(&mut self.output) {
+            Ok(false) => false,
+            Ok(true) => {
+                self.last_write = env.now;
+                true
+            }
+            Err(e) => {
+                self.fail(e, env.counters);
+                true
+            }
+        }
+    }
+}
