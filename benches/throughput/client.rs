@@ -21,7 +21,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::loadgen::{
+use crate::load::{
     new_histogram, ErrorCounts, LoadConfig, Shared, ThreadResult, CONNECT_TIMEOUT, DRAIN,
     DRAIN_CAP, MEASURE, PATTERN_LEN, POLL_TICK,
 };

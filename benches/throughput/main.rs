@@ -74,12 +74,14 @@
 
 mod chart;
 mod client;
+mod load;
 mod loadgen;
 mod protocols;
 mod report;
 mod runner;
 mod schedule;
 mod servers;
+mod tables;
 #[cfg(feature = "tls")]
 mod tls;
 

@@ -755,7 +755,7 @@ pub fn text(runs: &[ProtoRun], skipped: &[String]) -> String {
             continue;
         }
         out.push('\n');
-        crate::report::text_table(headers, &rows, &mut out);
+        crate::tables::text_table(headers, &rows, &mut out);
     }
     for line in failures(runs).iter().chain(skipped) {
         let _ = writeln!(out, "{line}");
@@ -767,7 +767,7 @@ pub fn text(runs: &[ProtoRun], skipped: &[String]) -> String {
 pub fn markdown(
     runs: &[ProtoRun],
     skipped: &[String],
-    settings: &crate::report::Settings,
+    settings: &crate::tables::Settings,
     md: &mut String,
 ) {
     if runs.is_empty() && skipped.is_empty() {
@@ -793,7 +793,7 @@ pub fn markdown(
              (scenario `P16`: plus `-P 16`, 16 commands pipelined per connection); req/s and \
              p50 as redis-benchmark reports them.\n\n",
         );
-        crate::report::markdown_table(resp_headers, &resp_rows, md);
+        crate::tables::markdown_table(resp_headers, &resp_rows, md);
     }
     if !http_rows.is_empty() {
         md.push_str(
@@ -803,7 +803,7 @@ pub fn markdown(
              **socket errors**: connect + read + write + timeout; **non-2xx/3xx**: wrk's count \
              of other responses; **vs nginx**: req/s over nginx's in the same scenario.\n\n",
         );
-        crate::report::markdown_table(http_headers, &http_rows, md);
+        crate::tables::markdown_table(http_headers, &http_rows, md);
     }
     let mut notes: Vec<String> = runs
         .iter()

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::protocols::ProtoRun;
 use crate::runner::RunMetrics;
+pub use crate::tables::{markdown_table, text_table, Settings};
 
 /// One workload.
 #[derive(Debug, Clone, Serialize)]
@@ -269,25 +270,6 @@ fn cpu_us_per_request(m: &RunMetrics) -> String {
     format!("{:.2}", m.server_cpu_s * 1e6 / m.requests as f64)
 }
 
-/// The settings a report was made with.
-#[derive(Debug, Clone, Serialize)]
-pub struct Settings {
-    pub mode: String,
-    pub cores: usize,
-    pub duration_s: f64,
-    pub warmup_s: f64,
-    pub runs: usize,
-    pub client_threads: usize,
-    /// Tokio worker threads, and reactor-pool's worker threads in the echo scenarios.
-    pub server_threads: usize,
-    pub reactors: usize,
-    pub echo_workers: usize,
-    /// reactor-pool workers and tokio blocking threads in the blocking workload.
-    pub blocking_workers: usize,
-    pub thread_stack_kib: usize,
-    pub filter: Option<String>,
-}
-
 /// Everything written to report.json.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -473,46 +455,6 @@ pub fn table(outcomes: &[Outcome]) -> String {
         text_table(headers, &rows, &mut out);
     }
     out
-}
-
-pub fn text_table(headers: &[&str], rows: &[Vec<String>], out: &mut String) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: &[String], out: &mut String| {
-        for (i, (cell, &w)) in cells.iter().zip(&widths).enumerate() {
-            let sep = if i == 0 { "" } else { "  " };
-            // Text columns left-aligned, numbers right-aligned.
-            if i < 2 {
-                let _ = write!(out, "{sep}{cell:<w$}");
-            } else {
-                let _ = write!(out, "{sep}{cell:>w$}");
-            }
-        }
-        out.push('\n');
-    };
-    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
-    line(&header, out);
-    let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
-    out.push_str(&"-".repeat(total));
-    out.push('\n');
-    for r in rows {
-        line(r, out);
-    }
-}
-
-pub fn markdown_table(headers: &[&str], rows: &[Vec<String>], md: &mut String) {
-    let _ = writeln!(md, "| {} |", headers.join(" | "));
-    let align: String = (0..headers.len())
-        .map(|i| if i < 2 { "---|" } else { "---:|" })
-        .collect();
-    let _ = writeln!(md, "|{align}");
-    for r in rows {
-        let _ = writeln!(md, "| {} |", r.join(" | "));
-    }
 }
 
 /// report.md: the settings, the tables, and what each column means.
