@@ -63,7 +63,7 @@ fn redis_cli_reading_commands_from_stdin_like_a_session() {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("redis-cli is installed (.ci/run installs it)");
+        .expect("redis-cli is installed (scripts/test.sh installs it)");
     child
         .stdin
         .take()

@@ -71,7 +71,7 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot run redis-server ({e}); .ci/run installs it with apt-get")
+                panic!("cannot run redis-server ({e}); scripts/test.sh installs it with apt-get")
             });
         let mut server = RedisServer {
             child,

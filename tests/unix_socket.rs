@@ -274,7 +274,9 @@ impl LockHolder {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run flock ({e}); .ci/run installs it"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run flock ({e}); scripts/test.sh installs it with apt-get")
+            });
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

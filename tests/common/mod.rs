@@ -270,7 +270,9 @@ pub fn run_client(program: &str, args: &[&str]) -> (std::process::ExitStatus, St
     let output = std::process::Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} ({e}); .ci/run installs it with apt-get"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}); scripts/test.sh installs it with apt-get")
+        });
     (
         output.status,
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -293,7 +295,9 @@ pub fn run_client_with_input(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program} ({e}); .ci/run installs it with apt-get"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}); scripts/test.sh installs it with apt-get")
+        });
     let mut stdin = child.stdin.take().expect("piped stdin");
     let input = input.to_vec();
     // A program may exit without reading all of it: a write error is not ours to report.

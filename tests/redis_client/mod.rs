@@ -117,7 +117,7 @@ pub fn cli_stdin(server: &Example, args: &[&str], input: &str) -> String {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("redis-cli is installed (.ci/run installs it)");
+        .expect("redis-cli is installed (scripts/test.sh installs it)");
     let mut stdin = child.stdin.take().expect("piped stdin");
     stdin.write_all(input.as_bytes()).expect("write commands");
     drop(stdin);
