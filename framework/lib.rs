@@ -40,6 +40,16 @@
 //! Unix domain socket ([`Builder::bind_unix`]) or on a socket systemd passed
 //! ([`Builder::from_listen_fds`]); the handler sees who the peer is in its [`Context`].
 //!
+//! **The life of a request**, from `accept` to the last `write` (ARCHITECTURE.md has the
+//! map): the acceptor thread accepts and posts the stream to a reactor's mailbox; the
+//! reactor registers it and drives it (`Connection::drive`): it reads into its scratch
+//! buffer, decodes with your [`Codec`] ([`Codec::decode`], after [`Codec::skip`]; then
+//! [`Codec::holds_decoding`] and [`Codec::closes_after`]), and hands the requests that
+//! arrived together, with the connection's session, to the job queue as one batch; a worker
+//! runs [`Handler::call`] for each in order and posts each one's [`Replies`] to the
+//! reactor's mailbox as soon as the call returns, waking the reactor only if it sleeps; the
+//! reactor puts them in request order, encodes them ([`Codec::encode`]) and writes them.
+//!
 //! How a connection ends follows TCP's four-way close: when the peer sends FIN (`read()`
 //! returns 0) every reply it is still owed is written before the server sends its own FIN,
 //! and the server never resets a connection that closed cleanly.

@@ -280,7 +280,7 @@ impl Builder {
     /// for the next scheduling point. The thread that handed off keeps running and hands off
     /// more, so work crosses between threads in batches instead of one context switch per
     /// request: on the 2-core benchmark machine this cut context switches per request about
-    /// four-fold and raised echo throughput by about a quarter (see the README). The cost: a
+    /// four-fold and raised echo throughput by about a quarter (docs/bench/README.md). The cost: a
     /// woken thread can wait up to one scheduler time slice (a few milliseconds) behind a
     /// busy thread of another program. Turn it off when the server shares its cores with
     /// CPU-bound work and tail latency matters more than throughput. No effect on other
@@ -294,7 +294,7 @@ impl Builder {
     /// wait of the handler's (a sleep, a socket or lock timeout) so as to batch wake-ups. The
     /// kernel's default, 50 µs, makes a handler's 1 ms sleep take about 1.06 ms; with 1 µs it
     /// takes about 1.01 ms, and a pool of handlers that wait comes within 5% of its ideal
-    /// throughput (the README's blocking workload: 0.92 → 0.95 of 64 workers / 1 ms). The
+    /// throughput (the blocking workload of docs/bench/README.md: 0.92 → 0.95 of ideal). The
     /// cost is a few more timer wake-ups; waits on the job queue have no timeout and are not
     /// affected. `None` keeps the system's slack. No effect on other systems.
     /// Default: `Some(1 µs)`.
