@@ -198,10 +198,9 @@ pub enum CloseReason {
 /// 3. [`close`](Handler::close) runs exactly once when the connection ends, whatever the
 ///    reason (see [`CloseReason`]), on a worker thread, after the last call has returned.
 ///
-/// With [`Builder::inline`](crate::Builder::inline) all three run on the reactor thread
-/// instead, where they must not block. With
-/// [`Builder::start_concurrent`](crate::Builder::start_concurrent) (stateless handlers only)
-/// one connection's requests may run at the same time on different workers.
+/// In [`Mode::Inline`](crate::Mode::Inline) all three run on the reactor thread instead,
+/// where they must not block. In [`Mode::Concurrent`](crate::Mode::Concurrent) (stateless
+/// handlers only) one connection's requests may run at the same time on different workers.
 ///
 /// One handler value is shared by every worker, hence `&self` and `Sync`; what belongs to
 /// one connection lives in its `Session`. A panic in any of the three is caught: that

@@ -80,7 +80,7 @@ mod transport;
 mod util;
 
 pub use builder::handle::{ServerHandle, ShutdownTrigger, StatsReader};
-pub use builder::Builder;
+pub use builder::{Builder, Mode};
 pub use codec::{
     AfterReply, Codec, DecodeError, Decoded, Farewell, LengthPrefixedCodec, LineCodec, RawCodec,
     DEFAULT_MAX_FRAME,

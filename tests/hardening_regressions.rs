@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{connect, expect_clean_eof, read_exactly, round_trip, send, wait_for_stats};
 use reactor_pool::{
     handler_fn, AfterReply, Builder, Codec, Context, DecodeError, Decoded, LengthPrefixedCodec,
-    LineCodec, ServerHandle, ShutdownTrigger,
+    LineCodec, Mode, ServerHandle, ShutdownTrigger,
 };
 
 /// A line codec that panics when it decodes the line `boom`.
@@ -228,7 +228,7 @@ fn settings_that_cannot_work_are_refused_by_name() {
     // Inline mode starts no worker, so zero workers is fine there.
     let inline = Builder::bind("127.0.0.1:0")
         .workers(0)
-        .inline(true)
+        .mode(Mode::Inline)
         .start(LineCodec::new(), echo())
         .expect("inline with zero workers");
     inline.shutdown();

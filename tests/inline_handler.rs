@@ -1,10 +1,10 @@
-//! `Builder::inline(true)`: the handler runs on the reactor thread that read the request,
+//! `Builder::mode(Mode::Inline)`: the handler runs on the reactor thread that read the request,
 //! no worker thread exists, pipelined replies keep their order, and a panic still closes only
 //! its own connection after the replies it owes.
 
 mod common;
 
-use reactor_pool::{handler_fn, Builder, Context, LineCodec, ServerHandle};
+use reactor_pool::{handler_fn, Builder, Context, LineCodec, Mode, ServerHandle};
 
 use common::{connect, expect_clean_eof, read_exactly, round_trip, send, wait_for_stats};
 
@@ -12,7 +12,7 @@ use common::{connect, expect_clean_eof, read_exactly, round_trip, send, wait_for
 /// handler, `panic` panics, anything else is echoed.
 fn server(name: &str) -> ServerHandle {
     Builder::bind("127.0.0.1:0")
-        .inline(true)
+        .mode(Mode::Inline)
         .reactors(1)
         .workers(8) // ignored in inline mode
         .thread_name(name)

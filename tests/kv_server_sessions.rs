@@ -57,7 +57,7 @@ impl Drop for Server {
 
 /// One connection pipelines `DEL k` and 5,000 `SET k i` / `GET k` pairs in one write: each
 /// GET must see the SET just before it. Commands of one connection run one after another in
-/// arrival order; were they spread over the workers at once (Builder::start_concurrent), a
+/// arrival order; were they spread over the workers at once (Mode::Concurrent), a
 /// GET would overtake its SET or a later one.
 #[test]
 fn pipelined_set_get_pairs_read_their_own_writes() {

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{connect, expect_clean_eof, read_exactly, round_trip, send, wait_until};
-use reactor_pool::{Builder, CloseReason, Context, Handler, LineCodec, Replies, ServerHandle};
+use reactor_pool::{
+    Builder, CloseReason, Context, Handler, LineCodec, Mode, Replies, ServerHandle,
+};
 
 /// Counts per connection; `panic` panics, `bye` closes, `greet` is the greeting.
 #[derive(Clone, Default)]
@@ -344,7 +346,8 @@ fn concurrent_mode_closes_a_connection_once_even_with_a_call_still_out() {
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .thread_name("sh-conc")
-        .start_concurrent(LineCodec::new(), held.clone())
+        .mode(Mode::Concurrent)
+        .start(LineCodec::new(), held.clone())
         .expect("start");
     let mut client = connect(server.local_addr());
     assert_eq!(entered_rx.recv_timeout(common::WAIT_DEADLINE), Ok("open"));
@@ -390,7 +393,7 @@ fn inline_mode_runs_the_close_hook_of_a_connection_forced_shut_at_the_deadline()
     common::init_logging();
     let flood = Flood::default();
     let server = Builder::bind("127.0.0.1:0")
-        .inline(true)
+        .mode(Mode::Inline)
         .shutdown_timeout(Duration::from_millis(200))
         .thread_name("sh-force")
         .start(LineCodec::new(), flood.clone())

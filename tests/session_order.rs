@@ -1,5 +1,5 @@
 //! One connection's requests run one after another, in arrival order, each seeing what the
-//! earlier ones did (the default); `start_concurrent` opts out, for stateless handlers.
+//! earlier ones did (the default); `Mode::Concurrent` opts out, for stateless handlers.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use common::{connect, read_exactly, send};
-use reactor_pool::{handler_fn, Builder, Context, Handler, LineCodec, Replies};
+use reactor_pool::{handler_fn, Builder, Context, Handler, LineCodec, Mode, Replies};
 
 /// A shared key-value map: `set k v` / `get k`, as a Redis or memcached handler would be.
 #[derive(Clone, Default)]
@@ -130,17 +130,18 @@ fn one_connections_requests_never_overlap_and_start_in_arrival_order() {
     server.shutdown();
 }
 
-/// The opt-in: with `start_concurrent`, two pipelined requests of one connection run at the
+/// The opt-in: with `Mode::Concurrent`, two pipelined requests of one connection run at the
 /// same time (each waits for the other at a barrier, which in order would never return),
 /// and their replies still come back in request order.
 #[test]
-fn start_concurrent_runs_one_connections_requests_at_once_and_keeps_reply_order() {
+fn concurrent_mode_runs_one_connections_requests_at_once_and_keeps_reply_order() {
     common::init_logging();
     let barrier = Arc::new(Barrier::new(2));
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .thread_name("so-conc")
-        .start_concurrent(
+        .mode(Mode::Concurrent)
+        .start(
             LineCodec::new(),
             handler_fn(move |line: Vec<u8>, _: &Context| {
                 barrier.wait();

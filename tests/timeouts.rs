@@ -251,7 +251,7 @@ fn in_a_pipelined_batch_only_the_slow_call_is_counted() {
     let slow = Duration::from_millis(600);
     let server = Builder::bind("127.0.0.1:0")
         .workers(1)
-        .slow_handler_threshold(threshold)
+        .slow_handler_threshold(Some(threshold))
         .thread_name("to-slowb")
         .start(
             LineCodec::new(),
@@ -281,7 +281,7 @@ fn a_slow_handler_is_counted_and_its_reply_still_arrives() {
     let slow = Duration::from_millis(1200);
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
-        .slow_handler_threshold(threshold)
+        .slow_handler_threshold(Some(threshold))
         .thread_name("to-slowh")
         .start(
             LineCodec::new(),

@@ -8,7 +8,7 @@
 //!   request, on `reactors` reactor threads and `workers` worker threads;
 //! - `rp-inline`: the same in inline mode (`Builder::inline`): the handler runs on the
 //!   `reactors` reactor threads, no worker; echo scenarios only (it must not block);
-//! - `rp-concurrent`: the pool path with `Builder::start_concurrent`: one connection's
+//! - `rp-concurrent`: the pool path with `Mode::Concurrent`: one connection's
 //!   pipelined requests may run at once on different workers (the opt-in for stateless
 //!   handlers; `reactor-pool` is the in-order default); echo scenarios only;
 //! - `thread-per-conn`: the blocking model, one std thread per connection (small stacks);
@@ -33,7 +33,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use reactor_pool::{handler_fn, Builder, Context, RawCodec};
+use reactor_pool::{handler_fn, Builder, Context, Mode, RawCodec};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Listen backlog of every server kind (the kernel caps it at net.core.somaxconn).
@@ -215,7 +215,11 @@ fn start_reactor_pool(
     let builder = Builder::from_listener(listener)
         .reactors(args.reactors)
         .workers(args.workers)
-        .inline(args.kind == Kind::ReactorPoolInline)
+        .mode(match args.kind {
+            Kind::ReactorPoolInline => Mode::Inline,
+            Kind::ReactorPoolConcurrent => Mode::Concurrent,
+            _ => Mode::Pool,
+        })
         // Generous limits: the bench measures throughput, not limits.
         .max_connections(20_000)
         .job_queue_capacity(32 * 1024)
@@ -237,11 +241,7 @@ fn start_reactor_pool(
         }
         request
     });
-    if args.kind == Kind::ReactorPoolConcurrent {
-        builder.start_concurrent(RawCodec::new(), echo)
-    } else {
-        builder.start(RawCodec::new(), echo)
-    }
+    builder.start(RawCodec::new(), echo)
 }
 
 fn start_threads(listener: TcpListener, args: &ServeArgs) -> io::Result<()> {

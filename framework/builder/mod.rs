@@ -66,8 +66,34 @@ pub struct Builder {
     thread_name: String,
     batch_scheduling: bool,
     worker_timer_slack: Option<Duration>,
-    inline: bool,
+    mode: Mode,
     pub(crate) limits: Limits,
+}
+
+/// Where a server runs its handler ([`Builder::mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Mode {
+    /// On the worker pool; one connection's requests run one after another in arrival
+    /// order, with its session `&mut`, a pipelined burst as one batch. The handler may
+    /// block. The default.
+    #[default]
+    Pool,
+    /// On the worker pool; one connection's pipelined requests may run at the same time on
+    /// different workers (their replies are still written in request order). For stateless
+    /// handlers only (`Handler::Session = ()`; [`Builder::start`] refuses any other with
+    /// `InvalidInput`), since there is no session to share. The open and close hooks still
+    /// run once per connection; the close hook may run before the connection's last calls
+    /// have returned (they never see its session), and a close a handler asks for cannot
+    /// stop the connection's requests already running beside it.
+    Concurrent,
+    /// On the reactor thread that read the request; no worker thread is started
+    /// ([`Builder::workers`] is ignored). It saves the two thread hand-offs per request, so
+    /// it is the fastest way to serve a handler that never blocks (an in-memory lookup, a
+    /// computed reply). A handler that blocks stalls every connection of its reactor for
+    /// that long: keep the pool for anything that waits. Panics are still caught (that
+    /// connection is closed) and slow calls still counted and logged.
+    Inline,
 }
 
 /// Room above the built-in codecs' maximum frame for framing bytes, so the connection's
@@ -97,7 +123,7 @@ impl Builder {
             thread_name: "reactor-pool".into(),
             batch_scheduling: true,
             worker_timer_slack: Some(Duration::from_micros(1)),
-            inline: false,
+            mode: Mode::Pool,
             limits: Limits {
                 max_frame: crate::codec::DEFAULT_MAX_FRAME + FRAMING_ALLOWANCE,
                 max_in_flight: 32,
@@ -127,7 +153,7 @@ impl Builder {
     }
 
     /// Worker threads that run the handler. Default: 4 × the available cores. Size it to
-    /// how many handler calls may block at once. Ignored with [`Builder::inline`].
+    /// how many handler calls may block at once. Ignored in [`Mode::Inline`].
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
@@ -246,10 +272,11 @@ impl Builder {
     }
 
     /// Handler calls running this long or longer are logged and counted (never killed).
-    /// Default: 1 s. `Duration::MAX` turns the check off, and the workers then never read
-    /// the clock around a call.
-    pub fn slow_handler_threshold(mut self, threshold: Duration) -> Self {
-        self.slow_handler = threshold;
+    /// `None` turns the check off, and the workers then never read the clock around a
+    /// call. Default: `Some(1 s)`.
+    pub fn slow_handler_threshold(mut self, threshold: Option<Duration>) -> Self {
+        // Internally "never" is the saturating Duration::MAX, as every other deadline.
+        self.slow_handler = threshold.unwrap_or(Duration::MAX);
         self
     }
 
@@ -303,15 +330,12 @@ impl Builder {
         self
     }
 
-    /// Inline mode: the handler runs on the reactor thread that read the request, and no
-    /// worker thread is started ([`Builder::workers`] is ignored). It saves the two thread
-    /// hand-offs per request, so it is the fastest way to serve a handler that never blocks
-    /// (an in-memory lookup, a computed reply). A handler that blocks stalls every
-    /// connection of its reactor for that long: keep the pool for anything that waits. Panics
-    /// are still caught (that connection is closed) and slow calls still counted and logged.
-    /// Default: off.
-    pub fn inline(mut self, enabled: bool) -> Self {
-        self.inline = enabled;
+    /// Where the handler runs: on the worker pool, one connection's requests one after
+    /// another ([`Mode::Pool`]); on the pool, one connection's pipelined requests at once
+    /// ([`Mode::Concurrent`], stateless handlers only); or on the reactor thread
+    /// ([`Mode::Inline`], handlers that never block). Default: [`Mode::Pool`].
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
         self
     }
 

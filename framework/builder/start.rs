@@ -2,11 +2,12 @@
 //! threads started (pool, reactors, acceptor), each stopped again if a later one cannot
 //! start.
 
+use std::any::{Any, TypeId};
 use std::io;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use super::{Builder, Listen};
+use super::{Builder, Listen, Mode};
 #[cfg(doc)]
 use crate::builder::handle::ShutdownTrigger;
 use crate::builder::handle::{Running, ServerHandle, StatsReader, Threads};
@@ -25,7 +26,14 @@ impl Builder {
     /// Checks every setting; names the first that cannot work.
     fn validate(&self) -> io::Result<()> {
         let positive = [
-            ("workers", if self.inline { 1 } else { self.workers }),
+            (
+                "workers",
+                if self.mode == Mode::Inline {
+                    1
+                } else {
+                    self.workers
+                },
+            ),
             ("reactors", self.reactors),
             ("max_connections", self.max_connections),
             ("job_queue_capacity", self.job_queue_capacity),
@@ -96,26 +104,7 @@ impl Builder {
         C: Codec,
         H: Handler<Request = C::Request, Response = C::Response>,
     {
-        self.start_with(codec, handler, None, &mut spawn_thread)
-    }
-
-    /// Starts a server whose connections' requests may run at the same time on different
-    /// workers when a peer pipelines them (their replies are still written in request
-    /// order): for stateless handlers only, since there is no session to share. The open
-    /// and close hooks still run once per connection; the close hook may run before the
-    /// connection's last calls have returned (they never see its session). Otherwise as
-    /// [`start`](Builder::start).
-    ///
-    /// # Errors
-    ///
-    /// As [`start`](Builder::start).
-    pub fn start_concurrent<C, H>(self, codec: C, handler: H) -> io::Result<ServerHandle>
-    where
-        C: Codec,
-        H: Handler<Request = C::Request, Response = C::Response, Session = ()>,
-    {
-        fn fresh() {}
-        self.start_with(codec, handler, Some(fresh), &mut spawn_thread)
+        self.start_with(codec, handler, &mut spawn_thread)
     }
 
     /// [`start`](Builder::start) with the thread spawner given, so a test can make it fail.
@@ -123,7 +112,6 @@ impl Builder {
         mut self,
         codec: C,
         handler: H,
-        concurrent: Option<fn() -> H::Session>,
         spawn: &mut Spawn<'_>,
     ) -> io::Result<ServerHandle>
     where
@@ -131,6 +119,11 @@ impl Builder {
         H: Handler<Request = C::Request, Response = C::Response>,
     {
         self.validate()?;
+        let concurrent = match self.mode {
+            Mode::Concurrent => Some(stateless_session::<H::Session>()?),
+            Mode::Pool | Mode::Inline => None,
+        };
+        let inline = self.mode == Mode::Inline;
         let listener = self.listener()?;
         let bound = listener.bound()?;
 
@@ -149,7 +142,7 @@ impl Builder {
                     codec: codec.clone(),
                     jobs: jobs_tx.clone(),
                     handler: Arc::clone(&dyn_handler),
-                    inline: self.inline,
+                    inline,
                     concurrent,
                     slow_handler: self.slow_handler,
                     counters: Arc::clone(&counters),
@@ -169,7 +162,7 @@ impl Builder {
         let mailboxes: Arc<[Mailbox<C::Response, H::Session>]> = mailboxes.into();
         let stopping = Arc::new(AtomicBool::new(false));
 
-        let workers = if self.inline { 0 } else { self.workers };
+        let workers = if inline { 0 } else { self.workers };
         let shared = WorkerShared {
             handler,
             jobs: jobs_rx.clone(),
@@ -260,6 +253,24 @@ impl Builder {
     }
 }
 
+/// Concurrent mode's session maker: each request gets a fresh session, which only a
+/// stateless handler (`Session = ()`) can do without.
+fn stateless_session<S: 'static>() -> io::Result<fn() -> S> {
+    fn unit<S: 'static>() -> S {
+        // `S` is `()` (checked below): the box holds no memory and the downcast cannot fail.
+        *(Box::new(()) as Box<dyn Any>)
+            .downcast::<S>()
+            .expect("concurrent mode's session is ()")
+    }
+    if TypeId::of::<S>() != TypeId::of::<()>() {
+        return Err(invalid(format!(
+            "mode: Mode::Concurrent needs a stateless handler (Session = ()), not Session = {}",
+            std::any::type_name::<S>()
+        )));
+    }
+    Ok(unit::<S>)
+}
+
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, message)
 }
@@ -308,7 +319,6 @@ mod tests {
                 .start_with(
                     LineCodec::new(),
                     handler_fn(|r: Vec<u8>, _: &Context| r),
-                    None,
                     &mut spawn,
                 )
                 .expect_err("a spawn failed");
@@ -320,5 +330,41 @@ mod tests {
                 "a thread started before spawn {fail_at} failed kept running"
             );
         }
+    }
+
+    /// One way to say each thing: concurrent mode is a setting like the others, and a
+    /// handler with a session is refused by name, not by a missing method.
+    #[test]
+    fn concurrent_mode_refuses_a_handler_with_a_session() {
+        struct Counting;
+        impl Handler for Counting {
+            type Request = Vec<u8>;
+            type Response = Vec<u8>;
+            type Session = u64;
+            fn open(&self, _: &Context, _: &mut crate::handler::Replies<Vec<u8>>) -> u64 {
+                0
+            }
+            fn call(
+                &self,
+                n: &mut u64,
+                r: Vec<u8>,
+                _: &Context,
+                replies: &mut crate::handler::Replies<Vec<u8>>,
+            ) {
+                *n += 1;
+                replies.send(r);
+            }
+        }
+        let error = Builder::bind("127.0.0.1:0")
+            .mode(Mode::Concurrent)
+            .start(LineCodec::new(), Counting)
+            .expect_err("a session cannot be shared by concurrent calls");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(error.to_string().contains("Mode::Concurrent"), "{error}");
+        let stateless = Builder::bind("127.0.0.1:0")
+            .mode(Mode::Concurrent)
+            .start(LineCodec::new(), handler_fn(|r: Vec<u8>, _: &Context| r))
+            .expect("a stateless handler runs concurrently");
+        stateless.shutdown();
     }
 }
