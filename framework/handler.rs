@@ -31,12 +31,14 @@ impl Context {
     /// Who the client is: the socket's peer, or, behind a proxy speaking the PROXY protocol
     /// ([`Builder::proxy_protocol`](crate::Builder::proxy_protocol)), the client the proxy's
     /// header names.
+    #[must_use]
     pub fn peer(&self) -> Peer {
         self.peer
     }
 
     /// The client's IP address and port ([`peer`](Context::peer) when it is a TCP peer);
     /// `None` for a peer on a Unix domain socket.
+    #[must_use]
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         match self.peer {
             Peer::Tcp(addr) => Some(addr),
@@ -46,6 +48,7 @@ impl Context {
 
     /// The uid, gid and pid of a peer on a Unix domain socket, where the platform gives
     /// them (Linux: SO_PEERCRED); `None` otherwise.
+    #[must_use]
     pub fn credentials(&self) -> Option<Credentials> {
         match self.peer {
             Peer::Unix(credentials) => credentials,
@@ -56,17 +59,20 @@ impl Context {
     /// The proxy the connection came through, when a PROXY header named the client: the
     /// socket's own peer. `None` without the PROXY protocol, or when the header named no
     /// client (a proxy's health check).
+    #[must_use]
     pub fn proxy(&self) -> Option<Peer> {
         self.proxy
     }
 
     /// Whether the connection is encrypted with TLS ([`Builder::tls`](crate::Builder)).
+    #[must_use]
     pub fn is_tls(&self) -> bool {
         self.tls
     }
 
     /// A number unique to this connection for the server's lifetime (the first connection
     /// accepted is 1). Requests from one connection share it.
+    #[must_use]
     pub fn connection_id(&self) -> u64 {
         self.connection_id
     }

@@ -59,6 +59,15 @@
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
+// clippy::pedantic, curated: CI runs clippy with -D warnings, so each pedantic lint holds
+// except these, each allowed for a reason.
+#![warn(clippy::pedantic)]
+// A closure naming its arguments reads better than a method path through the crate's
+// generic types (`with_conn(key, |conn, env| conn.drive(env))`).
+#![allow(clippy::redundant_closure_for_method_calls)]
+// The crate's values travel by value on purpose: a request, a response or a session is
+// handed on and must not stay behind with the caller.
+#![allow(clippy::needless_pass_by_value)]
 
 // Layers, lowest first; a module imports only from layers below its own (each folder's
 // module doc says what it owns and what it may import; ARCHITECTURE.md draws the map):

@@ -73,7 +73,7 @@ pub(crate) fn set_batch_scheduling() -> io::Result<()> {
         // sched_param that outlives the call (the kernel only reads it); SCHED_BATCH requires
         // priority 0 and no privilege. The call touches no memory of ours.
         #[allow(unsafe_code)]
-        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &raw const param) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -104,7 +104,7 @@ fn warn_once(warned: &AtomicBool, what: &str, result: io::Result<()>) {
 }
 
 /// Who is at the other end of a Unix domain socket, as the kernel recorded it when the peer
-/// connected (Linux and Android: SO_PEERCRED): uid, gid and pid.
+/// connected (Linux and Android: `SO_PEERCRED`): uid, gid and pid.
 ///
 /// # Errors
 ///
@@ -121,7 +121,9 @@ pub(crate) fn peer_credentials(
             uid: 0,
             gid: 0,
         };
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // A ucred is 12 bytes: it fits a socklen_t.
+        let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>())
+            .expect("a ucred fits a socklen_t");
         // SAFETY: `socket` is a valid descriptor for the duration of the borrow; `cred` is a
         // writable ucred and `len` holds its exact size, so the kernel writes at most that
         // many bytes into memory we own; both outlive the call.
@@ -131,8 +133,8 @@ pub(crate) fn peer_credentials(
                 socket.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_PEERCRED,
-                (&mut cred as *mut libc::ucred).cast(),
-                &mut len,
+                (&raw mut cred).cast(),
+                &raw mut len,
             )
         };
         if rc != 0 {
@@ -209,12 +211,12 @@ pub(crate) fn pin_inode(path: &std::path::Path) -> io::Result<Option<std::fs::Fi
     }
 }
 
-/// The first descriptor a socket-activating service manager passes (sd_listen_fds(3)).
+/// The first descriptor a socket-activating service manager passes (`sd_listen_fds(3)`).
 #[cfg(unix)]
 const SD_LISTEN_FDS_START: i32 = 3;
 
 /// Takes the listening socket systemd (or `systemd-socket-activate`) passed this process:
-/// the first of the `LISTEN_FDS` descriptors (sd_listen_fds(3): they start at 3), when
+/// the first of the `LISTEN_FDS` descriptors (`sd_listen_fds(3)`: they start at 3), when
 /// `LISTEN_PID` names this process and descriptor 3 is an open, listening stream socket.
 /// `None` when nothing was passed. Any further descriptors are left alone, open: they are
 /// not ours to close. The variables are left as they are: a child process cannot mistake
@@ -277,7 +279,7 @@ pub(crate) fn take_listen_fd() -> io::Result<Option<std::os::fd::OwnedFd>> {
             "the LISTEN_FDS socket was already taken in this process".into(),
         ));
     }
-    // SAFETY: the service manager's contract (sd_listen_fds(3)) is that descriptor 3 is
+    // SAFETY: the service manager's contract (`sd_listen_fds(3)`) is that descriptor 3 is
     // passed to this process (LISTEN_PID checked above) for it to own, and it is an open
     // listening socket (checked above), not some file of ours that reused the number; TAKEN
     // makes this the only claim in the process, so it gets exactly one owner, which closes
@@ -287,14 +289,14 @@ pub(crate) fn take_listen_fd() -> io::Result<Option<std::os::fd::OwnedFd>> {
     Ok(Some(owned))
 }
 
-/// Sets the calling thread's timer slack (Linux's PR_SET_TIMERSLACK): how late the kernel
+/// Sets the calling thread's timer slack (Linux's `PR_SET_TIMERSLACK`): how late the kernel
 /// may fire its timed waits (a sleep, a timeout) to batch wake-ups. The default, 50 µs, makes
 /// a 1 ms sleep take about 1.06 ms. A no-op elsewhere.
 pub(crate) fn set_timer_slack(slack: std::time::Duration) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         // 0 would mean "back to the default": the smallest slack is 1 ns.
-        let nanos = slack.as_nanos().clamp(1, libc::c_ulong::MAX as u128) as libc::c_ulong;
+        let nanos = libc::c_ulong::try_from(slack.as_nanos().max(1)).unwrap_or(libc::c_ulong::MAX);
         // SAFETY: PR_SET_TIMERSLACK takes its argument by value and changes only the calling
         // thread's timer slack; it reads and writes no memory of ours.
         #[allow(unsafe_code)]

@@ -85,6 +85,7 @@ pub struct StatsReader {
 
 impl StatsReader {
     /// A snapshot of the server's live counters.
+    #[must_use]
     pub fn stats(&self) -> Stats {
         self.counters.snapshot((self.queue_depth)())
     }
@@ -115,6 +116,7 @@ impl ServerHandle {
     /// The address the server accepts on (with the real port when bound to port 0). For a
     /// server on a Unix domain socket: the unspecified address `0.0.0.0:0`; see
     /// [`unix_path`](ServerHandle::unix_path).
+    #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         match &self.bound {
             Bound::Tcp(addr) => *addr,
@@ -124,6 +126,7 @@ impl ServerHandle {
 
     /// The path of the Unix domain socket the server accepts on; `None` for a TCP server
     /// (or an unnamed socket).
+    #[must_use]
     pub fn unix_path(&self) -> Option<&Path> {
         match &self.bound {
             Bound::Unix(path) => path.as_deref(),
@@ -132,11 +135,13 @@ impl ServerHandle {
     }
 
     /// A snapshot of the server's live counters.
+    #[must_use]
     pub fn stats(&self) -> Stats {
         self.stats.stats()
     }
 
     /// A cloneable reader of the counters, for a thread that reports them.
+    #[must_use]
     pub fn stats_reader(&self) -> StatsReader {
         self.stats.clone()
     }
@@ -144,6 +149,7 @@ impl ServerHandle {
     /// A cloneable trigger that makes [`join`](ServerHandle::join) shut the server down; for a
     /// signal-handling thread, say. It is the trigger given to
     /// [`Builder::shutdown_trigger`](crate::Builder::shutdown_trigger), if one was.
+    #[must_use]
     pub fn shutdown_trigger(&self) -> ShutdownTrigger {
         self.trigger.clone()
     }
@@ -219,6 +225,7 @@ pub struct ShutdownTrigger {
 impl ShutdownTrigger {
     /// A trigger not yet tied to a server; give it to
     /// [`Builder::shutdown_trigger`](crate::Builder::shutdown_trigger).
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }

@@ -37,7 +37,7 @@ impl Builder {
     }
 
     /// A server that will accept on the listening socket a service manager passed to this
-    /// process (systemd socket activation, `systemd-socket-activate`; sd_listen_fds(3)):
+    /// process (systemd socket activation, `systemd-socket-activate`; `sd_listen_fds(3)`):
     /// the first of the `LISTEN_FDS` descriptors when `LISTEN_PID` is this process, TCP or
     /// Unix. Because the socket outlives the process, a restart refuses no connection: they
     /// wait in its backlog (see the README's "Socket activation and restarting without
@@ -54,6 +54,7 @@ impl Builder {
 
     /// Whether the process was given listening sockets by a service manager, so
     /// [`from_listen_fds`](Builder::from_listen_fds) applies: `LISTEN_PID` names this process.
+    #[must_use]
     pub fn listen_fds_passed() -> bool {
         std::env::var("LISTEN_PID")
             .ok()

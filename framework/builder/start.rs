@@ -74,15 +74,17 @@ impl Builder {
     }
 
     fn listener(&mut self) -> io::Result<Listener> {
+        // `validate` refused a backlog over i32::MAX: the conversion cannot fail.
+        let backlog = i32::try_from(self.backlog).unwrap_or(i32::MAX);
         match std::mem::replace(&mut self.listen, Listen::Addr(Ok(Vec::new()))) {
             Listen::Listener(listener) => Listener::tcp(listener),
             Listen::UnixListener(listener) => Listener::unix(listener),
-            Listen::UnixPath(path) => Listener::bind_unix(&path, self.backlog as i32),
+            Listen::UnixPath(path) => Listener::bind_unix(&path, backlog),
             Listen::Passed => Listener::from_listen_fds(),
             Listen::Addr(addrs) => {
                 let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
                 for addr in addrs? {
-                    match Listener::bind_tcp(addr, self.backlog as i32, self.reuse_port) {
+                    match Listener::bind_tcp(addr, backlog, self.reuse_port) {
                         Ok(listener) => return Ok(listener),
                         Err(e) => last = e,
                     }
@@ -196,25 +198,8 @@ impl Builder {
             stopping,
             timeout: self.shutdown_timeout,
         });
-        let batch_scheduling = self.batch_scheduling;
-        let mut unstarted = reactors.into_iter().enumerate();
-        while let Some((index, reactor)) = unstarted.next() {
-            let name = format!("{}-reactor-{index}", self.thread_name);
-            let run = Box::new(move || {
-                if batch_scheduling {
-                    crate::sys::prefer_batch_scheduling();
-                }
-                reactor.run()
-            });
-            match spawn(name, run) {
-                Ok(thread) => threads.reactors.push(thread),
-                Err(error) => {
-                    // The reactors not started hold job senders: drop them, so the workers
-                    // see every sender gone once the started reactors stop.
-                    drop(unstarted);
-                    return Err(stopped(threads, error));
-                }
-            }
+        if let Err(error) = self.spawn_reactors(reactors, &mut threads.reactors, spawn) {
+            return Err(stopped(threads, error));
         }
         let acceptor_mailboxes = Arc::clone(&threads.mailboxes);
         let name = format!("{}-acceptor", self.thread_name);
@@ -249,6 +234,31 @@ impl Builder {
         H: Handler<Request = C::Request, Response = C::Response>,
     {
         self.start(codec, handler)?.join();
+        Ok(())
+    }
+}
+
+impl Builder {
+    /// Starts a thread per reactor, pushing each onto `started`. When one cannot start,
+    /// returns its error; the reactors not started are dropped with it, and with them their
+    /// job senders, so the workers see every sender gone once the started reactors stop.
+    fn spawn_reactors<C: Codec, S: Send + 'static>(
+        &self,
+        reactors: Vec<Reactor<C, S>>,
+        started: &mut Vec<std::thread::JoinHandle<()>>,
+        spawn: &mut Spawn<'_>,
+    ) -> io::Result<()> {
+        let batch_scheduling = self.batch_scheduling;
+        for (index, reactor) in reactors.into_iter().enumerate() {
+            let name = format!("{}-reactor-{index}", self.thread_name);
+            let run = Box::new(move || {
+                if batch_scheduling {
+                    crate::sys::prefer_batch_scheduling();
+                }
+                reactor.run();
+            });
+            started.push(spawn(name, run)?);
+        }
         Ok(())
     }
 }

@@ -18,11 +18,13 @@ pub struct RawCodec {
 
 impl RawCodec {
     /// A raw codec whose requests are at most [`DEFAULT_MAX_FRAME`] bytes.
+    #[must_use]
     pub fn new() -> Self {
         Self::with_max_frame(DEFAULT_MAX_FRAME)
     }
 
     /// A raw codec whose requests are at most `max_frame` bytes (at least 1).
+    #[must_use]
     pub fn with_max_frame(max_frame: usize) -> Self {
         RawCodec {
             max_frame: max_frame.max(1),
@@ -75,11 +77,13 @@ pub struct LineCodec {
 
 impl LineCodec {
     /// A line codec accepting lines of up to [`DEFAULT_MAX_FRAME`] bytes.
+    #[must_use]
     pub fn new() -> Self {
         Self::with_max_frame(DEFAULT_MAX_FRAME)
     }
 
     /// A line codec accepting lines of up to `max_line` bytes.
+    #[must_use]
     pub fn with_max_frame(max_line: usize) -> Self {
         LineCodec {
             max_line,
@@ -100,36 +104,33 @@ impl Codec for LineCodec {
 
     fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded<Vec<u8>>>, DecodeError> {
         let from = self.scanned.min(input.len());
-        match input[from..].iter().position(|&b| b == b'\n') {
-            Some(offset) => {
-                self.scanned = 0;
-                let newline = from + offset;
-                let line = match input[..newline].last() {
-                    Some(b'\r') => &input[..newline - 1],
-                    _ => &input[..newline],
-                };
-                if line.len() > self.max_line {
-                    return Err(DecodeError::FrameTooLarge {
-                        size: line.len(),
-                        max: self.max_line,
-                    });
-                }
-                Ok(Some((line.to_vec(), newline + 1)))
+        if let Some(offset) = input[from..].iter().position(|&b| b == b'\n') {
+            self.scanned = 0;
+            let newline = from + offset;
+            let line = match input[..newline].last() {
+                Some(b'\r') => &input[..newline - 1],
+                _ => &input[..newline],
+            };
+            if line.len() > self.max_line {
+                return Err(DecodeError::FrameTooLarge {
+                    size: line.len(),
+                    max: self.max_line,
+                });
             }
-            None => {
-                self.scanned = input.len();
-                // Past the limit, only the `\r` of a line exactly at the limit may wait.
-                // (`max_line` may be usize::MAX: compare without adding to it.)
-                let may_end_at_limit = input.len().checked_sub(1) == Some(self.max_line)
-                    && input.last() == Some(&b'\r');
-                if input.len() > self.max_line && !may_end_at_limit {
-                    return Err(DecodeError::FrameTooLarge {
-                        size: input.len(),
-                        max: self.max_line,
-                    });
-                }
-                Ok(None)
+            Ok(Some((line.to_vec(), newline + 1)))
+        } else {
+            self.scanned = input.len();
+            // Past the limit, only the `\r` of a line exactly at the limit may wait.
+            // (`max_line` may be usize::MAX: compare without adding to it.)
+            let may_end_at_limit =
+                input.len().checked_sub(1) == Some(self.max_line) && input.last() == Some(&b'\r');
+            if input.len() > self.max_line && !may_end_at_limit {
+                return Err(DecodeError::FrameTooLarge {
+                    size: input.len(),
+                    max: self.max_line,
+                });
             }
+            Ok(None)
         }
     }
 
@@ -153,12 +154,14 @@ pub struct LengthPrefixedCodec {
 
 impl LengthPrefixedCodec {
     /// A length-prefixed codec accepting payloads of up to [`DEFAULT_MAX_FRAME`] bytes.
+    #[must_use]
     pub fn new() -> Self {
         Self::with_max_frame(DEFAULT_MAX_FRAME)
     }
 
     /// A length-prefixed codec accepting payloads of up to `max_frame` bytes (at most
     /// `u32::MAX`, the largest length the prefix can carry).
+    #[must_use]
     pub fn with_max_frame(max_frame: usize) -> Self {
         LengthPrefixedCodec {
             max_frame: max_frame.min(u32::MAX as usize),

@@ -98,6 +98,12 @@ pub trait Codec: Clone + Send + 'static {
     /// used `consumed` bytes (at least one), `Ok(None)` when more bytes are needed, and an
     /// error when the input can never become a valid request. `input` holds every byte that
     /// arrived and was not yet consumed, so a codec need not remember partial frames.
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] when the input breaks the protocol: the connection writes the
+    /// replies it owes and [`error_reply`](Codec::error_reply), then closes cleanly; or
+    /// [`DecodeError::Refused`] for one bad request the codec answers itself.
     fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded<Self::Request>>, DecodeError>;
 
     /// Appends the wire form of `response` to `output`.
@@ -173,6 +179,10 @@ pub trait Codec: Clone + Send + 'static {
     /// whatever it returns.
     ///
     /// The default drops the bytes (`Ok(None)`; logged at debug level).
+    ///
+    /// # Errors
+    ///
+    /// As [`decode`](Codec::decode).
     fn decode_eof(&mut self, input: &[u8]) -> Result<Option<Decoded<Self::Request>>, DecodeError> {
         let _ = input;
         Ok(None)

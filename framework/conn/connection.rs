@@ -233,10 +233,10 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         let (id, peer) = (self.ctx.connection_id, self.ctx.peer);
         match &reason {
             EndReason::Protocol(e) => {
-                log::warn!("connection {id} ({peer}): protocol error: {e}; closing it")
+                log::warn!("connection {id} ({peer}): protocol error: {e}; closing it");
             }
             EndReason::Timeout(which) => {
-                log::info!("connection {id} ({peer}): {which:?}; closing it")
+                log::info!("connection {id} ({peer}): {which:?}; closing it");
             }
             _ => {}
         }
@@ -401,15 +401,15 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                     _ if !speaks => {}
                     EndReason::Protocol(error) => {
                         self.pipeline
-                            .error_reply(error, &mut self.output, ctx, counters)
+                            .error_reply(error, &mut self.output, ctx, counters);
                     }
                     EndReason::Timeout(why) => {
                         self.pipeline
-                            .farewell(*why, &mut self.output, ctx, counters)
+                            .farewell(*why, &mut self.output, ctx, counters);
                     }
                     EndReason::ServerShutdown => {
                         let why = Farewell::Shutdown;
-                        self.pipeline.farewell(why, &mut self.output, ctx, counters)
+                        self.pipeline.farewell(why, &mut self.output, ctx, counters);
                     }
                     _ => {}
                 }

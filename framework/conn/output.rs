@@ -17,8 +17,8 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     /// arriving together leave in one write.
     pub fn on_done(&mut self, done: Done<C::Response, S>, counters: &Counters, now: Instant) {
         match done {
-            Done::Opened { outcome, .. } => match outcome {
-                Ok((session, greeting)) => {
+            Done::Opened { outcome, .. } => {
+                if let Ok((session, greeting)) = outcome {
                     self.outbox.home(session, false);
                     if self.takes_requests() || matches!(self.state, State::Ending { .. }) {
                         let result = self.pipeline.encode_unsolicited(
@@ -31,12 +31,11 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                             self.end(0, reason, counters);
                         }
                     }
-                }
-                Err(_) => {
+                } else {
                     self.outbox.lost();
                     self.end(0, EndReason::HandlerPanicked, counters);
                 }
-            },
+            }
             Done::Answered { seq, answer, .. } => self.answered(seq, answer, counters),
             Done::Ran {
                 last,

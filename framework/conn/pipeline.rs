@@ -111,7 +111,8 @@ impl<C: Codec> Pipeline<C> {
     }
 
     pub fn in_flight(&self) -> usize {
-        (self.next_seq - self.write_seq) as usize
+        // At most `max_in_flight` (a usize) apart: the conversion cannot fail.
+        usize::try_from(self.next_seq - self.write_seq).unwrap_or(usize::MAX)
     }
 
     /// Whether one more request may be decoded with `output` bytes waiting to be written:
@@ -248,7 +249,10 @@ impl<C: Codec> Pipeline<C> {
         let Some(index) = seq.checked_sub(self.write_seq) else {
             return false;
         };
-        match self.slots.get_mut(index as usize) {
+        match usize::try_from(index)
+            .ok()
+            .and_then(|i| self.slots.get_mut(i))
+        {
             Some(slot @ Slot::Waiting) => {
                 *slot = Slot::Replied(replies);
                 true
@@ -407,7 +411,7 @@ impl<C: Codec> Pipeline<C> {
     ) {
         // A panic here is logged and counted; the connection is ending or answers on.
         let _ = self.guarded("error_reply", output, ctx, counters, |codec, out| {
-            codec.error_reply(error, out)
+            codec.error_reply(error, out);
         });
     }
 
@@ -420,7 +424,7 @@ impl<C: Codec> Pipeline<C> {
         counters: &Counters,
     ) {
         let _ = self.guarded("farewell", output, ctx, counters, |codec, out| {
-            codec.farewell(why, out)
+            codec.farewell(why, out);
         });
     }
 }

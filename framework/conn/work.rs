@@ -219,19 +219,16 @@ pub(crate) fn run_work<H: Handler + ?Sized>(
                 ran += 1;
                 let mut replies = Replies::new();
                 let outcome = timed(&ctx, "call", counters, slow_handler, &mut clock, || {
-                    handler.call(&mut session, request, &ctx, &mut replies)
+                    handler.call(&mut session, request, &ctx, &mut replies);
                 });
-                let barrier = match outcome {
-                    Ok(()) => {
-                        let closes = replies.closes();
-                        last = Some((seq, Answer::Replied(replies)));
-                        closes
-                    }
-                    Err(HandlerPanicked) => {
-                        // The session may be half-updated: run nothing more with it.
-                        last = Some((seq, Answer::Panicked));
-                        true
-                    }
+                let barrier = if let Ok(()) = outcome {
+                    let closes = replies.closes();
+                    last = Some((seq, Answer::Replied(replies)));
+                    closes
+                } else {
+                    // The session may be half-updated: run nothing more with it.
+                    last = Some((seq, Answer::Panicked));
+                    true
                 };
                 if barrier {
                     break;
@@ -263,7 +260,7 @@ pub(crate) fn close_session<H: Handler + ?Sized>(
     counters: &Counters,
 ) {
     let _ = timed(ctx, "close", counters, Duration::MAX, &mut None, || {
-        handler.close(session, ctx, reason)
+        handler.close(session, ctx, reason);
     });
 }
 

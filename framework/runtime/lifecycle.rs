@@ -80,15 +80,16 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
                 return;
             }
         };
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    entry: None,
-                });
-                (self.slots.len() - 1) as u32
-            }
+        let slot = if let Some(slot) = self.free.pop() {
+            slot
+        } else {
+            self.slots.push(Slot {
+                generation: 0,
+                entry: None,
+            });
+            // A slot per open connection, and each holds a descriptor (a C int): fewer than
+            // 2^31 slots, so the conversion cannot fail.
+            u32::try_from(self.slots.len() - 1).expect("fewer slots than descriptors")
         };
         let key = ConnKey {
             slot,
@@ -149,7 +150,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
             .enumerate()
             .filter(|(_, s)| s.entry.is_some())
             .map(|(slot, s)| ConnKey {
-                slot: slot as u32,
+                slot: u32::try_from(slot).expect("fewer slots than descriptors"),
                 generation: s.generation,
             })
             .collect()

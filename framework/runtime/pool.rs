@@ -84,7 +84,7 @@ impl Pool {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.exited.recv_timeout(left) {
-                Ok(()) => continue,
+                Ok(()) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {
                     return self.workers.iter().filter(|w| !w.is_finished()).count();
@@ -108,7 +108,7 @@ fn run_worker<H: Handler>(shared: WorkerShared<H>, _exit_guard: Sender<()>) {
     }
     let handler = &*shared.handler;
     let counters = &shared.counters;
-    for work in shared.jobs.iter() {
+    for work in &shared.jobs {
         // Acquire: pairs with the Release store made after every reactor was joined, so a
         // worker that sees the flag also sees that no reactor will take a reply.
         if shared.stopping.load(Ordering::Acquire) {
@@ -168,7 +168,7 @@ fn abandon<H: Handler>(handler: &H, work: Work<H::Request, H::Session>, counters
             );
             // A concurrent batch's throwaway session is not the connection's: no close.
             if !fresh {
-                close_session(handler, session, &ctx, CloseReason::Shutdown, counters)
+                close_session(handler, session, &ctx, CloseReason::Shutdown, counters);
             }
         }
         Work::Close {

@@ -194,7 +194,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
                 }
                 continue;
             }
-            for event in events.iter() {
+            for event in &events {
                 if event.token() == WAKER {
                     continue;
                 }

@@ -17,7 +17,8 @@ pub(crate) struct EventKey {
 
 /// The token connection `key` registers with the poll.
 pub(crate) fn token(key: ConnKey) -> Token {
-    Token(pack_token(key, usize::BITS) as usize)
+    // Packed to usize::BITS bits: it fits a usize by construction.
+    Token(usize::try_from(pack_token(key, usize::BITS)).expect("packed to usize::BITS"))
 }
 
 impl EventKey {
@@ -41,6 +42,8 @@ fn pack_token(key: ConnKey, bits: u32) -> u64 {
     }
 }
 
+// Truncation is the unpacking: the low 32 bits are the slot, the high 32 the generation.
+#[allow(clippy::cast_possible_truncation)]
 fn unpack_token(raw: u64, bits: u32) -> EventKey {
     EventKey {
         slot: raw as u32,

@@ -46,7 +46,7 @@ pub(crate) trait Transport: Read + Write {
         Ok(())
     }
 
-    /// Last words before the socket is closed, sent if they fit (TLS's close_notify): the
+    /// Last words before the socket is closed, sent if they fit (TLS's `close_notify`): the
     /// peer has ended its side, so no FIN is needed first. Nothing for a plain stream.
     fn before_close(&mut self) {}
 
@@ -258,7 +258,7 @@ impl Listener {
         })
     }
 
-    /// The listening socket a service manager passed (sd_listen_fds(3)): the first of
+    /// The listening socket a service manager passed (`sd_listen_fds(3)`): the first of
     /// them, TCP or Unix, whichever it is.
     pub fn from_listen_fds() -> io::Result<Self> {
         match sys::take_listen_fd()? {

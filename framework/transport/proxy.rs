@@ -159,9 +159,10 @@ fn v1_fields(fields: &[u8], complete: bool) -> Result<ProxyHeader, &'static str>
 /// std's parsers already refuse what the spec does: leading zeros in IPv4, zone ids, brackets.
 fn v1_ip(field: &[u8], v6: bool) -> Option<IpAddr> {
     let text = std::str::from_utf8(field).ok()?;
-    match v6 {
-        false => text.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
-        true => text.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+    if v6 {
+        text.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+    } else {
+        text.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
     }
 }
 
@@ -452,10 +453,7 @@ mod tests {
             tail in prop::collection::vec(any::<u8>(), 0..40),
         ) {
             let (n, tcp) = if v6 { (16, 6) } else { (4, 4) };
-            let ip = |b: &[u8; 16]| match v6 {
-                true => IpAddr::from(*b),
-                false => IpAddr::from([b[0], b[1], b[2], b[3]]),
-            };
+            let ip = |b: &[u8; 16]| if v6 { IpAddr::from(*b) } else { IpAddr::from([b[0], b[1], b[2], b[3]]) };
             let (s, d) = (SocketAddr::new(ip(&src), ports[0]), SocketAddr::new(ip(&dst), ports[1]));
             let header = if text {
                 let (s, d) = (s.ip(), d.ip());

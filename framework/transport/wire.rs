@@ -60,6 +60,8 @@ impl Wire {
     /// Wraps `stream` as `config` says.
     ///
     /// Errors: rustls refusing the configuration.
+    // Without the `tls` feature nothing can fail, but the signature is one for both builds.
+    #[cfg_attr(not(feature = "tls"), allow(clippy::unnecessary_wraps))]
     pub fn new(stream: Stream, config: &WireConfig) -> io::Result<Self> {
         Ok(Wire {
             beneath: Beneath {
@@ -215,7 +217,7 @@ impl Transport for Wire {
     }
 
     fn apply_to(&mut self, ctx: &mut Context) {
-        self.apply_preamble(ctx)
+        self.apply_preamble(ctx);
     }
 
     fn before_close(&mut self) {

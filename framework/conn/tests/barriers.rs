@@ -37,15 +37,12 @@ impl Codec for Framing {
             return 0;
         }
         // As much of the comment as has arrived, its newline included.
-        match input.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                self.1 = Skipping::No;
-                i + 1
-            }
-            None => {
-                self.1 = Skipping::Comment;
-                input.len()
-            }
+        if let Some(i) = input.iter().position(|&b| b == b'\n') {
+            self.1 = Skipping::No;
+            i + 1
+        } else {
+            self.1 = Skipping::Comment;
+            input.len()
         }
     }
     fn decode_eof(&mut self, input: &[u8]) -> Result<Option<Decoded<Vec<u8>>>, DecodeError> {

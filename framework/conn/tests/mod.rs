@@ -1,6 +1,9 @@
 //! The connection state machine driven over an in-memory stream: every state transition,
 //! short reads and writes at every byte, and the regressions of the hardening issue.
 
+// Tests build their expected output with `map(format!).collect()`: clearer than a `fold`.
+#![allow(clippy::format_collect)]
+
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -184,7 +187,7 @@ where
 
     fn open(&self, _: &Context, _: &mut Replies<Resp>) {}
 
-    fn call(&self, _: &mut (), request: Req, _: &Context, replies: &mut Replies<Resp>) {
+    fn call(&self, (): &mut (), request: Req, _: &Context, replies: &mut Replies<Resp>) {
         let Some(answer) = (self.answer)(request) else {
             panic!("the handler panics on cue");
         };

@@ -120,7 +120,7 @@ fn a_codec_that_reports_using_no_bytes_is_a_protocol_error() {
         fn decode(&mut self, _: &[u8]) -> Result<Option<Decoded<()>>, DecodeError> {
             Ok(Some(((), 0)))
         }
-        fn encode(&mut self, _: (), _: &mut Vec<u8>) -> AfterReply {
+        fn encode(&mut self, (): (), _: &mut Vec<u8>) -> AfterReply {
             AfterReply::KeepOpen
         }
     }
@@ -134,7 +134,7 @@ fn a_codec_that_reports_using_no_bytes_is_a_protocol_error() {
 #[test]
 fn a_frame_at_the_codec_maximum_is_accepted_however_it_is_split() {
     let max = 4096;
-    let mut frame = (max as u32).to_be_bytes().to_vec();
+    let mut frame = u32::try_from(max).unwrap().to_be_bytes().to_vec();
     frame.extend(vec![b'p'; max]);
     let mut limits = limits();
     limits.max_frame = max + 64;
@@ -171,7 +171,7 @@ impl Dispatch<Vec<u8>, Vec<u8>, ()> for InlineEcho {
         let mut answers = crate::util::few::Few::new();
         let counters = Counters::default();
         crate::conn::work::run_work(&echo, work, &counters, Duration::MAX, &mut |done| {
-            answers.push(done)
+            answers.push(done);
         });
         Dispatched::Ran(answers)
     }
