@@ -11,7 +11,8 @@ mod common;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -25,11 +26,6 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Read, write and connect timeout of the test clients.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Held while spawning children, so a descriptor made inheritable for one child (see
-/// [`Proc::spawn_with_fd`]) is never inherited by another test's child spawned at the same
-/// moment.
-static SPAWN_LOCK: Mutex<()> = Mutex::new(());
 
 /// The lines a child wrote to stdout and stderr, as they arrive.
 pub struct Log {
@@ -154,34 +150,6 @@ pub struct Proc {
 impl Proc {
     /// Spawns `command` with stdin from /dev/null and its stdout and stderr collected.
     pub fn spawn(name: &str, command: &mut Command) -> Proc {
-        let _spawning = locked(&SPAWN_LOCK);
-        Self::spawn_locked(name, command)
-    }
-
-    /// Spawns `command` with a duplicate of `fd` that it inherits (no close-on-exec), so a
-    /// shell in `command` can move it where it wants; returns the child and the number of
-    /// the inherited descriptor. The duplicate is closed in this process as soon as the
-    /// child is spawned, under the lock every spawn of this module takes, so no other child
-    /// inherits it. `command` is built from that number by `make`.
-    pub fn spawn_with_fd(name: &str, fd: &impl AsRawFd, make: impl FnOnce(i32) -> Command) -> Proc {
-        let _spawning = locked(&SPAWN_LOCK);
-        // F_DUPFD (unlike F_DUPFD_CLOEXEC) gives a descriptor without FD_CLOEXEC. At 10 or
-        // above, it is never 3, where the shell moves it.
-        // SAFETY: plain fcntl on a descriptor the caller owns; the result is checked.
-        let inheritable = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, 10) };
-        assert!(
-            inheritable >= 0,
-            "dup the listening socket: {}",
-            io::Error::last_os_error()
-        );
-        let mut command = make(inheritable);
-        let proc = Self::spawn_locked(name, &mut command);
-        // SAFETY: `inheritable` is ours, from the fcntl above, and closed once.
-        unsafe { libc::close(inheritable) };
-        proc
-    }
-
-    fn spawn_locked(name: &str, command: &mut Command) -> Proc {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -197,6 +165,40 @@ impl Proc {
             log,
             status: None,
         }
+    }
+
+    /// Spawns `command` with a duplicate of `fd` that it inherits, so a shell in `command`
+    /// can move it where it wants; `command` is built from the duplicate's number by `make`.
+    /// The duplicate is close-on-exec in this process and loses the flag in the child only,
+    /// between fork and exec: a child another test of this process spawns at the same
+    /// moment (any test, through any helper) never inherits it. It is closed here once the
+    /// child is spawned.
+    pub fn spawn_with_fd(name: &str, fd: &impl AsRawFd, make: impl FnOnce(i32) -> Command) -> Proc {
+        // At 10 or above, the duplicate is never 3, where the shell moves it.
+        // SAFETY: plain fcntl on a descriptor the caller owns; the result is checked.
+        let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+        assert!(
+            dup >= 0,
+            "dup the listening socket: {}",
+            io::Error::last_os_error()
+        );
+        // SAFETY: `dup` is a new descriptor, from the fcntl above, owned by nothing else.
+        let dup = unsafe { OwnedFd::from_raw_fd(dup) };
+        let inheritable = dup.as_raw_fd();
+        let mut command = make(inheritable);
+        // SAFETY: the hook runs in the child between fork and exec and calls only fcntl,
+        // which is async-signal-safe, on a descriptor the child has (a copy of ours).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(inheritable, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let proc = Self::spawn(name, &mut command);
+        drop(dup);
+        proc
     }
 
     pub fn pid(&self) -> u32 {
