@@ -6,6 +6,7 @@
 //! than that and asks the child for its counters over stdin/stdout, one JSON line each.
 //! This file is a `harness = false` test (see Cargo.toml): `main` is the test.
 
+#[path = "it/common.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

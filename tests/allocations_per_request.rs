@@ -4,6 +4,7 @@
 //! framework's own hand-off (the job, the reply, the mailbox, the reactor's lists) should add
 //! next to nothing. One test in this crate, so no other test's allocations are counted.
 
+#[path = "it/common.rs"]
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};

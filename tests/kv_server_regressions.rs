@@ -5,6 +5,7 @@
 //! binaries). Two tests measure the process (its CPU time, its heap): every test here holds
 //! [`serial`] so no other test's server or client is counted with theirs.
 
+#[path = "it/common.rs"]
 mod common;
 
 // main() and its signal handling are the example's own: unused here.

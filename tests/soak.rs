@@ -7,6 +7,7 @@
 //! How long: REACTOR_POOL_SOAK_SECS if set; else 120 s with REACTOR_POOL_SOAK=1; else a
 //! 5-second run, so `cargo test` always runs it (short) and never reports a skip as a pass.
 
+#[path = "it/common.rs"]
 mod common;
 
 use std::io::{self, Read, Write};
