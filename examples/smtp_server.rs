@@ -296,7 +296,7 @@ impl Handler for Smtp {
     }
 }
 
-/// Starts the server `config` describes (also used by tests/smtp_server_clients.rs).
+/// Starts the server `config` describes (also used by tests/it/smtp_server_clients.rs).
 pub fn start(config: &Config) -> std::io::Result<ServerHandle> {
     let maildir = Maildir::create(&config.maildir)?;
     let builder = config

@@ -114,7 +114,7 @@ fn child() {
         + 1;
     let (_, hard) = rlimit::getrlimit(Resource::NOFILE).expect("child: getrlimit");
     rlimit::setrlimit(Resource::NOFILE, soft, hard).expect("child: setrlimit");
-    println!("ADDR {}", server.local_addr());
+    println!("ADDR {}", server.local_addr().tcp().unwrap());
     println!("LIMIT {soft}");
     for line in std::io::stdin().lines() {
         match line.expect("child: read stdin").trim() {

@@ -56,7 +56,7 @@ fn a_round_trip_allocates_little_beyond_the_request() {
         .thread_name("alloc-count")
         .start(RawCodec::new(), common::echo())
         .expect("start the server");
-    let mut client = common::connect(server.local_addr());
+    let mut client = common::connect(server.local_addr().tcp().unwrap());
     // The client allocates nothing per round trip: fixed buffers, no formatting.
     let request = [b'x'; 64];
     let mut reply = [0u8; 64];

@@ -96,7 +96,7 @@ impl Server {
     }
 
     fn addr(&self) -> SocketAddr {
-        self.handle().local_addr()
+        self.handle().local_addr().tcp().unwrap()
     }
 }
 

@@ -249,7 +249,7 @@ fn start_servers() -> (ServerHandle, ServerHandle) {
         .idle_timeout(Some(Duration::from_millis(500)))
         .partial_frame_timeout(Some(Duration::from_millis(500)))
         .write_stall_timeout(Some(Duration::from_secs(1)))
-        .linger(Duration::from_millis(500))
+        .lingering_time(Duration::from_millis(500))
         .thread_name("soak-lines")
         .start(LineCodec::with_max_frame(MAX_LINE), common::echo())
         .expect("start the line server");
@@ -258,7 +258,7 @@ fn start_servers() -> (ServerHandle, ServerHandle) {
         .output_high_water(128 * 1024)
         .idle_timeout(Some(Duration::from_millis(500)))
         .write_stall_timeout(Some(Duration::from_secs(1)))
-        .linger(Duration::from_millis(500))
+        .lingering_time(Duration::from_millis(500))
         .thread_name("soak-raw")
         .start(RawCodec::new(), common::echo())
         .expect("start the raw server");
@@ -287,8 +287,8 @@ fn soak_connection_churn_with_faults() {
     // Warm up, so that allocator arenas and thread stacks exist before the baseline.
     let warm = Arc::new(Tally::default());
     run_clients(
-        lines.local_addr(),
-        raw.local_addr(),
+        lines.local_addr().tcp().unwrap(),
+        raw.local_addr().tcp().unwrap(),
         Duration::from_secs(3),
         &warm,
     );
@@ -300,8 +300,8 @@ fn soak_connection_churn_with_faults() {
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
     run_clients(
-        lines.local_addr(),
-        raw.local_addr(),
+        lines.local_addr().tcp().unwrap(),
+        raw.local_addr().tcp().unwrap(),
         Duration::from_secs(secs),
         &tally,
     );

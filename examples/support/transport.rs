@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use reactor_pool::{Builder, ServerHandle};
+use reactor_pool::{Builder, ListenAddr, ServerHandle};
 
 /// The listening flags of an example server.
 #[derive(Debug, Clone)]
@@ -93,10 +93,9 @@ impl Listen {
         } else {
             ""
         };
-        match server.unix_path() {
-            Some(path) => format!("unix:{}{proxy}", path.display()),
-            None if scheme.is_empty() => format!("{}{proxy}", server.local_addr()),
-            None => format!("{scheme}://{}{proxy}", server.local_addr()),
+        match server.local_addr() {
+            ListenAddr::Tcp(addr) if !scheme.is_empty() => format!("{scheme}://{addr}{proxy}"),
+            addr => format!("{addr}{proxy}"),
         }
     }
 

@@ -2,8 +2,6 @@
 //! thread (a signal handler) fires, and the [`StatsReader`] that reads its counters.
 
 use std::fmt;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -16,7 +14,7 @@ use crate::runtime::acceptor::AcceptGate;
 use crate::runtime::mailbox::{Inbound, Mailbox};
 use crate::runtime::pool::Pool;
 use crate::stats::{Counters, Stats};
-use crate::transport::net::Bound;
+use crate::transport::net::ListenAddr;
 use crate::util::clock;
 
 /// The threads of a running server, behind a trait object so the handle is not generic.
@@ -105,7 +103,7 @@ impl fmt::Debug for StatsReader {
 /// as the server should run.
 #[must_use = "dropping a ServerHandle shuts the server down at once"]
 pub struct ServerHandle {
-    pub(crate) bound: Bound,
+    pub(crate) bound: ListenAddr,
     pub(crate) stats: StatsReader,
     /// `None` once stopped.
     pub(crate) threads: Option<Box<dyn Running>>,
@@ -113,25 +111,12 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// The address the server accepts on (with the real port when bound to port 0). For a
-    /// server on a Unix domain socket: the unspecified address `0.0.0.0:0`; see
-    /// [`unix_path`](ServerHandle::unix_path).
+    /// The address the server accepts on: TCP (with the real port when bound to port 0)
+    /// or a Unix domain socket's path. [`ListenAddr::tcp`] gives a TCP server's
+    /// `SocketAddr`.
     #[must_use]
-    pub fn local_addr(&self) -> SocketAddr {
-        match &self.bound {
-            Bound::Tcp(addr) => *addr,
-            Bound::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
-        }
-    }
-
-    /// The path of the Unix domain socket the server accepts on; `None` for a TCP server
-    /// (or an unnamed socket).
-    #[must_use]
-    pub fn unix_path(&self) -> Option<&Path> {
-        match &self.bound {
-            Bound::Unix(path) => path.as_deref(),
-            Bound::Tcp(_) => None,
-        }
+    pub fn local_addr(&self) -> ListenAddr {
+        self.bound.clone()
     }
 
     /// A snapshot of the server's live counters.

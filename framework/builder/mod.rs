@@ -265,8 +265,9 @@ impl Builder {
 
     /// After the server ends a connection itself (protocol error, timeout, shutdown) it
     /// shuts down its write side and reads and discards input for up to this long, so the
-    /// peer reads the last reply instead of a reset. Default: 2 s.
-    pub fn linger(mut self, timeout: Duration) -> Self {
+    /// peer reads the last reply instead of a reset: nginx's lingering close, and its name
+    /// (`lingering_time`). Not `SO_LINGER`, which the server never sets. Default: 2 s.
+    pub fn lingering_time(mut self, timeout: Duration) -> Self {
         self.limits.linger = timeout;
         self
     }

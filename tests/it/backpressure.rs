@@ -35,7 +35,7 @@ fn a_client_that_does_not_read_is_not_read_and_its_64_mib_come_back_intact() {
         .start(RawCodec::new(), common::echo())
         .expect("start the server");
 
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     let mut writer_stream = client.try_clone().expect("clone the client socket");
     let written = Arc::new(AtomicU64::new(0));
     let writer = {
@@ -178,7 +178,7 @@ fn a_full_job_queue_pauses_reading_but_the_reactor_keeps_serving() {
             }),
         )
         .expect("start the server");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
 
     // A connection that will close while the queue is full.
     let closer = connect(addr);

@@ -91,7 +91,7 @@ impl Codec for StrictCodec {
 fn strict_server(name: &str, linger: Duration) -> ServerHandle {
     Builder::bind("127.0.0.1:0")
         .workers(2)
-        .linger(linger)
+        .lingering_time(linger)
         .thread_name(name)
         .start(
             StrictCodec,
@@ -128,7 +128,7 @@ fn an_oversized_length_prefix_gets_the_error_reply_then_a_clean_eof() {
             common::echo(),
         )
         .expect("start the server");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut client, &frame(b"ping"), &frame(b"ping"));
     // A frame of exactly the maximum is fine.
     let max = vec![b'm'; MAX_FRAME];
@@ -166,7 +166,7 @@ fn line_server(name: &str) -> ServerHandle {
 fn a_line_crossing_the_limit_at_a_read_boundary_is_rejected_when_the_extra_byte_arrives() {
     common::init_logging();
     let server = line_server("bad-line");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut client, b"short\n", b"short\n");
 
     // Exactly the maximum arrives in one read...
@@ -205,7 +205,7 @@ fn a_line_crossing_the_limit_at_a_read_boundary_is_rejected_when_the_extra_byte_
 fn a_line_of_exactly_the_limit_is_accepted_when_split_across_reads() {
     common::init_logging();
     let server = line_server("ok-line");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
 
     // MAX bytes, then the newline in a later read.
     let line = [b'a'; MAX_LINE];
@@ -244,7 +244,7 @@ fn a_line_of_exactly_the_limit_is_accepted_when_split_across_reads() {
 fn garbage_for_a_strict_codec_gets_owed_replies_then_the_error_reply_then_a_clean_eof() {
     common::init_logging();
     let server = strict_server("bad-strict", Duration::from_secs(2));
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut client, b"CMD hello\n", b"OK hello\n");
     // A request still in the handler when the garbage arrives is answered first.
     send(&mut client, b"CMD slow\nGARBAGE\x00\xff\n");
@@ -266,7 +266,7 @@ fn a_client_that_keeps_sending_after_a_protocol_error_still_reads_the_error_repl
     common::init_logging();
     // The linger is long so that only a bug, not the clock, can cut the drain short.
     let server = strict_server("bad-linger", Duration::from_secs(20));
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut client, b"CMD first\n", b"OK first\n");
     send(&mut client, b"NOT A COMMAND\n");
     // The client does not look: it keeps sending 1 MiB for a while, then reads.
@@ -292,7 +292,7 @@ fn a_peer_reset_mid_request_closes_only_that_connection() {
         .thread_name("rst-req")
         .start(LengthPrefixedCodec::new(), common::echo())
         .expect("start the server");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     let mut witness = connect(addr);
     round_trip(&mut witness, &frame(b"before"), &frame(b"before"));
 
@@ -334,7 +334,7 @@ fn a_peer_reset_while_its_reply_is_being_written_closes_only_that_connection() {
         .thread_name("rst-write")
         .start(RawCodec::new(), common::echo())
         .expect("start the server");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     let mut witness = connect(addr);
     round_trip(&mut witness, b"before", b"before");
 

@@ -57,7 +57,7 @@ fn policies_after_round_trip(prefix: &str, builder: Builder) -> Vec<(String, u32
         .thread_name(prefix)
         .start(RawCodec::new(), echo())
         .expect("start the server");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut client, b"policy?", b"policy?");
     let found = policies(prefix);
     drop(client);

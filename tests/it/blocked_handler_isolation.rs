@@ -43,7 +43,7 @@ fn blocked_handlers_do_not_delay_another_connection() {
 
     let mut blocked: Vec<_> = (0..BLOCKED)
         .map(|_| {
-            let mut client = connect(server.local_addr());
+            let mut client = connect(server.local_addr().tcp().unwrap());
             send(&mut client, b"block\n");
             client
         })
@@ -62,7 +62,7 @@ fn blocked_handlers_do_not_delay_another_connection() {
 
     // BLOCKED handlers are running and will not return until released; another connection
     // still gets every reply from the one free worker.
-    let mut free = connect(server.local_addr());
+    let mut free = connect(server.local_addr().tcp().unwrap());
     for i in 0..20 {
         let request = format!("ping {i}\n");
         send(&mut free, request.as_bytes());

@@ -18,7 +18,7 @@ fn client_fin_after_its_reply_gets_a_clean_eof() {
         .start(RawCodec::new(), echo())
         .expect("start the server");
 
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     send(&mut client, b"Hello,server!");
     assert_eq!(read_exactly(&mut client, 13), b"Hello,server!");
     client.shutdown(Shutdown::Write).expect("shutdown(Write)");
@@ -48,7 +48,7 @@ fn several_clients_closing_one_after_another_all_get_clean_eofs() {
 
     const CLIENTS: u64 = 20;
     for i in 0..CLIENTS {
-        let mut client = connect(server.local_addr());
+        let mut client = connect(server.local_addr().tcp().unwrap());
         let line = format!("client {i}\n");
         send(&mut client, line.as_bytes());
         assert_eq!(read_exactly(&mut client, line.len()), line.as_bytes());
@@ -76,7 +76,7 @@ fn client_fin_after_an_unfinished_line_gets_its_replies_and_a_clean_eof() {
         .start(LineCodec::new(), echo())
         .expect("start the server");
 
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     // One whole line and the start of another that never ends: the whole one is answered,
     // the unfinished one is dropped, and the close is still clean.
     send(&mut client, b"whole\nunfinis");

@@ -172,7 +172,7 @@ impl Fixture {
 
     /// A connection warmed by twenty round trips, so the reactor decodes deep ahead.
     fn warm_client(&self) -> TcpStream {
-        let mut client = connect(self.server.local_addr());
+        let mut client = connect(self.server.local_addr().tcp().unwrap());
         for i in 0..20 {
             let line = format!("ping {i}\n");
             round_trip(&mut client, line.as_bytes(), line.as_bytes());

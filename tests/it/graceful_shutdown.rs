@@ -62,7 +62,7 @@ fn shutdown_closes_idle_connections_promptly() {
         .thread_name("gsidle")
         .start(LineCodec::new(), common::echo())
         .expect("start the server");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     let mut clients: Vec<_> = (0..3).map(|_| connect(addr)).collect();
     for (i, c) in clients.iter_mut().enumerate() {
         let msg = format!("hi {i}\n");
@@ -115,7 +115,7 @@ fn shutdown_delivers_replies_in_flight_then_closes() {
             }),
         )
         .expect("start the server");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     let mut clients: Vec<_> = (0..CLIENTS).map(|_| connect(addr)).collect();
     for (i, c) in clients.iter_mut().enumerate() {
         send(c, format!("req {i}\n").as_bytes());
@@ -157,7 +157,7 @@ fn shutdown_returns_by_its_deadline_despite_clients_that_never_read_nor_close() 
         .workers(2)
         .shutdown_timeout(timeout)
         // Nothing but the shutdown deadline may end these connections.
-        .linger(Duration::from_secs(60))
+        .lingering_time(Duration::from_secs(60))
         .idle_timeout(None)
         .partial_frame_timeout(None)
         .write_stall_timeout(None)
@@ -174,7 +174,7 @@ fn shutdown_returns_by_its_deadline_despite_clients_that_never_read_nor_close() 
             }),
         )
         .expect("start the server");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     // One says nothing at all; the other asks for 16 MiB and never reads it.
     let mut silent = connect(addr);
     let mut stuck = connect_with_recv_buffer(addr, 4096);
@@ -350,7 +350,7 @@ fn a_connection_whose_first_request_comes_just_after_the_shutdown_is_served() {
             handler_fn(|line: Vec<u8>, _: &Context| line),
         )
         .expect("start");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     // `used` has had its request: the shutdown closes it at once. `fresh` has said nothing.
     let mut used = connect(addr);
     round_trip(&mut used, b"one\n", b"one\n");

@@ -30,7 +30,7 @@ fn reply_to_a_request_sent_just_before_fin_arrives_then_eof() {
         )
         .expect("start the server");
 
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     send(&mut client, b"Hello,server!");
     client.shutdown(Shutdown::Write).expect("shutdown(Write)");
     let everything = read_to_eof(&mut client)
@@ -71,7 +71,7 @@ fn pipelined_lines_before_fin_all_get_replies_in_order_then_eof() {
         )
         .expect("start the server");
 
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     let requests: String = (0..LINES).map(|i| format!("req {i}\n")).collect();
     send(&mut client, requests.as_bytes());
     client.shutdown(Shutdown::Write).expect("shutdown(Write)");
@@ -105,7 +105,7 @@ fn crlf_lines_pipelined_before_fin_in_several_writes() {
         )
         .expect("start the server");
 
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     // The writes split lines in the middle, including between `\r` and `\n`.
     for part in ["one\r\ntw", "o\r", "\nthree\r\nfo", "ur\r\n"] {
         send(&mut client, part.as_bytes());
@@ -143,7 +143,7 @@ fn more_pipelined_lines_than_the_in_flight_limit_before_fin_all_get_replies() {
         )
         .expect("start the server");
 
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     let requests: String = (0..LINES).map(|i| format!("line {i}\n")).collect();
     send(&mut client, requests.as_bytes());
     client.shutdown(Shutdown::Write).expect("shutdown(Write)");

@@ -58,7 +58,7 @@ fn server(name: &str) -> (ServerHandle, Arc<AtomicUsize>) {
 fn a_panicking_handler_closes_only_its_connection() {
     common::init_logging();
     let (server, _) = server("panic-one");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     let mut bystanders: Vec<_> = (0..3).map(|_| connect(addr)).collect();
     for (i, b) in bystanders.iter_mut().enumerate() {
         let msg = format!("before {i}\n");
@@ -102,7 +102,7 @@ fn a_panicking_handler_closes_only_its_connection() {
 fn after_panics_on_every_worker_the_pool_still_serves_in_parallel() {
     common::init_logging();
     let (server, most) = server("panic-pool");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     // Every worker panics (each waits in the handler until all are there), one connection
     // each, and then one more.
     let mut victims: Vec<_> = (0..WORKERS).map(|_| connect(addr)).collect();

@@ -41,7 +41,7 @@ fn a_codec_panic_ends_only_its_connection_and_frees_its_slot() {
         .thread_name("hr-codec")
         .start(PanicsOnBoom(LineCodec::new()), common::echo())
         .expect("start");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     let mut bystander = connect(addr);
     round_trip(&mut bystander, b"before\n", b"before\n");
     for round in 0..3 {
@@ -72,7 +72,7 @@ fn a_one_mib_payload_is_accepted_with_default_limits_however_it_arrives() {
     let max = reactor_pool::DEFAULT_MAX_FRAME;
     let mut frame = (max as u32).to_be_bytes().to_vec();
     frame.extend(std::iter::repeat_n(b'p', max));
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     // All but the last two bytes first: the server holds more than 1 MiB of one unfinished
     // frame, which is legal because 4 of those bytes are its length prefix.
     let (most, last) = frame.split_at(frame.len() - 2);
@@ -102,18 +102,18 @@ fn duration_max_timeouts_mean_never_and_shutdown_still_completes() {
         .idle_timeout(Some(Duration::MAX))
         .partial_frame_timeout(Some(Duration::MAX))
         .write_stall_timeout(Some(Duration::MAX))
-        .linger(Duration::MAX)
+        .lingering_time(Duration::MAX)
         .shutdown_timeout(Duration::MAX)
         .thread_name("hr-dur")
         .start(LineCodec::with_max_frame(8), common::echo())
         .expect("start");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut client, b"hi\n", b"hi\n");
     send(&mut client, b"far too long\n");
     // The protocol error starts a lingering close of `Duration::MAX`; our FIN ends it.
     client.shutdown(Shutdown::Write).expect("half-close");
     expect_clean_eof(&mut client, "the connection ended by a protocol error");
-    let mut idle = connect(server.local_addr());
+    let mut idle = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut idle, b"x\n", b"x\n");
     drop(idle);
     server.shutdown();
@@ -130,9 +130,9 @@ fn timers_of_closed_connections_go_with_them() {
         .thread_name("hr-timers")
         .start(LineCodec::new(), common::echo())
         .expect("start");
-    let keep = connect(server.local_addr());
+    let keep = connect(server.local_addr().tcp().unwrap());
     for _ in 0..300 {
-        let mut client = connect(server.local_addr());
+        let mut client = connect(server.local_addr().tcp().unwrap());
         round_trip(&mut client, b"x\n", b"x\n");
     }
     let stats = wait_for_stats(&server, "300 closed", |s| s.connections_closed == 300);
@@ -190,7 +190,7 @@ fn the_handle_is_send_and_sync_and_dropping_it_shuts_the_server_down() {
         .thread_name("hr-drop")
         .start(LineCodec::new(), common::echo())
         .expect("start");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     let mut client = connect(addr);
     round_trip(&mut client, b"a\n", b"a\n");
     drop(server);
@@ -260,7 +260,7 @@ fn a_peer_that_stops_reading_cannot_pin_many_large_replies() {
     common::init_logging();
     const REPLY: usize = 1 << 20;
     let server = big_reply_server("hr-pin", 256 * 1024);
-    let mut client = common::connect_with_recv_buffer(server.local_addr(), 4096);
+    let mut client = common::connect_with_recv_buffer(server.local_addr().tcp().unwrap(), 4096);
     send(&mut client, format!("big {REPLY}\n").repeat(32).as_bytes());
     let stats = wait_for_stats(&server, "the replies it let through", |s| {
         s.responses >= 1 && s.in_flight == 0
@@ -289,7 +289,7 @@ fn half_close_after_a_reply_over_the_high_water_mark_gets_the_fin() {
     common::init_logging();
     let server = big_reply_server("hr-hc", 64 * 1024);
     for _ in 0..5 {
-        let mut client = connect(server.local_addr());
+        let mut client = connect(server.local_addr().tcp().unwrap());
         send(&mut client, b"big 262144\n");
         client.shutdown(Shutdown::Write).expect("half-close");
         let got = expect_clean_eof(&mut client, "a half-closed peer owed a large reply");
@@ -305,7 +305,7 @@ fn half_close_after_a_reply_over_the_high_water_mark_gets_the_fin() {
 fn a_request_pipelined_behind_a_large_reply_is_answered() {
     common::init_logging();
     let server = big_reply_server("hr-pipe", 64 * 1024);
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     for _ in 0..10 {
         let mut request = b"big 300000\n".to_vec();
         request.extend(b"ping\n".repeat(100));

@@ -22,7 +22,13 @@ impl Server {
 
     /// Sends `request` on a new connection and returns everything before the server's EOF.
     fn exchange(&self, request: &str) -> String {
-        let addr = self.0.as_ref().expect("running").local_addr();
+        let addr = self
+            .0
+            .as_ref()
+            .expect("running")
+            .local_addr()
+            .tcp()
+            .unwrap();
         let mut client = connect(addr);
         send(&mut client, request.as_bytes());
         String::from_utf8_lossy(&expect_clean_eof(&mut client, request)).into_owned()

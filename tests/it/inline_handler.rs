@@ -40,7 +40,7 @@ fn the_handler_runs_on_the_reactor_thread_and_no_worker_starts() {
     common::init_logging();
     // Linux shows 15 bytes of a thread name: keep the prefix short and unique.
     let server = server("in1");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut client, b"thread?\n", b"in1-reactor-0\n");
     let threads = common::threads_named("in1-");
     assert_eq!(
@@ -56,7 +56,7 @@ fn the_handler_runs_on_the_reactor_thread_and_no_worker_starts() {
 fn pipelined_requests_are_answered_in_order() {
     common::init_logging();
     let server = server("inl-pipe");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     let requests: String = (0..500).map(|i| format!("request {i}\n")).collect();
     send(&mut client, requests.as_bytes());
     let replies = read_exactly(&mut client, requests.len());
@@ -72,10 +72,10 @@ fn pipelined_requests_are_answered_in_order() {
 fn a_panic_closes_only_its_connection_after_the_replies_it_owes() {
     common::init_logging();
     let server = server("inl-panic");
-    let mut bystander = connect(server.local_addr());
+    let mut bystander = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut bystander, b"before\n", b"before\n");
 
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     send(&mut client, b"one\ntwo\npanic\nthree\n");
     let rest = expect_clean_eof(&mut client, "the panicking connection");
     assert_eq!(

@@ -116,7 +116,12 @@ impl KvServer {
     }
 
     fn addr(&self) -> SocketAddr {
-        self.0.as_ref().expect("running").local_addr()
+        self.0
+            .as_ref()
+            .expect("running")
+            .local_addr()
+            .tcp()
+            .unwrap()
     }
 }
 

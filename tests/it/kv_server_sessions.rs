@@ -38,7 +38,12 @@ impl Server {
     }
 
     fn addr(&self) -> SocketAddr {
-        self.0.as_ref().expect("running").local_addr()
+        self.0
+            .as_ref()
+            .expect("running")
+            .local_addr()
+            .tcp()
+            .unwrap()
     }
 }
 

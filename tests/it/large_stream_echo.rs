@@ -41,7 +41,7 @@ fn four_mib_random_stream_echoes_byte_identical() {
         .start(RawCodec::new(), echo())
         .expect("start the server");
 
-    let mut reader = connect(server.local_addr());
+    let mut reader = connect(server.local_addr().tcp().unwrap());
     let mut writer = reader.try_clone().expect("clone the client socket");
     let to_send = data.clone();
     let writer_thread = thread::spawn(move || {

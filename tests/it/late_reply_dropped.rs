@@ -48,7 +48,7 @@ fn late_reply_for_a_reset_connection_is_not_delivered_to_its_successor() {
         .expect("start the server");
 
     // A's request (its sequence number 0) is held in the handler; then A resets.
-    let mut a = connect(server.local_addr());
+    let mut a = connect(server.local_addr().tcp().unwrap());
     send(&mut a, b"hold a\n");
     let (held, a_id) = entered_rx.recv_timeout(WAIT_DEADLINE).expect("A's handler");
     assert_eq!(held, b"hold a");
@@ -67,7 +67,7 @@ fn late_reply_for_a_reset_connection_is_not_delivered_to_its_successor() {
 
     // B takes A's place (the freed slot) and has its own request 0 in flight, so a late
     // reply misdelivered by slot alone would be taken for B's.
-    let mut b = connect(server.local_addr());
+    let mut b = connect(server.local_addr().tcp().unwrap());
     send(&mut b, b"hold b\n");
     let (held, b_id) = entered_rx.recv_timeout(WAIT_DEADLINE).expect("B's handler");
     assert_eq!(held, b"hold b");

@@ -20,7 +20,7 @@ fn connections_over_the_limit_wait_in_the_backlog_until_one_closes() {
         .thread_name("lim")
         .start(RawCodec::new(), common::echo())
         .expect("start the server");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
 
     let mut served: Vec<TcpStream> = (0..MAX).map(|_| connect(addr)).collect();
     for (i, client) in served.iter_mut().enumerate() {

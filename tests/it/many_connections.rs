@@ -34,7 +34,7 @@ fn five_hundred_concurrent_connections_times_twenty_round_trips() {
             }),
         )
         .expect("start the server");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
 
     let (connected_tx, connected_rx) = bounded::<()>(THREADS);
     let (go_tx, go_rx) = bounded::<()>(THREADS);

@@ -34,7 +34,7 @@ fn two_hundred_pipelined_lines_with_random_delays_come_back_in_order() {
         )
         .expect("start the server");
 
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     let all: String = (0..REQUESTS).map(|i| format!("req-{i}\n")).collect();
     // A few writes, cut mid-line.
     let bytes = all.as_bytes();

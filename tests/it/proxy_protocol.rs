@@ -18,7 +18,7 @@ fn start(proxy_protocol: bool, handshake_timeout: Duration) -> ServerHandle {
         .workers(2)
         .proxy_protocol(proxy_protocol)
         .handshake_timeout(Some(handshake_timeout))
-        .linger(Duration::from_millis(200))
+        .lingering_time(Duration::from_millis(200))
         .start(
             LineCodec::new(),
             handler_fn(|line: Vec<u8>, ctx: &Context| {
@@ -72,7 +72,7 @@ fn v2_header(source: SocketAddr, destination: SocketAddr, tlv: &[u8]) -> Vec<u8>
 #[test]
 fn a_v1_header_names_the_client_and_the_proxy_is_the_socket_peer() {
     let server = start(true, Duration::from_secs(10));
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     send(
         &mut client,
         b"PROXY TCP4 192.0.2.1 198.51.100.2 5555 443\r\nwho\n",
@@ -93,7 +93,7 @@ fn a_v1_header_names_the_client_and_the_proxy_is_the_socket_peer() {
 #[test]
 fn a_v2_header_with_tlvs_split_byte_by_byte_names_an_ipv6_client() {
     let server = start(true, Duration::from_secs(10));
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     let source: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
     let destination: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
     // A TLV as HAProxy sends with `send-proxy-v2`: type 0x04 (NOOP), length 3.
@@ -112,7 +112,7 @@ fn a_v2_header_with_tlvs_split_byte_by_byte_names_an_ipv6_client() {
 #[test]
 fn a_v2_local_header_keeps_the_socket_peer() {
     let server = start(true, Duration::from_secs(10));
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     // LOCAL (a proxy's health check): no addresses.
     let mut bytes = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00".to_vec();
     bytes.extend_from_slice(b"who\n");
@@ -127,7 +127,7 @@ fn a_v2_local_header_keeps_the_socket_peer() {
 #[test]
 fn a_connection_without_a_header_is_closed_with_a_counted_error() {
     let server = start(true, Duration::from_secs(10));
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     send(&mut client, b"who\n");
     let rest = read_to_eof(&mut client).expect("a clean close, not a reset");
     assert!(rest.is_empty(), "no reply before the header: {rest:?}");
@@ -137,7 +137,7 @@ fn a_connection_without_a_header_is_closed_with_a_counted_error() {
     assert_eq!(stats.requests, 0);
 
     // The server still serves others.
-    let mut other = connect(server.local_addr());
+    let mut other = connect(server.local_addr().tcp().unwrap());
     send(&mut other, b"PROXY TCP4 192.0.2.1 198.51.100.2 1 2\r\nhi\n");
     assert!(read_line(&mut other).starts_with("hi peer=192.0.2.1:1 "));
 }
@@ -145,7 +145,7 @@ fn a_connection_without_a_header_is_closed_with_a_counted_error() {
 #[test]
 fn a_header_cut_short_by_the_peers_fin_is_a_counted_error() {
     let server = start(true, Duration::from_secs(10));
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     send(&mut client, b"PROXY TCP4 192.0.2.1 198.5");
     client
         .shutdown(std::net::Shutdown::Write)
@@ -159,7 +159,7 @@ fn a_header_cut_short_by_the_peers_fin_is_a_counted_error() {
 #[test]
 fn a_v2_header_cut_short_is_a_counted_error() {
     let server = start(true, Duration::from_secs(10));
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     let header = v2_header(
         "192.0.2.1:1".parse().unwrap(),
         "192.0.2.2:2".parse().unwrap(),
@@ -177,7 +177,7 @@ fn a_v2_header_cut_short_is_a_counted_error() {
 fn a_header_arriving_one_byte_at_a_time_too_slowly_is_closed_at_the_handshake_timeout() {
     let timeout = Duration::from_millis(600);
     let server = start(true, timeout);
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     let started = std::time::Instant::now();
     let header = b"PROXY TCP4 192.0.2.1 198.51.100.2 5555 443\r\n";
     // One byte every 100 ms: each byte is progress, but the whole header would take 4.4 s.
@@ -215,7 +215,7 @@ fn a_header_arriving_one_byte_at_a_time_too_slowly_is_closed_at_the_handshake_ti
 #[test]
 fn without_the_option_a_proxy_line_is_just_data() {
     let server = start(false, Duration::from_secs(10));
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     send(&mut client, b"PROXY TCP4 192.0.2.1 198.51.100.2 5555 443\n");
     let me = client.local_addr().expect("local_addr");
     assert_eq!(

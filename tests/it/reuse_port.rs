@@ -12,13 +12,13 @@ fn two_servers_with_reuse_port_share_one_port_and_both_serve() {
         .workers(1)
         .start(LineCodec::new(), common::echo())
         .expect("first server");
-    let addr = first.local_addr();
+    let addr = first.local_addr().tcp().unwrap();
     let second = Builder::bind(addr)
         .reuse_port(true)
         .workers(1)
         .start(LineCodec::new(), common::echo())
         .expect("second server binds the same port");
-    assert_eq!(second.local_addr(), addr);
+    assert_eq!(second.local_addr().tcp().unwrap(), addr);
 
     // The kernel spreads connections by a hash of their addresses: keep connecting until
     // each server has served at least one.
@@ -60,7 +60,7 @@ fn without_reuse_port_the_second_bind_fails() {
         .workers(1)
         .start(LineCodec::new(), common::echo())
         .expect("first server");
-    let second = Builder::bind(first.local_addr())
+    let second = Builder::bind(first.local_addr().tcp().unwrap())
         .workers(1)
         .start(LineCodec::new(), common::echo());
     assert_eq!(

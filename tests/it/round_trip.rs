@@ -16,7 +16,7 @@ fn hello_server_comes_back_unchanged() {
         .start(RawCodec::new(), echo())
         .expect("start the server");
 
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     send(&mut client, b"Hello,server!");
     let reply = read_exactly(&mut client, b"Hello,server!".len());
     assert_eq!(reply, b"Hello,server!", "echo of the request");

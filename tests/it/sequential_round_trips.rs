@@ -18,7 +18,7 @@ fn a_thousand_line_round_trips_on_one_connection() {
         .start(LineCodec::new(), echo())
         .expect("start the server");
 
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     for i in 0..ROUNDS {
         let request = format!("message number {i}\n");
         send(&mut client, request.as_bytes());
@@ -51,7 +51,7 @@ fn a_thousand_raw_echo_round_trips_on_one_connection() {
         .start(RawCodec::new(), echo())
         .expect("start the server");
 
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     for i in 0..ROUNDS {
         // Vary the size so a reply that is too short or too long shows up as a mismatch.
         let request = format!("raw-{i}-{}", "x".repeat(i % 37));

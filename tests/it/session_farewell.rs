@@ -43,7 +43,7 @@ fn start(
         .workers(1)
         .idle_timeout(idle)
         .partial_frame_timeout(partial)
-        .linger(Duration::from_millis(200))
+        .lingering_time(Duration::from_millis(200))
         .thread_name(name)
         .start(Polite::default(), common::echo())
         .expect("start")
@@ -53,7 +53,7 @@ fn start(
 fn an_idle_timeout_says_farewell_then_closes_cleanly() {
     common::init_logging();
     let server = start("sf-idle", Some(Duration::from_millis(200)), None);
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut client, b"hi\n", b"hi\n");
     assert_eq!(
         expect_clean_eof(&mut client, "idle"),
@@ -66,7 +66,7 @@ fn an_idle_timeout_says_farewell_then_closes_cleanly() {
 fn a_partial_frame_timeout_says_farewell_then_closes_cleanly() {
     common::init_logging();
     let server = start("sf-partial", None, Some(Duration::from_millis(200)));
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     send(&mut client, b"no newline yet");
     assert_eq!(
         expect_clean_eof(&mut client, "slow line"),
@@ -79,7 +79,7 @@ fn a_partial_frame_timeout_says_farewell_then_closes_cleanly() {
 fn shutdown_writes_owed_replies_then_the_farewell() {
     common::init_logging();
     let server = start("sf-stop", None, None);
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut client, b"one\n", b"one\n");
     wait_for_stats(&server, "answered", |s| s.responses == 1);
     let stopper = std::thread::spawn(move || server.shutdown());

@@ -57,7 +57,7 @@ fn exchange(hold: bool, reply_len: usize) -> Vec<u8> {
             handler_fn(|request: Vec<u8>, _: &Context| request),
         )
         .expect("start");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     // One write: the switch, 4 raw bytes (with a newline inside), then two lines.
     send(&mut client, b"switch\nab\ncd\nx\n");
     let reply = read_exactly(&mut client, reply_len);

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::{connect, expect_clean_eof, read_exactly, round_trip, send, wait_until};
-use reactor_pool::{Builder, CloseReason, Context, Handler, LineCodec, Mode, Replies, ServerHandle};
+use reactor_pool::{
+    Builder, CloseReason, Context, Handler, LineCodec, Mode, Replies, ServerHandle,
+};
 
 /// Counts per connection; `panic` panics, `bye` closes, `greet` is the greeting.
 #[derive(Clone, Default)]
@@ -83,7 +85,7 @@ fn start_idle(name: &str, handler: Counting, idle: Option<Duration>) -> ServerHa
     Builder::bind("127.0.0.1:0")
         .workers(2)
         .idle_timeout(idle)
-        .linger(Duration::from_millis(200))
+        .lingering_time(Duration::from_millis(200))
         .thread_name(name)
         .start(LineCodec::with_max_frame(16), handler)
         .expect("start")
@@ -107,7 +109,7 @@ fn the_greeting_comes_first_from_a_worker_even_when_requests_arrive_with_the_con
     common::init_logging();
     let handler = Counting::default();
     let server = start("sh-greet", handler.clone());
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     send(&mut client, b"a\nb\n"); // before the greeting could have been read
     let id = greeting(&mut client);
     assert_eq!(read_exactly(&mut client, 10), b"a #1\nb #2\n");
@@ -125,8 +127,8 @@ fn the_greeting_comes_first_from_a_worker_even_when_requests_arrive_with_the_con
 fn sessions_are_private_to_their_connection() {
     common::init_logging();
     let server = start("sh-iso", Counting::default());
-    let mut one = connect(server.local_addr());
-    let mut two = connect(server.local_addr());
+    let mut one = connect(server.local_addr().tcp().unwrap());
+    let mut two = connect(server.local_addr().tcp().unwrap());
     greeting(&mut one);
     greeting(&mut two);
     round_trip(&mut one, b"x\n", b"x #1\n");
@@ -144,7 +146,7 @@ fn the_close_hook_runs_exactly_once_for_every_kind_of_ending() {
     common::init_logging();
     let handler = Counting::default();
     let server = start("sh-close", handler.clone());
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     let mut expected = HashMap::new();
 
     let mut fin = connect(addr);
@@ -202,7 +204,7 @@ fn the_close_hook_hears_of_an_idle_timeout() {
     common::init_logging();
     let handler = Counting::default();
     let server = start_idle("sh-idle", handler.clone(), Some(Duration::from_millis(200)));
-    let mut idle = connect(server.local_addr());
+    let mut idle = connect(server.local_addr().tcp().unwrap());
     let id = greeting(&mut idle);
     expect_clean_eof(&mut idle, "an idle connection");
     let closes = Arc::clone(&handler.closes);
@@ -292,7 +294,7 @@ fn the_close_hook_runs_once_when_the_connection_ends_while_its_session_is_on_a_w
         .thread_name("sh-away")
         .start(LineCodec::new(), held.clone())
         .expect("start");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
 
     // Reset while the open hook runs.
     let opening = connect(addr);
@@ -347,7 +349,7 @@ fn concurrent_mode_closes_a_connection_once_even_with_a_call_still_out() {
         .mode(Mode::Concurrent)
         .start(LineCodec::new(), held.clone())
         .expect("start");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     assert_eq!(entered_rx.recv_timeout(common::WAIT_DEADLINE), Ok("open"));
     open_tx.send(()).unwrap();
     send(&mut client, b"a\n");
@@ -396,7 +398,7 @@ fn inline_mode_runs_the_close_hook_of_a_connection_forced_shut_at_the_deadline()
         .thread_name("sh-force")
         .start(LineCodec::new(), flood.clone())
         .expect("start");
-    let mut stuck = common::connect_with_recv_buffer(server.local_addr(), 4096);
+    let mut stuck = common::connect_with_recv_buffer(server.local_addr().tcp().unwrap(), 4096);
     send(&mut stuck, b"flood\n");
     common::wait_for_stats(&server, "the reply out", |s| s.responses == 1);
     server.shutdown(); // the peer never reads: forced shut at the deadline

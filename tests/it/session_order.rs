@@ -52,7 +52,7 @@ fn pipelined_set_get_pairs_read_their_own_writes() {
         .thread_name("so-ryw")
         .start(LineCodec::new(), SharedMap::default())
         .expect("start");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     let mut burst = Vec::new();
     for i in 0..PAIRS {
         burst.extend_from_slice(format!("set k {i}\nget k\n").as_bytes());
@@ -118,7 +118,7 @@ fn one_connections_requests_never_overlap_and_start_in_arrival_order() {
             }),
         )
         .expect("start");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     let burst: String = (0..200).map(|i| format!("{i}\n")).collect();
     send(&mut client, burst.as_bytes());
     let echoed = read_exactly(&mut client, burst.len());
@@ -154,7 +154,7 @@ fn concurrent_mode_runs_one_connections_requests_at_once_and_keeps_reply_order()
             }),
         )
         .expect("start");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     send(&mut client, b"first\nsecond\n");
     assert_eq!(read_exactly(&mut client, 13), b"first\nsecond\n");
     drop(client);

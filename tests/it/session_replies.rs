@@ -58,7 +58,7 @@ fn start(
 fn a_request_may_get_no_reply_and_the_next_one_still_gets_its_own() {
     common::init_logging();
     let server = start("sr-none", LineCodec::new(), Control::default());
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     send(&mut client, b"quiet\nquiet\nafter\n");
     assert_eq!(read_exactly(&mut client, 6), b"after\n");
     let stats = wait_for_stats(&server, "three answered", |s| s.responses == 3);
@@ -73,7 +73,7 @@ fn a_request_may_get_no_reply_and_the_next_one_still_gets_its_own() {
 fn a_request_may_get_several_replies_in_order_with_the_others() {
     common::init_logging();
     let server = start("sr-many", LineCodec::new(), Control::default());
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     send(&mut client, b"a\ntwice b\nc\n");
     assert_eq!(read_exactly(&mut client, 8), b"a\nb\nb\nc\n");
     drop(client);
@@ -85,7 +85,7 @@ fn the_handler_closes_the_connection_after_its_reply_and_skips_later_requests() 
     common::init_logging();
     let control = Control::default();
     let server = start("sr-close", LineCodec::new(), control.clone());
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     send(&mut client, b"a\nend\nnever run\n");
     assert_eq!(expect_clean_eof(&mut client, "after end"), b"a\nthe end\n");
     assert_eq!(
@@ -129,7 +129,7 @@ fn a_codec_refuses_a_request_itself_in_order_and_the_connection_stays_open() {
     common::init_logging();
     let control = Control::default();
     let server = start("sr-refuse", Refusing::default(), control.clone());
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     send(&mut client, b"a\nbogus 1\nb\n");
     let want = b"a\nERR request refused: bogus\nb\n";
     assert_eq!(read_exactly(&mut client, want.len()), want);

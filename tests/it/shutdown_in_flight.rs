@@ -39,7 +39,7 @@ fn shutdown_answers_requests_in_flight_then_closes_and_joins_every_thread() {
             }),
         )
         .expect("start the server");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     let prefix = format!("{PREFIX}-");
     // A new thread names itself when it starts running: wait for all of them to show up.
     let expected_threads = WORKERS + REACTORS + 1;

@@ -45,7 +45,7 @@ fn a_graceful_shutdown_serves_every_request_it_has_received() {
             }),
         )
         .expect("start the server");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     let stats = server.stats_reader();
 
     // Served before the pool fills; idle at the shutdown, it sees its EOF at once.

@@ -57,7 +57,7 @@ fn assert_refused(addr: SocketAddr) {
 fn one_fire_stops_every_server_sharing_the_trigger() {
     let trigger = ShutdownTrigger::new();
     let first = start(&trigger);
-    let first_addr = first.local_addr();
+    let first_addr = first.local_addr().tcp().unwrap();
     let first_joined = join_in_background(first);
     // The second in `serve`, the other way to wait on a trigger.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -93,7 +93,9 @@ fn a_trigger_fired_before_start_stops_every_server_at_once() {
     let trigger = ShutdownTrigger::new();
     trigger.fire();
     let servers = [start(&trigger), start(&trigger)];
-    let addrs = servers.each_ref().map(ServerHandle::local_addr);
+    let addrs = servers
+        .each_ref()
+        .map(|server| server.local_addr().tcp().unwrap());
     let joined = servers.map(join_in_background);
     for (i, joined) in joined.iter().enumerate() {
         expect_returned(joined, &format!("server {i}'s join"));

@@ -136,7 +136,12 @@ impl Server {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.handle.as_ref().expect("running").local_addr()
+        self.handle
+            .as_ref()
+            .expect("running")
+            .local_addr()
+            .tcp()
+            .unwrap()
     }
 
     pub fn client(&self) -> Client {

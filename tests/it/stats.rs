@@ -53,7 +53,7 @@ fn connection_counters_follow_accepts_and_closes() {
         .thread_name("st-conn")
         .start(LineCodec::new(), common::echo())
         .expect("start the server");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     assert_eq!(
         server.stats(),
         Stats::default(),
@@ -99,7 +99,7 @@ fn requests_responses_in_flight_and_queue_depth_follow_blocked_handlers() {
     common::init_logging();
     const WORKERS: usize = 2;
     let (server, release, entered) = holding_server("st-flight", WORKERS);
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
 
     let mut first = connect(addr);
     send(&mut first, b"a\nb\nc\nd\ne\n");
@@ -170,7 +170,7 @@ fn protocol_errors_and_timeouts_count_the_connections_they_end() {
         .thread_name("st-errs")
         .start(LineCodec::with_max_frame(8), common::echo())
         .expect("start the server");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
 
     let mut bad = connect(addr);
     round_trip(&mut bad, b"ok\n", b"ok\n");
@@ -207,11 +207,11 @@ fn a_timed_out_connection_counts_one_timeout_even_if_the_peer_never_closes() {
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .idle_timeout(Some(Duration::from_millis(300)))
-        .linger(Duration::from_millis(300))
+        .lingering_time(Duration::from_millis(300))
         .thread_name("st-idle1")
         .start(LineCodec::new(), common::echo())
         .expect("start the server");
-    let mut idle = connect(server.local_addr());
+    let mut idle = connect(server.local_addr().tcp().unwrap());
     let rest = expect_clean_eof(&mut idle, "an idle connection");
     assert!(rest.is_empty());
     // The client keeps its socket open: the server closes at the end of its linger.
@@ -232,11 +232,11 @@ fn a_protocol_error_is_not_also_a_timeout_when_the_peer_never_closes() {
     common::init_logging();
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
-        .linger(Duration::from_millis(300))
+        .lingering_time(Duration::from_millis(300))
         .thread_name("st-err1")
         .start(LineCodec::with_max_frame(8), common::echo())
         .expect("start the server");
-    let mut bad = connect(server.local_addr());
+    let mut bad = connect(server.local_addr().tcp().unwrap());
     send(&mut bad, b"much too long\n");
     let rest = expect_clean_eof(&mut bad, "a line over the limit");
     assert!(rest.is_empty());
@@ -256,7 +256,7 @@ fn a_protocol_error_is_not_also_a_timeout_when_the_peer_never_closes() {
 fn resets_and_dropped_replies_are_counted() {
     common::init_logging();
     let (server, release, entered) = holding_server("st-reset", 2);
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     let mut witness = connect(addr);
     round_trip(&mut witness, b"w\n", b"w\n");
 
@@ -341,7 +341,7 @@ fn in_flight_returns_to_zero_when_a_connection_ends_with_a_request_waiting_for_t
             }),
         )
         .expect("start the server");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     let next_decoded = || {
         decoded
             .recv_timeout(WAIT_DEADLINE)

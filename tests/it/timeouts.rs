@@ -34,7 +34,7 @@ fn an_idle_connection_is_closed_at_the_idle_timeout() {
         .thread_name("to-idle")
         .start(LineCodec::new(), common::echo())
         .expect("start the server");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut client, b"hello\n", b"hello\n");
     let quiet_since = Instant::now();
     let rest = expect_clean_eof(&mut client, "an idle connection");
@@ -66,7 +66,7 @@ fn activity_keeps_a_connection_past_the_idle_timeout() {
         .thread_name("to-busy")
         .start(LineCodec::new(), common::echo())
         .expect("start the server");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     let started = Instant::now();
     let mut last = Instant::now();
     let mut longest_gap = Duration::ZERO;
@@ -101,7 +101,7 @@ fn a_slowloris_is_closed_at_the_partial_frame_deadline_not_the_idle_one() {
         .thread_name("to-loris")
         .start(LineCodec::new(), common::echo())
         .expect("start the server");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut client, b"hi\n", b"hi\n");
     client
         .set_read_timeout(Some(partial / 2))
@@ -160,7 +160,7 @@ fn the_partial_frame_deadline_restarts_with_each_completed_request() {
         .thread_name("to-pipe")
         .start(LineCodec::new(), common::echo())
         .expect("start the server");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     // The input is never empty: each write completes one line and starts the next.
     send(&mut client, b"l0");
     let started = Instant::now();
@@ -209,7 +209,7 @@ fn a_peer_that_stops_reading_is_closed_at_the_write_stall_timeout() {
             }),
         )
         .expect("start the server");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     let mut witness = connect(addr);
     let mut client = connect_with_recv_buffer(addr, 4096);
     round_trip(&mut client, b"small\n", b"small\n");
@@ -263,7 +263,7 @@ fn in_a_pipelined_batch_only_the_slow_call_is_counted() {
             }),
         )
         .expect("start the server");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut client, b"fast 1\n", b"fast 1\n");
     // Nothing is in flight: the three arrive in one segment and run as one batch.
     send(&mut client, b"slow\nfast 2\nfast 3\n");
@@ -295,7 +295,7 @@ fn a_slow_handler_is_counted_and_its_reply_still_arrives() {
             }),
         )
         .expect("start the server");
-    let addr = server.local_addr();
+    let addr = server.local_addr().tcp().unwrap();
     let mut client = connect(addr);
     let mut other = connect(addr);
     for i in 0..3 {

@@ -58,7 +58,7 @@ impl Client {
         let tls = ClientConnection::new(Arc::clone(&certs.client), name).expect("client");
         let mut client = Client {
             tls,
-            tcp: connect(server.local_addr()),
+            tcp: connect(server.local_addr().tcp().unwrap()),
         };
         while client.tls.is_handshaking() {
             client.tls.complete_io(&mut client.tcp).expect("handshake");
@@ -192,7 +192,7 @@ fn a_server_initiated_close_sends_close_notify_then_fin() {
 fn garbage_instead_of_a_client_hello_closes_only_that_connection() {
     let certs = certs();
     let server = echo_server(&certs, |b| b);
-    let mut raw = connect(server.local_addr());
+    let mut raw = connect(server.local_addr().tcp().unwrap());
     raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("write");
     // At most a TLS alert comes back, never an echo; then the connection ends.
@@ -260,7 +260,7 @@ fn a_handshake_that_does_not_finish_in_time_is_closed() {
     let server = echo_server(&certs, |b| {
         b.handshake_timeout(Some(Duration::from_millis(300)))
     });
-    let mut raw = connect(server.local_addr());
+    let mut raw = connect(server.local_addr().tcp().unwrap());
     // The first bytes of a ClientHello record, and nothing more.
     raw.write_all(&[0x16, 0x03, 0x01, 0x00]).expect("write");
     let mut got = Vec::new();
@@ -319,7 +319,7 @@ fn a_handshake_under_way_when_the_server_shuts_down_is_finished_and_served() {
     let name = ServerName::try_from("localhost").expect("name");
     let mut late = Client {
         tls: ClientConnection::new(Arc::clone(&certs.client), name).expect("client"),
-        tcp: connect(server.local_addr()),
+        tcp: connect(server.local_addr().tcp().unwrap()),
     };
     late.tls.write_tls(&mut late.tcp).expect("ClientHello");
     let trigger = server.shutdown_trigger();

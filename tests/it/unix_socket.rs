@@ -65,7 +65,13 @@ fn the_handler_sees_the_peers_credentials_and_no_address() {
     let dir = common::TempDir::new("creds");
     let path = dir.join("server.sock");
     let server = start(Builder::bind_unix(&path)).expect("start");
-    assert_eq!(server.unix_path(), Some(path.as_path()));
+    assert_eq!(server.local_addr().unix_path(), Some(path.as_path()));
+    // A Unix server says so: no made-up TCP address (it used to report 0.0.0.0:0).
+    assert_eq!(server.local_addr().tcp(), None);
+    assert_eq!(
+        server.local_addr().to_string(),
+        format!("unix:{}", path.display())
+    );
     let (uid, gid) = our_ids(&dir);
     let mut client = common::connect_unix(&path);
     assert_eq!(

@@ -26,7 +26,7 @@ fn assert_worker_slack(configure: impl FnOnce(Builder) -> Builder, slack_ns: i64
             handler_fn(|_: Vec<u8>, _: &Context| timer_slack_ns().to_string().into_bytes()),
         )
         .expect("start");
-    let mut client = connect(server.local_addr());
+    let mut client = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut client, b"slack?\n", format!("{slack_ns}\n").as_bytes());
 }
 
