@@ -98,7 +98,7 @@ pub use handler::{
     handler_fn, CloseReason, Context, Credentials, Handler, HandlerFn, Peer, Replies,
 };
 pub use stats::Stats;
-pub use transport::net::ListenAddr;
+pub use transport::ListenAddr;
 
 /// The rustls this crate was built with, for [`Builder::tls`]'s configuration (feature
 /// `tls`).

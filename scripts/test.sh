@@ -4,7 +4,7 @@
 # script's arguments.
 #
 #   scripts/test.sh                                  # every test, TLS included
-#   scripts/test.sh --test round_trip                # one test target
+#   scripts/test.sh --test it round_trip::           # one module of the integration crate
 #   scripts/test.sh --release --test soak -- --nocapture
 #
 # Installing needs root: run as root, or as a user with sudo (under CI=true, sudo must not

@@ -14,7 +14,7 @@ use crate::runtime::acceptor::AcceptGate;
 use crate::runtime::mailbox::{Inbound, Mailbox};
 use crate::runtime::pool::Pool;
 use crate::stats::{Counters, Stats};
-use crate::transport::net::ListenAddr;
+use crate::transport::ListenAddr;
 use crate::util::clock;
 
 /// The threads of a running server, behind a trait object so the handle is not generic.

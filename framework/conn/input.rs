@@ -15,9 +15,14 @@ use crate::handler::CloseReason;
 use crate::stats::Counters;
 use crate::transport::net::Transport;
 
+// Every method here is on the per-request path and `#[inline]`: kept in a file of its own,
+// its instances would land in another codegen unit than `drive`'s, out of the inliner's
+// reach. Measured: without it, echo at 16 pipelined requests cost about 8% more server CPU
+// per request than when these methods shared connection.rs (bench, d16, 5 alternations).
 impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     /// Reads until WouldBlock, a limit, or the end of this drive's `budget` of bytes.
     /// Returns whether anything was read (or the stream ended or failed).
+    #[inline]
     pub(super) fn read(&mut self, env: &mut Env<'_, C, S>, budget: &mut usize) -> bool {
         let mut progress = false;
         while *budget > 0 && self.socket.may_read() && self.wants_input() {
@@ -47,6 +52,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     }
 
     /// Decodes the `n` bytes just read into `env.scratch`, keeping what is left over.
+    #[inline]
     pub(super) fn take_input(&mut self, n: usize, env: &mut Env<'_, C, S>) {
         if self.input.is_empty() {
             // The common case: decode straight from the scratch buffer, copy only leftovers.
@@ -65,6 +71,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     /// Hands on what waits (the stalled work first), then decodes what the input buffer
     /// holds and hands that on. Returns whether anything left or was decoded.
+    #[inline]
     pub(super) fn dispatch_buffered(&mut self, env: &mut Env<'_, C, S>) -> bool {
         let mut progress = self.hand_on(env);
         if !self.input.is_empty() && self.takes_requests() {
@@ -82,6 +89,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     /// Decodes requests from `src` while limits allow, then hands them on together; returns
     /// bytes used.
+    #[inline]
     pub(super) fn decode_from(
         &mut self,
         src: &[u8],
@@ -125,6 +133,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     /// The peer's FIN came after an unfinished frame: asks the codec's `decode_eof` about
     /// it. Returns whether that decoded (or skipped) anything.
+    #[inline]
     pub(super) fn decode_at_eof(&mut self, env: &mut Env<'_, C, S>) -> bool {
         let input = std::mem::take(&mut self.input);
         let used = self.decode_from(input.pending(), true, env);
@@ -137,6 +146,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     /// Once the stream's preamble is over, learns what it said (the client a PROXY header
     /// named) and hands the open hook on; returns whether it did.
+    #[inline]
     pub(super) fn open_if_established(&mut self, env: &mut Env<'_, C, S>) -> bool {
         if !self.outbox.is_unopened() || !self.takes_requests() || !self.socket.is_established() {
             return false;
@@ -158,6 +168,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     /// Hands the outbox's work to the pool (a full queue gives it back and pauses this
     /// connection); returns whether any left.
+    #[inline]
     pub(super) fn hand_on(&mut self, env: &mut Env<'_, C, S>) -> bool {
         let mut progress = false;
         while let Some(work) = self.outbox.next(env.reactor, self.key, self.ctx) {
@@ -185,6 +196,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     /// Keeps `partial_since` at the instant the unfinished request at the front of the input
     /// started: reset when a request was decoded (`progressed`), cleared when input is empty.
+    #[inline]
     pub(super) fn track_partial(&mut self, now: Instant, progressed: bool) {
         if self.input.is_empty() {
             self.partial_since = None;
@@ -193,6 +205,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         }
     }
 
+    #[inline]
     pub(super) fn on_peer_eof(&mut self) {
         self.state = match std::mem::replace(&mut self.state, State::Closed) {
             State::Open => State::ReadClosed,
@@ -210,6 +223,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     /// The stream failed (a reset, most often): the connection is closed at once, counted
     /// once however many calls then fail.
+    #[inline]
     pub(super) fn fail(&mut self, error: io::Error, counters: &Counters) {
         if let State::Closed = self.state {
             return;

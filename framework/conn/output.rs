@@ -11,10 +11,15 @@ use crate::conn::work::{Answer, Done};
 use crate::stats::Counters;
 use crate::transport::net::Transport;
 
+// Every method here is on the per-request path and `#[inline]`: kept in a file of its own,
+// its instances would land in another codegen unit than `drive`'s, out of the inliner's
+// reach. Measured: without it, echo at 16 pipelined requests cost about 8% more server CPU
+// per request than when these methods shared connection.rs (bench, d16, 5 alternations).
 impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     /// The pool finished work of this connection. Nothing is written yet: the reactor
     /// drives the connection once after taking everything waiting in its inbox, so replies
     /// arriving together leave in one write.
+    #[inline]
     pub fn on_done(&mut self, done: Done<C::Response, S>, counters: &Counters, now: Instant) {
         match done {
             Done::Opened { outcome, .. } => {
@@ -56,6 +61,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     /// Keeps one request's answer; a close or a panic in it ends the connection there, so
     /// nothing after it is handed on.
+    #[inline]
     pub(super) fn answered(&mut self, seq: u64, answer: Answer<C::Response>, counters: &Counters) {
         if let Some((cut, reason)) = self.pipeline.answered(seq, answer, self.cut(), counters) {
             self.end(cut, reason, counters);
@@ -63,6 +69,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     }
 
     /// Encodes the replies that are next in order (none before the greeting).
+    #[inline]
     pub(super) fn encode_ready(&mut self, counters: &Counters, now: Instant) {
         if self.outbox.is_opening() {
             return;
@@ -83,6 +90,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     /// Writes output until WouldBlock; returns whether anything was written (or the
     /// stream failed).
+    #[inline]
     pub(super) fn write(&mut self, env: &mut Env<'_, C, S>) -> bool {
         if let State::Closed = self.state {
             return false;

@@ -6,7 +6,10 @@
 //! May import: `sys`, `util`, `handler` (who the peer is). Nothing here knows about requests,
 //! connections' state or threads.
 
+mod listen_addr;
 pub(crate) mod net;
+
+pub use listen_addr::ListenAddr;
 pub(crate) mod proxy;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
