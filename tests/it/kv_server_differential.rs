@@ -14,7 +14,7 @@
 //! built from the current source. redis-server must be installed: a missing one fails the
 //! test, it does not skip it.
 
-use crate::kv_server;
+use crate::kv_server_sessions::Server as KvServer;
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,7 +22,6 @@ use std::process::{Child, Command, Stdio};
 
 use crate::common::{connect, send, wait_until, TempDir, IO_TIMEOUT};
 use crate::redis_client::{command, read_resp, Resp};
-use reactor_pool::ServerHandle;
 
 /// A real redis-server on a free port of 127.0.0.1, without persistence; killed on drop.
 struct RedisServer {
@@ -101,35 +100,6 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// The example's server in this process, shut down when dropped (also when a test fails).
-struct KvServer(Option<ServerHandle>);
-
-impl KvServer {
-    fn start() -> Self {
-        let addr: SocketAddr = "127.0.0.1:0".parse().expect("an address");
-        KvServer(Some(
-            kv_server::start(addr, None, None).expect("start kv_server"),
-        ))
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.0
-            .as_ref()
-            .expect("running")
-            .local_addr()
-            .tcp()
-            .unwrap()
-    }
-}
-
-impl Drop for KvServer {
-    fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            handle.shutdown();
-        }
     }
 }
 

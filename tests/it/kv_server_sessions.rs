@@ -21,37 +21,23 @@ use crate::common::{connect, read_to_eof, run_client, send, start_example, Examp
 use crate::redis_client::{cli, cli_stdin, command, expect, int_of, ok, queued, read_resp, Resp};
 use reactor_pool::ServerHandle;
 
-/// The example's server in this process, shut down when dropped (also when a test fails).
-struct Server(Option<ServerHandle>);
+/// The example's server in this process; dropping it shuts the server down (the handle
+/// does), also when a test fails. The differential test against redis-server uses it too.
+pub(crate) struct Server(ServerHandle);
 
 impl Server {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::with_password(None)
     }
 
     fn with_password(password: Option<&str>) -> Self {
         let addr: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
         let password = password.map(str::to_string);
-        Server(Some(
-            kv_server::start_with_password(addr, None, None, password).expect("start kv_server"),
-        ))
+        Server(kv_server::start_with_password(addr, None, None, password).expect("start kv_server"))
     }
 
-    fn addr(&self) -> SocketAddr {
-        self.0
-            .as_ref()
-            .expect("running")
-            .local_addr()
-            .tcp()
-            .unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            handle.shutdown();
-        }
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.0.local_addr().tcp().expect("a TCP server")
     }
 }
 
