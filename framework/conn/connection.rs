@@ -181,13 +181,9 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         self.pipeline.next_seq()
     }
 
-    fn in_flight(&self) -> usize {
-        self.pipeline.in_flight()
-    }
-
     /// Requests received and not answered yet (waiting, running, or to be written).
-    pub fn unanswered(&self) -> u64 {
-        self.in_flight() as u64
+    pub fn in_flight(&self) -> usize {
+        self.pipeline.in_flight()
     }
 
     /// Whether anything waits to be written: output, or records inside the stream.

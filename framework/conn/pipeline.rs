@@ -306,7 +306,10 @@ impl<C: Codec> Pipeline<C> {
             let before = output.len();
             let close = match answer {
                 Slot::Replied(replies) => {
-                    let mut close = replies.close;
+                    // A close the handler asked for already ended the connection after this
+                    // request, when the answer was stored (`answered`): only the codec's
+                    // `AfterReply::Close`, known now, is decided here.
+                    let mut close = false;
                     for response in replies.into_responses() {
                         match self.encode(response, output, ctx, counters) {
                             Ok(AfterReply::KeepOpen) => {}

@@ -199,11 +199,11 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
     pub(super) fn force_close_all(&mut self) {
         let keys = self.live_keys();
         if !keys.is_empty() {
-            let unanswered: u64 = self
+            let unanswered: usize = self
                 .slots
                 .iter()
                 .filter_map(|slot| slot.entry.as_ref())
-                .map(|entry| entry.conn.unanswered())
+                .map(|entry| entry.conn.in_flight())
                 .sum();
             log::warn!(
                 "reactor {}: shutdown deadline passed; closing {} connections with {unanswered} \
