@@ -33,7 +33,7 @@ mod shutdown;
 #[path = "support/transport.rs"]
 pub mod transport;
 
-use reactor_pool::{AfterReply, Codec, Context, DecodeError, Decoded, Handler, Replies};
+use reactor_pool::{AfterReply, Codec, Context, DecodeError, Decoded, Handler, Output, Replies};
 
 /// Bytes of request line plus headers accepted before answering 431.
 const MAX_HEADER_BYTES: usize = 8 * 1024;
@@ -220,7 +220,7 @@ impl Codec for HttpCodec {
         Ok(Some((request, head_len + body_len)))
     }
 
-    fn encode(&mut self, response: Response, out: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, response: Response, out: &mut Output<'_>) -> AfterReply {
         let shape = self.pending.pop_front().unwrap_or(ReplyShape {
             http10: false,
             close: true,

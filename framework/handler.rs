@@ -5,7 +5,10 @@ use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use crate::push::{Link, Pusher};
 use crate::util::few::Few;
 
 /// What a handler knows about the connection a request came from.
@@ -117,17 +120,32 @@ pub struct Credentials {
 /// What one call answers: none, one or several responses, written in this order after the
 /// replies to every earlier request of the connection; and whether the connection closes
 /// after them.
-#[derive(Debug)]
 pub struct Replies<R> {
     responses: Few<R>,
     pub(crate) close: bool,
+    /// The connection's link, lent for the call (moved in and out, not cloned, so a call
+    /// that makes no pusher costs no reference count).
+    pub(crate) link: Option<Arc<Link<R>>>,
+    /// A new idle timeout for the connection, when the call set one.
+    pub(crate) idle_timeout: Option<Option<Duration>>,
+}
+
+impl<R> fmt::Debug for Replies<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replies")
+            .field("len", &self.responses.len())
+            .field("close", &self.close)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<R> Replies<R> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(link: Option<Arc<Link<R>>>) -> Self {
         Replies {
             responses: Few::new(),
             close: false,
+            link,
+            idle_timeout: None,
         }
     }
 
@@ -164,6 +182,24 @@ impl<R> Replies<R> {
     pub fn closes(&self) -> bool {
         self.close
     }
+
+    /// Sets the connection's idle timeout from this reply on, replacing
+    /// [`Builder::idle_timeout`](crate::Builder::idle_timeout) for this connection alone:
+    /// `None` exempts it (a subscriber that only listens to pushes), `Some(d)` sets its own.
+    /// Writing a push counts as activity either way.
+    pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
+        self.idle_timeout = Some(timeout);
+    }
+}
+
+impl<R: Send + 'static> Replies<R> {
+    /// A handle that sends responses to this connection from any thread, closes it, and
+    /// runs timers for it, for as long as it is open (see [`Pusher`]).
+    #[must_use]
+    pub fn pusher(&mut self) -> Pusher<R> {
+        let link = self.link.get_or_insert_with(|| Arc::new(Link::detached()));
+        Pusher::new(Arc::clone(link))
+    }
 }
 
 /// Why a connection ended, as [`Handler::close`] is told.
@@ -183,6 +219,10 @@ pub enum CloseReason {
     Requested,
     /// The handler or the codec panicked.
     Panicked,
+    /// A response's body failed while it was being written: a file that shrank or could
+    /// not be read, a streamed body that returned an error, ended short of its length, or
+    /// panicked. The connection is closed after the bytes already written.
+    BodyFailed,
     /// The server shut down.
     Shutdown,
 }

@@ -72,32 +72,39 @@
 // Layers, lowest first; a module imports only from layers below its own (each folder's
 // module doc says what it owns and what it may import; ARCHITECTURE.md draws the map):
 //   sys, util        platform facts and the only unsafe code; buffer, short list, clock
-//   stats, codec, handler   the user's API: counters, framing, the handler and its replies
+//   stats, body, codec      counters; file regions and streamed bodies; framing
+//   timer, push, handler    user timers; pushing to a connection; the handler, its replies
 //   transport        listeners, accepted streams, PROXY header, TLS, the wire beneath
 //   conn             one connection: state machine, input, output, pipeline, outbox, the
 //                    work it hands to the pool and how a worker runs it
 //   runtime          the threads: acceptor, reactors, pool, mailbox, token, timers
 //   builder          Builder (settings, validation, start-up), ServerHandle, ShutdownTrigger
+mod body;
 mod builder;
 mod codec;
 mod conn;
 mod handler;
+mod push;
 mod runtime;
 mod stats;
 mod sys;
+mod timer;
 mod transport;
 mod util;
 
+pub use body::{Body, BodyStream, FileRegion, Framing};
 pub use builder::handle::{ServerHandle, ShutdownTrigger, StatsReader};
-pub use builder::{Builder, Mode};
+pub use builder::{Builder, Keepalive, Mode};
 pub use codec::{
-    AfterReply, Codec, DecodeError, Decoded, Farewell, LengthPrefixedCodec, LineCodec, RawCodec,
-    DEFAULT_MAX_FRAME,
+    AfterReply, Codec, DecodeError, Decoded, Farewell, LengthPrefixedCodec, LineCodec, Output,
+    RawCodec, DEFAULT_MAX_FRAME,
 };
 pub use handler::{
     handler_fn, CloseReason, Context, Credentials, Handler, HandlerFn, Peer, Replies,
 };
+pub use push::{PushError, Pusher};
 pub use stats::Stats;
+pub use timer::Timer;
 pub use transport::ListenAddr;
 
 /// The rustls this crate was built with, for [`Builder::tls`]'s configuration (feature

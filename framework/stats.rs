@@ -21,6 +21,10 @@ pub(crate) struct Counters {
     pub timers: AtomicU64,
     pub refused: AtomicU64,
     pub transport_errors: AtomicU64,
+    pub pushes: AtomicU64,
+    pub pushes_refused: AtomicU64,
+    pub body_errors: AtomicU64,
+    pub user_timers: AtomicU64,
 }
 
 impl Counters {
@@ -63,6 +67,10 @@ impl Counters {
             timers: self.timers.load(Relaxed),
             refused: self.refused.load(Relaxed),
             transport_errors: self.transport_errors.load(Relaxed),
+            pushes: self.pushes.load(Relaxed),
+            pushes_refused: self.pushes_refused.load(Relaxed),
+            body_errors: self.body_errors.load(Relaxed),
+            user_timers: self.user_timers.load(Relaxed),
         }
     }
 }
@@ -126,4 +134,19 @@ pub struct Stats {
     /// a ClientHello, a record that fails its checks or is cut short by the peer's FIN, a
     /// handshake abandoned half-way) or a PROXY header that is not one or is cut short.
     pub transport_errors: u64,
+    /// Pushed responses ([`Pusher::push`](crate::Pusher::push)) encoded into their
+    /// connection's output. They are not requests: `requests` and `responses` do not count
+    /// them.
+    pub pushes: u64,
+    /// Pushes refused because their connection's push limit was reached
+    /// ([`PushError::Full`](crate::PushError::Full)).
+    pub pushes_refused: u64,
+    /// Response bodies that failed while being written, each closing its connection: a file
+    /// that shrank or could not be read, a streamed body that failed, panicked, or did not
+    /// match its announced length.
+    pub body_errors: u64,
+    /// User timers pending ([`Pusher::after`](crate::Pusher::after),
+    /// [`ServerHandle::every`](crate::ServerHandle::every), ...): set and not yet fired,
+    /// cancelled or stopped.
+    pub user_timers: u64,
 }

@@ -183,6 +183,48 @@ pub(crate) fn lock_exclusive(file: std::os::fd::BorrowedFd<'_>) -> io::Result<()
     }
 }
 
+/// Copies up to `count` bytes of `file`, from `offset`, to the socket `socket` inside the
+/// kernel (`sendfile(2)`), without the bytes passing through user space, and advances
+/// `offset` by what it sent. Linux and Android; `Unsupported` elsewhere, where the caller
+/// reads and writes instead.
+///
+/// Returns the bytes sent: 0 when `offset` is at or past the file's end (it shrank), fewer
+/// than `count` when the socket's buffer filled.
+///
+/// # Errors
+///
+/// `WouldBlock` when the (non-blocking) socket is full; the error of `sendfile` otherwise
+/// (EPIPE or ECONNRESET when the peer left, EIO when the file cannot be read).
+pub(crate) fn send_file(
+    socket: std::os::fd::BorrowedFd<'_>,
+    file: &std::fs::File,
+    offset: &mut u64,
+    count: usize,
+) -> io::Result<usize> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let mut off = libc::off64_t::try_from(*offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))?;
+        // SAFETY: both descriptors are open for the duration of the borrows; sendfile64
+        // reads and writes no memory of ours but `off`, a live local it updates in place.
+        // `count` is any size: the kernel sends at most what it can.
+        #[allow(unsafe_code)]
+        let sent =
+            unsafe { libc::sendfile64(socket.as_raw_fd(), file.as_raw_fd(), &raw mut off, count) };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        *offset = u64::try_from(off).unwrap_or(*offset);
+        Ok(usize::try_from(sent).unwrap_or(0))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (socket, file, offset, count);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
 /// Keeps the file at `path` (a symlink itself, not followed) from giving up its inode for as
 /// long as the returned file is open, even once the file is removed: its device and inode
 /// then name it alone, where a file system such as ext4 gives a freed inode number to the

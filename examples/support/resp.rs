@@ -1,7 +1,7 @@
 //! RESP2 for examples/kv_server.rs: the values replies are made of, and the codec that turns
 //! RESP arrays of bulk strings and inline commands into argument lists.
 
-use reactor_pool::{AfterReply, Codec, DecodeError, Decoded};
+use reactor_pool::{AfterReply, Codec, DecodeError, Decoded, Output};
 
 /// Largest bulk string accepted (redis allows 512 MiB; a demo needs less).
 pub const MAX_BULK: usize = 8 * 1024 * 1024;
@@ -215,7 +215,7 @@ impl Codec for RespCodec {
         decoded
     }
 
-    fn encode(&mut self, value: Value, out: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, value: Value, out: &mut Output<'_>) -> AfterReply {
         write_value(&value, out);
         AfterReply::KeepOpen
     }

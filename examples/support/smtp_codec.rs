@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use reactor_pool::{AfterReply, Codec, DecodeError, Decoded, Farewell};
+use reactor_pool::{AfterReply, Codec, DecodeError, Decoded, Farewell, Output};
 
 /// Longest command line accepted, without its line end (RFC 5321 asks for 512 at least).
 /// A longer one gets `500 5.5.6 Line too long` and the connection closes.
@@ -270,7 +270,7 @@ impl Codec for SmtpCodec {
         }
     }
 
-    fn encode(&mut self, reply: Reply, out: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, reply: Reply, out: &mut Output<'_>) -> AfterReply {
         let last = reply.lines.len().saturating_sub(1);
         for (i, line) in reply.lines.iter().enumerate() {
             let separator = if i == last { ' ' } else { '-' };

@@ -14,6 +14,7 @@ use crate::runtime::acceptor::AcceptGate;
 use crate::runtime::mailbox::{Inbound, Mailbox};
 use crate::runtime::pool::Pool;
 use crate::stats::{Counters, Stats};
+use crate::timer::{Scheduler, Timer};
 use crate::transport::ListenAddr;
 use crate::util::clock;
 
@@ -25,13 +26,15 @@ pub(crate) trait Running: Send + Sync {
 
 /// Every thread of a server, or those started so far when starting failed part-way.
 pub(crate) struct Threads<Req, Resp, S> {
+    /// The user timers: stopped first, so no timer's code starts during the drain.
+    pub scheduler: Arc<Scheduler>,
     pub gate: Arc<AcceptGate>,
     /// `None` until the acceptor thread started.
     pub acceptor: Option<JoinHandle<()>>,
     pub reactors: Vec<JoinHandle<()>>,
     pub mailboxes: Arc<[Mailbox<Resp, S>]>,
     pub pool: Pool,
-    pub jobs: Receiver<Work<Req, S>>,
+    pub jobs: Receiver<Work<Req, Resp, S>>,
     pub counters: Arc<Counters>,
     /// Tells the workers that every reactor has exited.
     pub stopping: Arc<AtomicBool>,
@@ -41,6 +44,7 @@ pub(crate) struct Threads<Req, Resp, S> {
 impl<Req: Send, Resp: Send, S: Send> Running for Threads<Req, Resp, S> {
     fn stop(self: Box<Self>) -> usize {
         let Threads {
+            scheduler,
             gate,
             acceptor,
             reactors,
@@ -51,6 +55,7 @@ impl<Req: Send, Resp: Send, S: Send> Running for Threads<Req, Resp, S> {
             stopping,
             timeout,
         } = *self;
+        scheduler.stop();
         gate.stop();
         // The acceptor is the only thread that touches the listener: once it is joined the
         // listening socket is closed and no connection can arrive.
@@ -108,6 +113,7 @@ pub struct ServerHandle {
     /// `None` once stopped.
     pub(crate) threads: Option<Box<dyn Running>>,
     pub(crate) trigger: ShutdownTrigger,
+    pub(crate) scheduler: Arc<Scheduler>,
 }
 
 impl ServerHandle {
@@ -137,6 +143,36 @@ impl ServerHandle {
     #[must_use]
     pub fn shutdown_trigger(&self) -> ShutdownTrigger {
         self.trigger.clone()
+    }
+
+    /// Runs `f` once, after `delay`, on a worker thread (where it may block; on the timer
+    /// thread in [`Mode::Inline`](crate::Mode::Inline)). One thread per server keeps every
+    /// timer, started with the first. A panic in `f` is caught, logged and counted in
+    /// [`Stats::panics`](crate::Stats::panics). Timers not yet due when the server shuts
+    /// down never fire.
+    pub fn after<F>(&self, delay: Duration, f: F) -> Timer
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        self.scheduler.after(delay, Box::new(f))
+    }
+
+    /// Runs `f` every `period` (the first run one period from now; at least 1 ms) on a
+    /// worker thread, until the timer is cancelled or the server shuts down: an expiry
+    /// sweep, a heartbeat to every subscriber. Ticks are at a fixed rate; one due while the
+    /// previous run is still going is skipped, and ticks missed while the pool was busy are
+    /// not made up.
+    pub fn every<F>(&self, period: Duration, mut f: F) -> Timer
+    where
+        F: FnMut() + Send + 'static,
+    {
+        self.scheduler.every(
+            period,
+            Box::new(move || {
+                f();
+                true
+            }),
+        )
     }
 
     /// Shuts the server down gracefully and waits for it:

@@ -9,7 +9,35 @@ use std::time::Duration;
 
 use crate::builder::{Builder, Listen};
 
+/// TCP keepalive probes for idle connections ([`Builder::tcp_keepalive`]): after `idle`
+/// without traffic the kernel sends a probe every `interval`, and resets the connection
+/// after `retries` unanswered ones, so a peer that vanished (a laptop closed, a NAT entry
+/// expired) is found even on a connection that is quiet by design.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Quiet time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub retries: u32,
+}
+
 impl Builder {
+    /// Turns on TCP keepalive for every accepted TCP connection (`SO_KEEPALIVE`,
+    /// `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`); a connection the kernel drops this
+    /// way is counted in [`Stats::resets`](crate::Stats::resets). Unix sockets need none.
+    /// Default: `None` (the system's default: no probes).
+    pub fn tcp_keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
+        self.wire.keepalive = keepalive.map(|k| {
+            socket2::TcpKeepalive::new()
+                .with_time(k.idle)
+                .with_interval(k.interval)
+                .with_retries(k.retries)
+        });
+        self
+    }
+
     /// A server that will listen on a Unix domain socket at `path`, created when the server
     /// starts and removed when it stops (unless another server has replaced it by then).
     /// A socket file left by a server that is gone (a crash) is replaced; `start` fails with

@@ -9,6 +9,8 @@ pub(crate) mod handle;
 mod listen;
 mod start;
 
+pub use listen::Keepalive;
+
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
@@ -67,6 +69,7 @@ pub struct Builder {
     batch_scheduling: bool,
     worker_timer_slack: Option<Duration>,
     mode: Mode,
+    push_limit: usize,
     pub(crate) limits: Limits,
 }
 
@@ -124,6 +127,7 @@ impl Builder {
             batch_scheduling: true,
             worker_timer_slack: Some(Duration::from_micros(1)),
             mode: Mode::Pool,
+            push_limit: 1024,
             limits: Limits {
                 max_frame: crate::codec::DEFAULT_MAX_FRAME + FRAMING_ALLOWANCE,
                 max_in_flight: 32,
@@ -328,6 +332,18 @@ impl Builder {
     /// Default: `Some(1 µs)`.
     pub fn worker_timer_slack(mut self, slack: Option<Duration>) -> Self {
         self.worker_timer_slack = slack;
+        self
+    }
+
+    /// How many pushed responses ([`Pusher::push`](crate::Pusher::push)) may wait, per
+    /// connection, to be encoded; a push past it is refused with
+    /// [`PushError::Full`](crate::PushError::Full) (counted in
+    /// [`Stats::pushes_refused`](crate::Stats::pushes_refused)). Pushes are encoded only while the
+    /// connection's output is under [`output_high_water`](Builder::output_high_water), so
+    /// a peer that stops reading holds at most this many pushes plus the high-water mark.
+    /// Default: 1,024.
+    pub fn push_limit(mut self, n: usize) -> Self {
+        self.push_limit = n;
         self
     }
 

@@ -12,6 +12,7 @@ use super::{Builder, Listen, Mode};
 use crate::builder::handle::ShutdownTrigger;
 use crate::builder::handle::{Running, ServerHandle, StatsReader, Threads};
 use crate::codec::Codec;
+use crate::conn::Work;
 use crate::handler::Handler;
 use crate::runtime::acceptor::Acceptor;
 use crate::runtime::dispatch::DynHandler;
@@ -20,6 +21,7 @@ use crate::runtime::pool::{Pool, WorkerShared};
 use crate::runtime::reactor::{Reactor, ReactorParts};
 use crate::stats::Counters;
 use crate::sys::{spawn_thread, Spawn};
+use crate::timer::Scheduler;
 use crate::transport::net::Listener;
 
 impl Builder {
@@ -130,6 +132,10 @@ impl Builder {
         let bound = listener.bound()?;
 
         let counters = Arc::new(Counters::default());
+        let scheduler = Arc::new(Scheduler::new(
+            self.thread_name.clone(),
+            Arc::clone(&counters),
+        ));
         let (acceptor, gate) =
             Acceptor::new(listener, self.max_connections, Arc::clone(&counters))?;
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(self.job_queue_capacity);
@@ -143,6 +149,8 @@ impl Builder {
                 ReactorParts {
                     codec: codec.clone(),
                     jobs: jobs_tx.clone(),
+                    scheduler: Arc::clone(&scheduler),
+                    push_limit: self.push_limit,
                     handler: Arc::clone(&dyn_handler),
                     inline,
                     concurrent,
@@ -158,9 +166,9 @@ impl Builder {
             reactors.push(reactor);
             mailboxes.push(mailbox);
         }
-        // Only reactors hold job senders: when the last reactor exits (or is dropped unstarted)
-        // the workers finish the queue and exit too.
-        drop(jobs_tx);
+        // Only reactors (and, once the pool runs, the timer thread) hold job senders: when the
+        // last reactor exits (or is dropped unstarted) the workers finish the queue and exit.
+        let jobs_tx_for_timers = jobs_tx;
         let mailboxes: Arc<[Mailbox<C::Response, H::Session>]> = mailboxes.into();
         let stopping = Arc::new(AtomicBool::new(false));
 
@@ -179,7 +187,7 @@ impl Builder {
             Ok(pool) => pool,
             Err((error, started)) => {
                 // Dropping the unstarted reactors drops every job sender: the workers exit.
-                drop(reactors);
+                drop((reactors, jobs_tx_for_timers));
                 started.join(crate::util::clock::after(
                     std::time::Instant::now(),
                     self.shutdown_timeout,
@@ -187,7 +195,19 @@ impl Builder {
                 return Err(error);
             }
         };
+        // Due timers go to the pool (the timer thread may wait for room in the queue), or,
+        // without one, run on the timer thread. The scheduler's sender is dropped when it
+        // stops, first thing at shutdown, so the workers still see every sender gone.
+        if workers == 0 {
+            scheduler.set_runner(Box::new(|job| job()));
+        } else {
+            let timer_jobs = jobs_tx_for_timers;
+            scheduler.set_runner(Box::new(move |job| {
+                let _ = timer_jobs.send(Work::Timer(job));
+            }));
+        }
         let mut threads = Box::new(Threads {
+            scheduler: Arc::clone(&scheduler),
             gate,
             acceptor: None,
             reactors: Vec::with_capacity(reactors.len()),
@@ -218,6 +238,7 @@ impl Builder {
             },
             threads: Some(threads),
             trigger: self.trigger.unwrap_or_default(),
+            scheduler,
         })
     }
 

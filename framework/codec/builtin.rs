@@ -1,7 +1,7 @@
 //! The built-in codecs: [`RawCodec`] (whatever arrived: echo), [`LineCodec`] (lines) and
 //! [`LengthPrefixedCodec`] (a u32 big-endian length, then the frame).
 
-use super::{AfterReply, Codec, DecodeError, Decoded};
+use super::{AfterReply, Codec, DecodeError, Decoded, Output};
 
 /// The default maximum frame size of the built-in codecs: 1 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
@@ -50,10 +50,10 @@ impl Codec for RawCodec {
         Ok(Some((input[..take].to_vec(), take)))
     }
 
-    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, response: Vec<u8>, output: &mut Output<'_>) -> AfterReply {
         if output.is_empty() {
             // Hand the response's own buffer over instead of copying it.
-            *output = response;
+            **output = response;
         } else {
             output.extend_from_slice(&response);
         }
@@ -134,7 +134,7 @@ impl Codec for LineCodec {
         }
     }
 
-    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, response: Vec<u8>, output: &mut Output<'_>) -> AfterReply {
         output.extend_from_slice(&response);
         output.push(b'\n');
         AfterReply::KeepOpen
@@ -200,7 +200,7 @@ impl Codec for LengthPrefixedCodec {
 
     /// A response longer than `u32::MAX` bytes, which the prefix cannot express, is not
     /// written: it is logged and the connection is closed after the replies before it.
-    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, response: Vec<u8>, output: &mut Output<'_>) -> AfterReply {
         let Ok(len) = u32::try_from(response.len()) else {
             log::error!(
                 "a response of {} bytes does not fit a u32 length prefix; closing the connection",
@@ -267,9 +267,10 @@ mod tests {
     #[cfg(target_pointer_width = "64")]
     fn length_prefixed_closes_instead_of_panicking_on_a_reply_over_4_gib() {
         let mut codec = LengthPrefixedCodec::new();
-        let mut output = Vec::new();
+        let (mut output, mut parts) = (Vec::new(), std::collections::VecDeque::new());
         let huge = vec![0u8; u32::MAX as usize + 1];
-        assert_eq!(codec.encode(huge, &mut output), AfterReply::Close);
+        let mut out = Output::new(&mut output, &mut parts);
+        assert_eq!(codec.encode(huge, &mut out), AfterReply::Close);
         assert!(output.is_empty());
     }
 

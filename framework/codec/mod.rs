@@ -106,8 +106,10 @@ pub trait Codec: Clone + Send + 'static {
     /// [`DecodeError::Refused`] for one bad request the codec answers itself.
     fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded<Self::Request>>, DecodeError>;
 
-    /// Appends the wire form of `response` to `output`.
-    fn encode(&mut self, response: Self::Response, output: &mut Vec<u8>) -> AfterReply;
+    /// Appends the wire form of `response` to `output`: bytes (`output` dereferences to a
+    /// `Vec<u8>`), and, for a large body, a file region ([`Output::file`]) or a streamed
+    /// body ([`Output::stream`]) that the connection writes without holding it in memory.
+    fn encode(&mut self, response: Self::Response, output: &mut Output<'_>) -> AfterReply;
 
     /// Appends the protocol's error reply for `error` to `output`, if the protocol has one.
     /// For [`DecodeError::Refused`] it answers that request and the connection reads on;
@@ -190,5 +192,8 @@ pub trait Codec: Clone + Send + 'static {
 }
 
 mod builtin;
+mod output;
 
 pub use builtin::{LengthPrefixedCodec, LineCodec, RawCodec, DEFAULT_MAX_FRAME};
+pub use output::Output;
+pub(crate) use output::Part;

@@ -10,14 +10,17 @@
 //! progress there is (dispatch, read, change state, write) until none is left, so what the
 //! connection does depends on its state, never on which event happened to come next.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::codec::{Codec, Farewell};
 use crate::conn::outbox::{Finish, Outbox};
+use crate::conn::outgoing::Outgoing;
 use crate::conn::pipeline::{EndReason, Pipeline, Room};
 use crate::conn::socket::Socket;
 use crate::conn::work::{ConnKey, Dispatch};
 use crate::handler::{CloseReason, Context};
+use crate::push::Link;
 use crate::stats::Counters;
 use crate::transport::net::Transport;
 use crate::util::buffer::Buffer;
@@ -117,9 +120,15 @@ pub(crate) struct Connection<C: Codec, S, T> {
     ctx: Context,
     state: State,
     input: Buffer,
-    output: Buffer,
+    output: Outgoing,
     pipeline: Pipeline<C>,
-    outbox: Outbox<C::Request, S>,
+    outbox: Outbox<C::Request, C::Response, S>,
+    /// What the connection shares with its pushers.
+    link: Arc<Link<C::Response>>,
+    /// The idle timeout: the builder's, unless a reply set the connection's own.
+    idle_timeout: Option<Duration>,
+    /// A streamed body's next piece waits for room in the job queue.
+    pull_stalled: bool,
     /// Why it ended, once that is known: what the handler's close hook is told.
     ended: Option<CloseReason>,
     last_read: Instant,
@@ -137,7 +146,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     /// `concurrent` is set in concurrent mode: the session each request gets.
     pub fn new(
         stream: T,
-        (key, ctx): (ConnKey, Context),
+        (key, ctx, link): (ConnKey, Context, Arc<Link<C::Response>>),
         codec: C,
         limits: &Limits,
         concurrent: Option<fn() -> S>,
@@ -149,7 +158,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             ctx,
             state: State::Open,
             input: Buffer::default(),
-            output: Buffer::default(),
+            output: Outgoing::default(),
             pipeline: Pipeline::new(
                 codec,
                 Room {
@@ -159,6 +168,9 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                 },
             ),
             outbox: Outbox::new(concurrent),
+            link,
+            idle_timeout: limits.idle_timeout,
+            pull_stalled: false,
             ended: None,
             last_read: now,
             last_write: now,
@@ -198,7 +210,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     /// Whether this connection holds work stalled on a full job queue.
     pub fn is_stalled(&self) -> bool {
-        self.outbox.is_stalled()
+        self.outbox.is_stalled() || self.pull_stalled
     }
 
     /// Readiness reported by the poll; `read_closed` when it also reported the peer's FIN.
@@ -238,12 +250,15 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         }
         let skipped = self.outbox.cut(cut);
         Counters::add(&counters.skipped, skipped as u64);
+        // Pushes from now on are refused; those accepted before are still written.
+        self.link.close();
         self.ended.get_or_insert(match &reason {
             EndReason::Protocol(_) => CloseReason::ProtocolError,
             EndReason::CodecPanicked | EndReason::HandlerPanicked => CloseReason::Panicked,
             EndReason::CloseRequested => CloseReason::Requested,
             EndReason::Timeout(_) => CloseReason::Timeout,
             EndReason::ServerShutdown => CloseReason::Shutdown,
+            EndReason::BodyFailed => CloseReason::BodyFailed,
         });
         self.input.clear();
         self.partial_since = None;
@@ -320,7 +335,10 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     /// (Requests are decoded while the open hook waits for the queue, up to the limit, so a
     /// protocol error is still seen.)
     fn has_room(&self) -> bool {
-        !self.outbox.is_batch_stalled() && self.pipeline.has_room(self.output.len())
+        !self.outbox.is_batch_stalled()
+            && self
+                .pipeline
+                .has_room(self.output.weight(self.pipeline.high_water()))
     }
 
     /// Whether reading now is allowed: the state wants input and no limit is reached.
@@ -343,6 +361,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         match self.state {
             State::ReadClosed
                 if self.in_flight() == 0
+                    && !self.pipeline.has_pushes()
                     && !self.outbox.is_stalled()
                     && !self.outbox.is_opening()
                     && (self.input.is_empty() || self.has_room()) =>
@@ -385,7 +404,8 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                 else {
                     unreachable!("matched above")
                 };
-                self.pipeline.drop_unwritten(env.counters);
+                let pushes = self.pipeline.drop_unwritten(env.counters);
+                self.link.release(pushes);
                 if self.output.is_empty() {
                     // The write-stall clock starts with these last words.
                     self.last_write = env.now;
@@ -442,7 +462,9 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
         counters: &Counters,
         otherwise: CloseReason,
     ) -> (Finish<S>, CloseReason) {
-        self.pipeline.drop_unwritten(counters);
+        self.link.close();
+        let pushes = self.pipeline.drop_unwritten(counters);
+        self.link.release(pushes);
         let (finish, dropped) = self.outbox.finish();
         Counters::add(&counters.replies_dropped, dropped as u64);
         (finish, self.ended.unwrap_or(otherwise))
@@ -457,6 +479,8 @@ mod deadlines;
 mod input;
 #[path = "output.rs"]
 mod output;
+#[path = "streaming.rs"]
+mod streaming;
 
 #[cfg(test)]
 #[path = "tests/mod.rs"]

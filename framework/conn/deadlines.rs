@@ -47,11 +47,15 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                     limits.handshake_timeout.or(limits.idle_timeout),
                 )
             }
-            _ if self.has_output() => after(self.last_write, limits.write_stall_timeout),
+            // A body's piece being made on a worker is the server's wait, not the peer's.
+            _ if self.has_output() && !self.waits_for_piece() => {
+                after(self.last_write, limits.write_stall_timeout)
+            }
+            _ if self.has_output() => None,
             State::Open | State::ReadClosed if waiting_on_peer => match self.partial_since {
                 Some(since) => after(since, limits.partial_frame_timeout),
                 None if matches!(self.state, State::Open) => {
-                    after(self.last_read.max(self.last_write), limits.idle_timeout)
+                    after(self.last_read.max(self.last_write), self.idle_timeout)
                 }
                 None => None,
             },

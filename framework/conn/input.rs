@@ -161,7 +161,8 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                 self.ctx.peer
             );
         }
-        self.outbox.open(env.reactor, self.key, self.ctx);
+        self.outbox
+            .open(env.reactor, self.key, self.ctx, &self.link);
         self.hand_on(env);
         true
     }
@@ -171,7 +172,10 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     #[inline]
     pub(super) fn hand_on(&mut self, env: &mut Env<'_, C, S>) -> bool {
         let mut progress = false;
-        while let Some(work) = self.outbox.next(env.reactor, self.key, self.ctx) {
+        while let Some(work) = self
+            .outbox
+            .next(env.reactor, self.key, self.ctx, &self.link)
+        {
             match env.dispatch.dispatch(work) {
                 Dispatched::Queued => {}
                 Dispatched::Ran(answers) => {
@@ -207,6 +211,8 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
 
     #[inline]
     pub(super) fn on_peer_eof(&mut self) {
+        // No push is accepted from now on; those accepted before are still written.
+        self.link.close();
         self.state = match std::mem::replace(&mut self.state, State::Closed) {
             State::Open => State::ReadClosed,
             State::Ending { cut, reason, .. } => State::Ending {

@@ -12,6 +12,7 @@
 
 mod connection;
 pub(crate) mod outbox;
+pub(crate) mod outgoing;
 pub(crate) mod pipeline;
 pub(crate) mod socket;
 pub(crate) mod work;

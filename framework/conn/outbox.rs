@@ -8,9 +8,11 @@
 //! on its own with a fresh `()` session.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::conn::work::{ConnKey, Work};
 use crate::handler::Context;
+use crate::push::Link;
 use crate::util::few::Few;
 
 /// Where a connection's session is.
@@ -29,16 +31,16 @@ enum SessionAt<S> {
 }
 
 /// Requests waiting to be handed on, and the session they need.
-pub(crate) struct Outbox<Req, S> {
+pub(crate) struct Outbox<Req, Resp, S> {
     at: SessionAt<S>,
     waiting: VecDeque<(u64, Req)>,
     /// Work the full job queue refused; offered again before anything else.
-    stalled: Option<Work<Req, S>>,
+    stalled: Option<Work<Req, Resp, S>>,
     /// Set in concurrent mode: the session each single-request batch gets.
     concurrent: Option<fn() -> S>,
 }
 
-impl<Req, S> Outbox<Req, S> {
+impl<Req, Resp, S> Outbox<Req, Resp, S> {
     /// An outbox waiting for [`open`](Outbox::open).
     pub fn new(concurrent: Option<fn() -> S>) -> Self {
         Outbox {
@@ -55,10 +57,15 @@ impl<Req, S> Outbox<Req, S> {
     }
 
     /// The connection is established: its first work is the open hook.
-    pub fn open(&mut self, reactor: usize, key: ConnKey, ctx: Context) {
+    pub fn open(&mut self, reactor: usize, key: ConnKey, ctx: Context, link: &Arc<Link<Resp>>) {
         debug_assert!(self.is_unopened() && self.stalled.is_none());
         self.at = SessionAt::Opening;
-        self.stalled = Some(Work::Open { reactor, key, ctx });
+        self.stalled = Some(Work::Open {
+            reactor,
+            key,
+            ctx,
+            link: Arc::clone(link),
+        });
     }
 
     pub fn push(&mut self, seq: u64, request: Req) {
@@ -82,7 +89,13 @@ impl<Req, S> Outbox<Req, S> {
 
     /// The next work to hand on: the stalled work, else the waiting requests (all of them as
     /// one batch in order, when the session is home; one request in concurrent mode).
-    pub fn next(&mut self, reactor: usize, key: ConnKey, ctx: Context) -> Option<Work<Req, S>> {
+    pub fn next(
+        &mut self,
+        reactor: usize,
+        key: ConnKey,
+        ctx: Context,
+        link: &Arc<Link<Resp>>,
+    ) -> Option<Work<Req, Resp, S>> {
         if let Some(work) = self.stalled.take() {
             return Some(work);
         }
@@ -101,6 +114,7 @@ impl<Req, S> Outbox<Req, S> {
                 requests: std::iter::once(request).collect(),
                 session: fresh(),
                 fresh: true,
+                link: Arc::clone(link),
             });
         }
         if !matches!(self.at, SessionAt::Home(_)) {
@@ -114,14 +128,14 @@ impl<Req, S> Outbox<Req, S> {
             key,
             ctx,
             requests: self.waiting.drain(..).collect(),
-
             session,
             fresh: false,
+            link: Arc::clone(link),
         })
     }
 
     /// The job queue was full: keep `work` to offer again.
-    pub fn stall(&mut self, work: Work<Req, S>) {
+    pub fn stall(&mut self, work: Work<Req, Resp, S>) {
         self.stalled = Some(work);
     }
 
@@ -155,6 +169,7 @@ impl<Req, S> Outbox<Req, S> {
                 requests,
                 session,
                 fresh,
+                link,
             }) => {
                 let stalled = requests.len();
                 let kept: Few<(u64, Req)> =
@@ -171,6 +186,7 @@ impl<Req, S> Outbox<Req, S> {
                         requests: kept,
                         session,
                         fresh,
+                        link,
                     });
                 }
             }

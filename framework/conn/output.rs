@@ -8,6 +8,7 @@ use super::{Connection, Env, State};
 use crate::codec::Codec;
 use crate::conn::pipeline::EndReason;
 use crate::conn::work::{Answer, Done};
+use crate::handler::Replies;
 use crate::stats::Counters;
 use crate::transport::net::Transport;
 
@@ -55,6 +56,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                     self.answered(seq, answer, counters);
                 }
             }
+            Done::Pulled { stream, piece, .. } => self.pulled(stream, piece, counters),
         }
         self.encode_ready(counters, now);
     }
@@ -63,6 +65,13 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     /// nothing after it is handed on.
     #[inline]
     pub(super) fn answered(&mut self, seq: u64, answer: Answer<C::Response>, counters: &Counters) {
+        if let Answer::Replied(Replies {
+            idle_timeout: Some(timeout),
+            ..
+        }) = &answer
+        {
+            self.idle_timeout = *timeout;
+        }
         if let Some((cut, reason)) = self.pipeline.answered(seq, answer, self.cut(), counters) {
             self.end(cut, reason, counters);
         }
@@ -79,32 +88,39 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             self.last_write = now;
         }
         let cut = self.cut();
-        if let Err(reason) = self
+        match self
             .pipeline
             .encode_ready(&mut self.output, cut, &self.ctx, counters)
         {
+            Ok(encoded) => self.link.release(encoded.pushes),
             // Nothing after the last reply written is encoded.
-            self.end(self.pipeline.write_seq(), reason, counters);
+            Err(reason) => self.end(self.pipeline.write_seq(), reason, counters),
         }
     }
 
-    /// Writes output until WouldBlock; returns whether anything was written (or the
-    /// stream failed).
+    /// Writes output until WouldBlock: the bytes, then the parts behind them (a file, a
+    /// stream's pieces as they come); returns whether anything was written (or the stream
+    /// failed).
     #[inline]
     pub(super) fn write(&mut self, env: &mut Env<'_, C, S>) -> bool {
         if let State::Closed = self.state {
             return false;
         }
-        match self.socket.write(&mut self.output) {
-            Ok(false) => false,
-            Ok(true) => {
-                self.last_write = env.now;
-                true
-            }
+        let mut progress = match self.socket.write(&mut self.output.bytes) {
+            Ok(wrote) => wrote,
             Err(e) => {
                 self.fail(e, env.counters);
-                true
+                return true;
             }
+        };
+        if !self.output.parts.is_empty() || self.pipeline.has_pushes() {
+            // The uncommon case, out of line: a body behind the bytes, or pushes that wait
+            // for the output to drain.
+            progress |= self.write_parts(env);
         }
+        if progress {
+            self.last_write = env.now;
+        }
+        progress
     }
 }

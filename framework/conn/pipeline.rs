@@ -9,11 +9,11 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
 
-use crate::codec::{AfterReply, Codec, DecodeError, Farewell};
+use crate::codec::{AfterReply, Codec, DecodeError, Farewell, Output};
+use crate::conn::outgoing::Outgoing;
 use crate::conn::work::Answer;
 use crate::handler::{panic_message, Context, Replies};
 use crate::stats::Counters;
-use crate::util::buffer::Buffer;
 
 /// Why a connection ends on the server's initiative. The pipeline reports the first three;
 /// the connection and reactor the rest.
@@ -28,6 +28,8 @@ pub(crate) enum EndReason {
     HandlerPanicked,
     Timeout(Farewell),
     ServerShutdown,
+    /// A response's body failed mid-way (a file shrank or failed to read, a stream failed).
+    BodyFailed,
 }
 
 /// The in-flight limits the pipeline keeps.
@@ -82,6 +84,16 @@ pub(crate) struct Pipeline<C: Codec> {
     reply_estimate: usize,
     /// Decoding waits until the replies to this request are encoded (a framing switch).
     hold: Option<u64>,
+    /// Pushed responses, each stamped with the sequence number of the first request it
+    /// goes before (the requests decoded when it arrived go before it).
+    pushes: VecDeque<(u64, C::Response)>,
+}
+
+/// What [`Pipeline::encode_ready`] did besides encoding replies.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Encoded {
+    /// Pushes encoded (they no longer count against the push limit).
+    pub pushes: usize,
 }
 
 impl<C: Codec> Pipeline<C> {
@@ -97,7 +109,13 @@ impl<C: Codec> Pipeline<C> {
             // Before any reply is known, two requests fit under the mark.
             reply_estimate: room.output_high_water / 2,
             hold: None,
+            pushes: VecDeque::new(),
         }
+    }
+
+    /// The output high-water mark.
+    pub fn high_water(&self) -> usize {
+        self.room.output_high_water
     }
 
     /// Sequence number the next decoded request gets (= requests decoded so far).
@@ -159,7 +177,7 @@ impl<C: Codec> Pipeline<C> {
                 .map_err(|payload| {
                     codec_panicked("holds_decoding or closes_after", &*payload, ctx, counters)
                 })?;
-                let seq = self.push(used, Slot::Waiting);
+                let seq = self.number(used, Slot::Waiting);
                 Counters::add(&counters.requests, 1);
                 if hold {
                     self.hold = Some(seq);
@@ -195,7 +213,7 @@ impl<C: Codec> Pipeline<C> {
                 );
                 Counters::add(&counters.requests, 1);
                 Counters::add(&counters.refused, 1);
-                self.push(
+                self.number(
                     consumed,
                     Slot::Refused(DecodeError::Refused { consumed, reason }),
                 );
@@ -234,7 +252,18 @@ impl<C: Codec> Pipeline<C> {
         }
     }
 
-    fn push(&mut self, size: usize, slot: Slot<C::Response>) -> u64 {
+    /// A response pushed from outside: written after the replies to every request decoded
+    /// so far, before those to come.
+    pub fn pushed(&mut self, response: C::Response) {
+        self.pushes.push_back((self.next_seq, response));
+    }
+
+    /// Whether pushed responses wait to be encoded.
+    pub fn has_pushes(&self) -> bool {
+        !self.pushes.is_empty()
+    }
+
+    fn number(&mut self, size: usize, slot: Slot<C::Response>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.request_sizes.push_back(size);
@@ -288,17 +317,38 @@ impl<C: Codec> Pipeline<C> {
         None
     }
 
-    /// Encodes into `output` the answers that are next in order, up to request `cut`.
+    /// Encodes into `output` the answers that are next in order, up to request `cut`, and
+    /// the pushes due before each (those stamped at or before `cut` at the end). A push
+    /// waits while the output is at its high-water mark (and so does everything after it):
+    /// that is what bounds a flood of pushes to a peer that does not read.
     pub fn encode_ready(
         &mut self,
-        output: &mut Buffer,
+        output: &mut Outgoing,
         cut: u64,
         ctx: &Context,
         counters: &Counters,
-    ) -> Result<(), EndReason> {
-        while self.write_seq < cut {
+    ) -> Result<Encoded, EndReason> {
+        let mut encoded = Encoded::default();
+        loop {
+            while let Some(&(stamp, _)) = self.pushes.front() {
+                if stamp > self.write_seq || stamp > cut {
+                    break;
+                }
+                if output.weight(self.room.output_high_water) >= self.room.output_high_water {
+                    return Ok(encoded);
+                }
+                let (_, response) = self.pushes.pop_front().expect("checked above");
+                encoded.pushes += 1;
+                Counters::add(&counters.pushes, 1);
+                if self.encode(response, output, ctx, counters)? == AfterReply::Close {
+                    return Err(EndReason::CloseRequested);
+                }
+            }
+            if self.write_seq >= cut {
+                return Ok(encoded);
+            }
             let answer = match self.slots.front() {
-                Some(Slot::Waiting) | None => return Ok(()),
+                Some(Slot::Waiting) | None => return Ok(encoded),
                 Some(_) => self.slots.pop_front().expect("checked above"),
             };
             self.write_seq += 1;
@@ -332,19 +382,21 @@ impl<C: Codec> Pipeline<C> {
                 Slot::Waiting => unreachable!("checked above"),
             };
             Counters::add(&counters.responses, 1);
-            self.reply_estimate = (output.len() - before).max(self.reply_estimate / 2);
+            self.reply_estimate = output
+                .len()
+                .saturating_sub(before)
+                .max(self.reply_estimate / 2);
             if close {
                 return Err(EndReason::CloseRequested);
             }
         }
-        Ok(())
     }
 
     /// Encodes responses that answer no request (a greeting) straight into `output`.
     pub fn encode_unsolicited(
         &mut self,
         replies: Replies<C::Response>,
-        output: &mut Buffer,
+        output: &mut Outgoing,
         ctx: &Context,
         counters: &Counters,
     ) -> Result<(), EndReason> {
@@ -363,7 +415,7 @@ impl<C: Codec> Pipeline<C> {
     fn encode(
         &mut self,
         response: C::Response,
-        output: &mut Buffer,
+        output: &mut Outgoing,
         ctx: &Context,
         counters: &Counters,
     ) -> Result<AfterReply, EndReason> {
@@ -377,16 +429,17 @@ impl<C: Codec> Pipeline<C> {
     fn guarded<T>(
         &mut self,
         during: &str,
-        output: &mut Buffer,
+        output: &mut Outgoing,
         ctx: &Context,
         counters: &Counters,
-        write: impl FnOnce(&mut C, &mut Vec<u8>) -> T,
+        write: impl FnOnce(&mut C, &mut Output<'_>) -> T,
     ) -> Result<T, EndReason> {
-        let before = output.len();
+        let mark = output.mark();
         let codec = &mut self.codec;
-        let tail = output.tail();
-        panic::catch_unwind(AssertUnwindSafe(|| write(codec, tail))).map_err(|payload| {
-            output.truncate(before);
+        let mut out = output.output();
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| write(codec, &mut out)));
+        outcome.map_err(|payload| {
+            output.truncate(mark);
             codec_panicked(during, &*payload, ctx, counters)
         })
     }
@@ -395,20 +448,24 @@ impl<C: Codec> Pipeline<C> {
     /// counting each request as dropped so `in_flight` returns to zero. Requests still
     /// waiting for a worker are counted when their replies come back (or their work is
     /// dropped).
-    pub fn drop_unwritten(&mut self, counters: &Counters) {
+    /// Pushes not yet encoded are dropped too; returns how many.
+    pub fn drop_unwritten(&mut self, counters: &Counters) -> usize {
         let unwritten = self
             .slots
             .drain(..)
             .filter(|slot| !matches!(slot, Slot::Waiting))
             .count();
         Counters::add(&counters.replies_dropped, unwritten as u64);
+        let pushes = self.pushes.len();
+        self.pushes.clear();
+        pushes
     }
 
     /// Appends the codec's error reply for `error` to `output`.
     pub fn error_reply(
         &mut self,
         error: &DecodeError,
-        output: &mut Buffer,
+        output: &mut Outgoing,
         ctx: &Context,
         counters: &Counters,
     ) {
@@ -422,7 +479,7 @@ impl<C: Codec> Pipeline<C> {
     pub fn farewell(
         &mut self,
         why: Farewell,
-        output: &mut Buffer,
+        output: &mut Outgoing,
         ctx: &Context,
         counters: &Counters,
     ) {

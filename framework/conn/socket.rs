@@ -7,6 +7,7 @@
 
 use std::io;
 
+use crate::body::FileRegion;
 use crate::transport::net::Transport;
 use crate::util::buffer::Buffer;
 
@@ -32,6 +33,18 @@ pub(crate) enum Read {
     Drained,
     /// The stream failed (a reset, most often).
     Failed(io::Error),
+}
+
+/// What one attempt to send a file region found.
+pub(crate) enum FileSent {
+    /// Bytes went out (the region advanced by them).
+    Progress,
+    /// The socket is full: wait for room.
+    Blocked,
+    /// The file ended before the region did: it shrank.
+    FileEnded,
+    /// The transport cannot send from the file itself (TLS): read it and write the bytes.
+    Unsupported,
 }
 
 /// A stream and what the poll has said about it.
@@ -136,6 +149,41 @@ impl<T: Transport> Socket<T> {
             }
         }
         Ok(progress)
+    }
+
+    /// Sends as much of `region` as the socket takes, straight from the file.
+    ///
+    /// # Errors
+    ///
+    /// The stream failed (the peer left) or the file could not be read.
+    pub fn send_file(&mut self, region: &mut FileRegion) -> io::Result<FileSent> {
+        if self.write != Readiness::Ready {
+            return Ok(FileSent::Blocked);
+        }
+        let count = usize::try_from(region.len).unwrap_or(usize::MAX);
+        loop {
+            return match self
+                .stream
+                .send_file(&region.file, &mut region.offset, count)
+            {
+                Ok(0) => Ok(FileSent::FileEnded),
+                Ok(n) => {
+                    if n < count {
+                        // A short send filled the socket buffer: wait for room.
+                        self.write = Readiness::Exhausted;
+                    }
+                    region.len -= n as u64;
+                    Ok(FileSent::Progress)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.write = Readiness::Exhausted;
+                    Ok(FileSent::Blocked)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(FileSent::Unsupported),
+                Err(e) => Err(e),
+            };
+        }
     }
 
     /// Whether written bytes still wait inside the stream.

@@ -6,28 +6,27 @@
 //! It sits below every thread's module (reactor, pool, acceptor) and imports nothing above
 //! it, so each of them can import it without importing one another.
 
+use std::io;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::body::BodyStream;
 use crate::handler::{panic_message, CloseReason, Context, Handler, Replies};
+pub(crate) use crate::push::ConnKey;
+use crate::push::Link;
 use crate::stats::Counters;
+use crate::timer::Job;
 use crate::util::few::Few;
 
-/// Names a connection slot and the generation of its current occupant, so a reply or an
-/// event for a connection that closed is never applied to a later one in the same slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct ConnKey {
-    pub slot: u32,
-    pub generation: u32,
-}
-
 /// Work for the pool (or, in inline mode, for the reactor's own thread).
-pub(crate) enum Work<Req, S> {
+pub(crate) enum Work<Req, Resp, S> {
     /// A connection was accepted: run the handler's open hook.
     Open {
         reactor: usize,
         key: ConnKey,
         ctx: Context,
+        link: Arc<Link<Resp>>,
     },
     /// Run these requests of one connection, one after another in this order, with its
     /// session; each carries its sequence number on the connection.
@@ -40,6 +39,7 @@ pub(crate) enum Work<Req, S> {
         /// The session is a throwaway of concurrent mode, made for this batch: it is never
         /// handed to the close hook (the connection's own session is).
         fresh: bool,
+        link: Arc<Link<Resp>>,
     },
     /// The connection ended: hand the session to the handler's close hook.
     Close {
@@ -47,9 +47,18 @@ pub(crate) enum Work<Req, S> {
         session: S,
         reason: CloseReason,
     },
+    /// The connection's output drained below its mark while writing a streamed body: make
+    /// the body's next piece.
+    Pull {
+        reactor: usize,
+        key: ConnKey,
+        stream: BodyStream,
+    },
+    /// A user timer is due: run its code.
+    Timer(Job),
 }
 
-impl<Req, S> Work<Req, S> {
+impl<Req, Resp, S> Work<Req, Resp, S> {
     /// Requests this work carries.
     pub fn requests(&self) -> usize {
         match self {
@@ -74,6 +83,12 @@ pub(crate) enum Done<Resp, S> {
         key: ConnKey,
         ctx: Context,
         outcome: Result<(S, Replies<Resp>), HandlerPanicked>,
+    },
+    /// A streamed body's next piece (`None` at its end), and the body, coming back.
+    Pulled {
+        key: ConnKey,
+        stream: BodyStream,
+        piece: Result<Option<Vec<u8>>, PullFailed>,
     },
     /// One request of a batch was answered and more of the batch are to run: posted as soon
     /// as its call returns, so a slow request behind it does not hold its replies.
@@ -106,7 +121,10 @@ pub(crate) struct Leftovers<S> {
 impl<Resp, S> Done<Resp, S> {
     pub fn key(&self) -> ConnKey {
         match self {
-            Done::Opened { key, .. } | Done::Answered { key, .. } | Done::Ran { key, .. } => *key,
+            Done::Opened { key, .. }
+            | Done::Answered { key, .. }
+            | Done::Ran { key, .. }
+            | Done::Pulled { key, .. } => *key,
         }
     }
 
@@ -116,7 +134,7 @@ impl<Resp, S> Done<Resp, S> {
     pub fn ends_session_trip(&self) -> bool {
         match self {
             Done::Opened { .. } => true,
-            Done::Answered { .. } => false,
+            Done::Answered { .. } | Done::Pulled { .. } => false,
             Done::Ran { fresh, .. } => !fresh,
         }
     }
@@ -131,6 +149,11 @@ impl<Resp, S> Done<Resp, S> {
             },
             Done::Answered { .. } => Leftovers {
                 answered: 1,
+                skipped: 0,
+                session: None,
+            },
+            Done::Pulled { .. } => Leftovers {
+                answered: 0,
                 skipped: 0,
                 session: None,
             },
@@ -154,21 +177,30 @@ impl<Resp, S> Done<Resp, S> {
 #[derive(Debug)]
 pub(crate) struct HandlerPanicked;
 
+/// Why a streamed body's piece did not come.
+#[derive(Debug)]
+pub(crate) enum PullFailed {
+    /// The body's producer returned an error.
+    Error(io::Error),
+    /// It panicked (logged and counted).
+    Panicked,
+}
+
 /// What became of work handed to [`Dispatch::dispatch`].
 pub(crate) enum Dispatched<Req, Resp, S> {
     /// A worker will do it.
     Queued,
     /// The job queue is full: the work comes back, to be offered again later.
-    Full(Work<Req, S>),
+    Full(Work<Req, Resp, S>),
     /// Done at once (inline mode): what the work answered, in order (nothing for a close).
     Ran(Few<Done<Resp, S>>),
     /// Nobody is left to do it: the server is being torn down.
-    Gone(Work<Req, S>),
+    Gone(Work<Req, Resp, S>),
 }
 
 /// Where a connection's work goes: the worker pool, or the handler inline.
 pub(crate) trait Dispatch<Req, Resp, S> {
-    fn dispatch(&mut self, work: Work<Req, S>) -> Dispatched<Req, Resp, S>;
+    fn dispatch(&mut self, work: Work<Req, Resp, S>) -> Dispatched<Req, Resp, S>;
 }
 
 /// Runs one piece of work, catching panics, and counts slow or panicking calls; gives what
@@ -182,14 +214,14 @@ pub(crate) trait Dispatch<Req, Resp, S> {
 /// the requests after it are not run, only counted.
 pub(crate) fn run_work<H: Handler + ?Sized>(
     handler: &H,
-    work: Work<H::Request, H::Session>,
+    work: Work<H::Request, H::Response, H::Session>,
     counters: &Counters,
     slow_handler: Duration,
     post: &mut dyn FnMut(Done<H::Response, H::Session>),
 ) {
     match work {
-        Work::Open { key, ctx, .. } => {
-            let mut greeting = Replies::new();
+        Work::Open { key, ctx, link, .. } => {
+            let mut greeting = Replies::new(Some(link));
             let outcome = timed(&ctx, "open", counters, slow_handler, &mut None, || {
                 handler.open(&ctx, &mut greeting)
             });
@@ -205,8 +237,10 @@ pub(crate) fn run_work<H: Handler + ?Sized>(
             requests,
             mut session,
             fresh,
+            link,
             ..
         } => {
+            let mut link = Some(link);
             let total = requests.len();
             let mut ran = 0;
             let mut last: Option<(u64, Answer<H::Response>)> = None;
@@ -217,10 +251,12 @@ pub(crate) fn run_work<H: Handler + ?Sized>(
                     post(Done::Answered { key, seq, answer });
                 }
                 ran += 1;
-                let mut replies = Replies::new();
+                let mut replies = Replies::new(link.take());
                 let outcome = timed(&ctx, "call", counters, slow_handler, &mut clock, || {
                     handler.call(&mut session, request, &ctx, &mut replies);
                 });
+                // Lent to the call, not given: the next call gets it back.
+                link = replies.link.take();
                 let barrier = if let Ok(()) = outcome {
                     let closes = replies.closes();
                     last = Some((seq, Answer::Replied(replies)));
@@ -248,6 +284,25 @@ pub(crate) fn run_work<H: Handler + ?Sized>(
             session,
             reason,
         } => close_session(handler, session, &ctx, reason, counters),
+        Work::Pull {
+            key, mut stream, ..
+        } => {
+            let piece = match panic::catch_unwind(AssertUnwindSafe(|| stream.next_piece())) {
+                Ok(Ok(piece)) => Ok(piece),
+                Ok(Err(e)) => Err(PullFailed::Error(e)),
+                Err(payload) => {
+                    Counters::add(&counters.panics, 1);
+                    log::error!(
+                        "a streamed body panicked: {}; closing its connection",
+                        panic_message(&*payload)
+                    );
+                    Err(PullFailed::Panicked)
+                }
+            };
+            post(Done::Pulled { key, stream, piece });
+        }
+        // Fenced by the scheduler that made it.
+        Work::Timer(job) => job(),
     }
 }
 

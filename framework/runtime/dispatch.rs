@@ -19,12 +19,15 @@ pub(crate) type DynHandler<C, S> =
 /// Where work goes: the pool's job queue; open and close hooks that never block run here
 /// instead (`Handler::hooks_block`).
 pub(crate) struct ToPool<'a, C: Codec, S> {
-    pub jobs: &'a Sender<Work<C::Request, S>>,
+    pub jobs: &'a Sender<Work<C::Request, C::Response, S>>,
     pub hooks_here: Option<Inline<'a, C, S>>,
 }
 
 impl<C: Codec, S: Send + 'static> Dispatch<C::Request, C::Response, S> for ToPool<'_, C, S> {
-    fn dispatch(&mut self, work: Work<C::Request, S>) -> Dispatched<C::Request, C::Response, S> {
+    fn dispatch(
+        &mut self,
+        work: Work<C::Request, C::Response, S>,
+    ) -> Dispatched<C::Request, C::Response, S> {
         if let (Some(here), Work::Open { .. } | Work::Close { .. }) = (&mut self.hooks_here, &work)
         {
             return here.dispatch(work);
@@ -54,7 +57,10 @@ impl<C: Codec, S> Clone for Inline<'_, C, S> {
 impl<C: Codec, S> Copy for Inline<'_, C, S> {}
 
 impl<C: Codec, S: Send + 'static> Dispatch<C::Request, C::Response, S> for Inline<'_, C, S> {
-    fn dispatch(&mut self, work: Work<C::Request, S>) -> Dispatched<C::Request, C::Response, S> {
+    fn dispatch(
+        &mut self,
+        work: Work<C::Request, C::Response, S>,
+    ) -> Dispatched<C::Request, C::Response, S> {
         let mut answers = Few::new();
         run_work(
             self.handler,

@@ -3,6 +3,7 @@
 //! pool, or here), the shutdown begun, and what is left forced closed at its deadline. Part
 //! of [`Reactor`]; kept apart so its loop reads alone.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::TrySendError;
@@ -12,6 +13,7 @@ use super::{Entry, Reactor, Slot};
 use crate::codec::Codec;
 use crate::conn::{run_work, ConnKey, Connection, Finish, Work};
 use crate::handler::{CloseReason, Context};
+use crate::push::Link;
 use crate::runtime::token;
 use crate::stats::Counters;
 use crate::transport::net::Stream;
@@ -57,7 +59,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
     }
 
     /// Runs a close hook on this thread (it answers nothing).
-    pub(super) fn run_close(&self, work: Work<C::Request, S>) {
+    pub(super) fn run_close(&self, work: Work<C::Request, C::Response, S>) {
         run_work(
             &*self.handler,
             work,
@@ -112,9 +114,17 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
             ctx.connection_id,
             ctx.peer
         );
+        let link = Arc::new(Link::new(
+            key,
+            ctx.connection_id,
+            Arc::clone(&self.sink),
+            self.push_limit,
+            Arc::clone(&self.counters),
+            Arc::clone(&self.scheduler),
+        ));
         let conn = Connection::new(
             stream,
-            (key, ctx),
+            (key, ctx, link),
             self.codec.clone(),
             &self.limits,
             self.concurrent,

@@ -10,12 +10,15 @@ use mio::Waker;
 
 use crate::conn::Done;
 use crate::handler::Context;
+use crate::push::{Posted, PushSink};
 use crate::transport::net::Stream;
 
 /// What other threads send a reactor.
 pub(crate) enum Inbound<Resp, S> {
     /// The pool finished some work of one of its connections.
     Done(Done<Resp, S>),
+    /// A pusher's response or close for one of its connections.
+    Posted(Posted<Resp>),
     /// A connection from the acceptor.
     Connection(Stream, Context),
     /// Stop: finish in-flight requests, flush, close; force-close what is left at `deadline`.
@@ -28,6 +31,26 @@ pub(crate) struct Mailbox<Resp, S> {
     tx: Sender<Inbound<Resp, S>>,
     waker: Arc<Waker>,
     wake_pending: Arc<AtomicBool>,
+}
+
+impl<Resp, S> Clone for Mailbox<Resp, S> {
+    fn clone(&self) -> Self {
+        Mailbox {
+            tx: self.tx.clone(),
+            waker: Arc::clone(&self.waker),
+            wake_pending: Arc::clone(&self.wake_pending),
+        }
+    }
+}
+
+impl<Resp: Send, S: Send> PushSink<Resp> for Mailbox<Resp, S> {
+    fn post(&self, posted: Posted<Resp>) -> Result<(), Posted<Resp>> {
+        self.send(Inbound::Posted(posted))
+            .map_err(|message| match message {
+                Inbound::Posted(posted) => posted,
+                _ => unreachable!("send hands back what it was given"),
+            })
+    }
 }
 
 /// The reactor's side of the wake-up protocol (see [`Mailbox::send`]).

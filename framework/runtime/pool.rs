@@ -24,7 +24,7 @@ pub(crate) struct Pool {
 /// What every worker shares.
 pub(crate) struct WorkerShared<H: Handler> {
     pub handler: Arc<H>,
-    pub jobs: Receiver<Work<H::Request, H::Session>>,
+    pub jobs: Receiver<Work<H::Request, H::Response, H::Session>>,
     pub mailboxes: Arc<[Mailbox<H::Response, H::Session>]>,
     pub counters: Arc<Counters>,
     pub slow_handler: Duration,
@@ -116,8 +116,10 @@ fn run_worker<H: Handler>(shared: WorkerShared<H>, _exit_guard: Sender<()>) {
             continue;
         }
         let reactor = match &work {
-            Work::Open { reactor, .. } | Work::Batch { reactor, .. } => *reactor,
-            Work::Close { .. } => usize::MAX,
+            Work::Open { reactor, .. }
+            | Work::Batch { reactor, .. }
+            | Work::Pull { reactor, .. } => *reactor,
+            Work::Close { .. } | Work::Timer(_) => usize::MAX,
         };
         run_work(handler, work, counters, shared.slow_handler, &mut |done| {
             if let Err(Inbound::Done(done)) = shared.mailboxes[reactor].send(Inbound::Done(done)) {
@@ -150,11 +152,15 @@ fn leftover<H: Handler>(handler: &H, left: Leftovers<H::Session>, counters: &Cou
 /// Work left in the queue after every reactor exited (the shutdown deadline passed):
 /// requests are not run (their connections are gone) but counted and logged; sessions are
 /// closed.
-fn abandon<H: Handler>(handler: &H, work: Work<H::Request, H::Session>, counters: &Counters) {
+fn abandon<H: Handler>(
+    handler: &H,
+    work: Work<H::Request, H::Response, H::Session>,
+    counters: &Counters,
+) {
     let requests = work.requests();
     Counters::add(&counters.replies_dropped, requests as u64);
     match work {
-        Work::Open { .. } => {}
+        Work::Open { .. } | Work::Pull { .. } | Work::Timer(_) => {}
         Work::Batch {
             ctx,
             session,

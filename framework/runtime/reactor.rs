@@ -12,12 +12,14 @@ use mio::{Events, Poll, Token, Waker};
 use crate::codec::Codec;
 use crate::conn::{ConnKey, Connection, Dispatch, Done, Env, Limits, Step, Work};
 use crate::handler::CloseReason;
+use crate::push::{Posted, PushSink};
 use crate::runtime::acceptor::AcceptGate;
 use crate::runtime::dispatch::{DynHandler, Inline, ToPool};
 use crate::runtime::mailbox::{Inbound, Mailbox, WakeFlag};
 use crate::runtime::timers::Timers;
 use crate::runtime::token::EventKey;
 use crate::stats::Counters;
+use crate::timer::Scheduler;
 use crate::transport::wire::{Wire, WireConfig};
 
 const WAKER: Token = Token(usize::MAX);
@@ -81,14 +83,18 @@ pub(crate) struct Reactor<C: Codec, S> {
     /// Connections that got replies during this inbox drain, to be driven once each.
     replied: Vec<ConnKey>,
     /// Close hooks waiting for room in the job queue.
-    closing: Vec<Work<C::Request, S>>,
+    closing: Vec<Work<C::Request, C::Response, S>>,
     /// Connections closed while their session was out (opening, or with a batch): why, for
     /// the close hook when the session comes back.
     orphans: HashMap<ConnKey, CloseReason>,
     codec: C,
-    jobs: Sender<Work<C::Request, S>>,
+    jobs: Sender<Work<C::Request, C::Response, S>>,
     handler: Arc<DynHandler<C, S>>,
     inline: bool,
+    /// This reactor's own mailbox, for its connections' pushers.
+    sink: Arc<dyn PushSink<C::Response>>,
+    scheduler: Arc<Scheduler>,
+    push_limit: usize,
     /// Open and close hooks run on this thread: inline mode, or `Handler::hooks_block` is
     /// false (asked once, here, not on every drive).
     hooks_here: bool,
@@ -108,7 +114,9 @@ pub(crate) struct Reactor<C: Codec, S> {
 /// What a reactor needs to be built; see [`Reactor::new`].
 pub(crate) struct ReactorParts<C: Codec, S> {
     pub codec: C,
-    pub jobs: Sender<Work<C::Request, S>>,
+    pub jobs: Sender<Work<C::Request, C::Response, S>>,
+    pub scheduler: Arc<Scheduler>,
+    pub push_limit: usize,
     pub handler: Arc<DynHandler<C, S>>,
     /// Inline mode: the handler runs on the reactor thread.
     pub inline: bool,
@@ -152,6 +160,9 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
             hooks_here: parts.inline || !parts.handler.hooks_block(),
             handler: parts.handler,
             inline: parts.inline,
+            sink: Arc::new(mailbox.clone()),
+            scheduler: parts.scheduler,
+            push_limit: parts.push_limit,
             concurrent: parts.concurrent,
             slow_handler: parts.slow_handler,
             counters: parts.counters,
@@ -278,6 +289,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
             any = true;
             match message {
                 Inbound::Done(done) => self.apply_done(done),
+                Inbound::Posted(posted) => self.apply_posted(posted),
                 Inbound::Connection(stream, ctx) => self.add_connection(stream, ctx),
                 Inbound::Shutdown { deadline } => self.begin_shutdown(deadline),
             }
@@ -312,6 +324,24 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
             return;
         };
         entry.conn.on_done(done, &self.counters, self.now);
+        if !entry.drive_queued {
+            entry.drive_queued = true;
+            self.replied.push(key);
+        }
+    }
+
+    /// A pusher's response or close, for a connection that may have closed since.
+    fn apply_posted(&mut self, posted: Posted<C::Response>) {
+        let key = match &posted {
+            Posted::Push(key, _) | Posted::Close(key) => *key,
+        };
+        let Some(entry) = live_entry(&mut self.slots, key) else {
+            return;
+        };
+        match posted {
+            Posted::Push(_, response) => entry.conn.on_push(response, &self.counters, self.now),
+            Posted::Close(_) => entry.conn.on_push_close(&self.counters),
+        }
         if !entry.drive_queued {
             entry.drive_queued = true;
             self.replied.push(key);

@@ -56,6 +56,20 @@ pub(crate) trait Transport: Read + Write {
     fn apply_to(&mut self, ctx: &mut Context) {
         let _ = ctx;
     }
+
+    /// Writes up to `count` bytes of `file` from `offset` straight from the file to the
+    /// socket (`sendfile(2)`), advancing `offset`; 0 when the file ends first.
+    /// `Unsupported` where the bytes must pass through this process (TLS, another
+    /// platform): the caller then reads the file and writes what it read.
+    fn send_file(
+        &mut self,
+        file: &std::fs::File,
+        offset: &mut u64,
+        count: usize,
+    ) -> io::Result<usize> {
+        let _ = (file, offset, count);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// One accepted connection's socket.
@@ -100,6 +114,19 @@ impl Transport for Stream {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
             Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
         }
+    }
+
+    fn send_file(
+        &mut self,
+        file: &std::fs::File,
+        offset: &mut u64,
+        count: usize,
+    ) -> io::Result<usize> {
+        let socket = match &*self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        };
+        sys::send_file(socket, file, offset, count)
     }
 }
 

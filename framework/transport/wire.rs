@@ -21,6 +21,8 @@ use crate::transport::tls::Tls;
 pub(crate) struct WireConfig {
     /// Expect a PROXY protocol header (v1 or v2) first.
     pub proxy_protocol: bool,
+    /// TCP keepalive for accepted TCP streams.
+    pub keepalive: Option<socket2::TcpKeepalive>,
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -63,6 +65,9 @@ impl Wire {
     // Without the `tls` feature nothing can fail, but the signature is one for both builds.
     #[cfg_attr(not(feature = "tls"), allow(clippy::unnecessary_wraps))]
     pub fn new(stream: Stream, config: &WireConfig) -> io::Result<Self> {
+        if let (Some(keepalive), Stream::Tcp(tcp)) = (&config.keepalive, &stream) {
+            socket2::SockRef::from(tcp).set_tcp_keepalive(keepalive)?;
+        }
         Ok(Wire {
             beneath: Beneath {
                 stream,
@@ -218,6 +223,20 @@ impl Transport for Wire {
 
     fn apply_to(&mut self, ctx: &mut Context) {
         self.apply_preamble(ctx);
+    }
+
+    /// Plaintext only: under TLS the file's bytes must be encrypted here.
+    fn send_file(
+        &mut self,
+        file: &std::fs::File,
+        offset: &mut u64,
+        count: usize,
+    ) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            return Err(io::ErrorKind::Unsupported.into());
+        }
+        self.beneath.stream.send_file(file, offset, count)
     }
 
     fn before_close(&mut self) {

@@ -49,6 +49,13 @@ impl Buffer {
         }
     }
 
+    /// Takes `bytes` as its content; the buffer must be empty.
+    pub fn replace(&mut self, bytes: Vec<u8>) {
+        debug_assert!(self.is_empty());
+        self.bytes = bytes;
+        self.start = 0;
+    }
+
     /// The connection went idle: an empty buffer keeps at most [`IDLE_CAPACITY`] bytes.
     pub fn shrink_idle(&mut self) {
         if self.is_empty() && self.bytes.capacity() > IDLE_CAPACITY {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use reactor_pool::{
     handler_fn, AfterReply, Builder, Codec, Context, DecodeError, Decoded, LengthPrefixedCodec,
-    LineCodec, RawCodec, ServerHandle,
+    LineCodec, Output, RawCodec, ServerHandle,
 };
 
 use crate::common::{
@@ -31,7 +31,7 @@ impl Codec for FramedWithErrors {
         self.0.decode(input)
     }
 
-    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, response: Vec<u8>, output: &mut Output<'_>) -> AfterReply {
         self.0.encode(response, output)
     }
 
@@ -40,7 +40,7 @@ impl Codec for FramedWithErrors {
             DecodeError::FrameTooLarge { .. } => b"ERR frame too large\n",
             _ => b"ERR invalid\n",
         };
-        self.0.encode(text.to_vec(), output);
+        output.extend_from_slice(&Output::capture(|out| self.0.encode(text.to_vec(), out)).0);
     }
 }
 
@@ -76,7 +76,7 @@ impl Codec for StrictCodec {
         Ok(Some((word.to_vec(), end + 1)))
     }
 
-    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, response: Vec<u8>, output: &mut Output<'_>) -> AfterReply {
         output.extend_from_slice(b"OK ");
         output.extend_from_slice(&response);
         output.push(b'\n');

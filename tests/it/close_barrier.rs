@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use reactor_pool::{
     AfterReply, Builder, CloseReason, Codec, Context, DecodeError, Decoded, Handler, LineCodec,
-    Replies, ServerHandle,
+    Output, Replies, ServerHandle,
 };
 
 use crate::common::{
@@ -64,7 +64,7 @@ impl Codec for Tap {
         Ok(decoded)
     }
 
-    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, response: Vec<u8>, output: &mut Output<'_>) -> AfterReply {
         self.lines.encode(response, output)
     }
 

@@ -5,7 +5,7 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
-use reactor_pool::{Codec, DecodeError, LengthPrefixedCodec, LineCodec, RawCodec};
+use reactor_pool::{Codec, DecodeError, LengthPrefixedCodec, LineCodec, Output, RawCodec};
 
 /// What decoding produced: the requests, and the error that ended it, if any.
 type Outcome<R> = (Vec<R>, Option<DecodeError>);
@@ -134,7 +134,7 @@ proptest! {
         let mut bytes = Vec::new();
         let mut encoder = LengthPrefixedCodec::new();
         for payload in &payloads {
-            encoder.encode(payload.clone(), &mut bytes);
+            bytes.extend(Output::capture(|out| encoder.encode(payload.clone(), out)).0);
         }
 
         let whole = decode_whole(LengthPrefixedCodec::new(), &bytes);
@@ -152,7 +152,7 @@ proptest! {
         let mut bytes = Vec::new();
         let mut encoder = LengthPrefixedCodec::new();
         for payload in &payloads {
-            encoder.encode(payload.clone(), &mut bytes);
+            bytes.extend(Output::capture(|out| encoder.encode(payload.clone(), out)).0);
         }
         let (whole, whole_error) =
             decode_whole(LengthPrefixedCodec::with_max_frame(max_frame), &bytes);

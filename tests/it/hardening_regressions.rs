@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::common::{connect, expect_clean_eof, read_exactly, round_trip, send, wait_for_stats};
 use reactor_pool::{
     handler_fn, AfterReply, Builder, Codec, Context, DecodeError, Decoded, LengthPrefixedCodec,
-    LineCodec, Mode, ServerHandle, ShutdownTrigger,
+    LineCodec, Mode, Output, ServerHandle, ShutdownTrigger,
 };
 
 /// A line codec that panics when it decodes the line `boom`.
@@ -25,7 +25,7 @@ impl Codec for PanicsOnBoom {
         assert!(!input.starts_with(b"boom\n"), "a codec bug");
         self.0.decode(input)
     }
-    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, response: Vec<u8>, output: &mut Output<'_>) -> AfterReply {
         self.0.encode(response, output)
     }
 }

@@ -6,7 +6,7 @@ use crate::common;
 use std::time::Duration;
 
 use crate::common::{connect, expect_clean_eof, round_trip, send, wait_for_stats};
-use reactor_pool::{AfterReply, Builder, Codec, DecodeError, Decoded, Farewell, LineCodec};
+use reactor_pool::{AfterReply, Builder, Codec, DecodeError, Decoded, Farewell, LineCodec, Output};
 
 /// Lines, with SMTP-like farewells.
 #[derive(Clone, Default)]
@@ -20,7 +20,7 @@ impl Codec for Polite {
         self.0.decode(input)
     }
 
-    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, response: Vec<u8>, output: &mut Output<'_>) -> AfterReply {
         self.0.encode(response, output)
     }
 

@@ -5,7 +5,7 @@ use crate::common;
 
 use crate::common::{connect, read_exactly, send};
 use reactor_pool::{
-    handler_fn, AfterReply, Builder, Codec, Context, DecodeError, Decoded, LineCodec,
+    handler_fn, AfterReply, Builder, Codec, Context, DecodeError, Decoded, LineCodec, Output,
 };
 
 /// Lines; the reply `switch` makes the next request exactly 4 raw bytes, newlines and all.
@@ -33,7 +33,7 @@ impl Codec for Switching {
         self.lines.decode(input)
     }
 
-    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, response: Vec<u8>, output: &mut Output<'_>) -> AfterReply {
         if response == b"switch" {
             self.raw_next = true;
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::common::{connect, expect_clean_eof, read_exactly, send, wait_for_stats};
 use reactor_pool::{
-    AfterReply, Builder, Codec, Context, DecodeError, Decoded, Handler, LineCodec, Replies,
+    AfterReply, Builder, Codec, Context, DecodeError, Decoded, Handler, LineCodec, Output, Replies,
 };
 
 /// `quiet` gets no reply, `twice X` two, `end` one and then the close; anything else is echoed.
@@ -115,7 +115,7 @@ impl Codec for Refusing {
         }
     }
 
-    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, response: Vec<u8>, output: &mut Output<'_>) -> AfterReply {
         self.0.encode(response, output)
     }
 

@@ -353,7 +353,7 @@ fn decode_pieces(pieces: &[&[u8]], max_size: usize) -> Vec<Seen> {
                 assert!(bytes.len() <= CHUNK);
             }
             if next == Seen::Request(Request::Data) {
-                codec.encode(Reply::new(354, "go"), &mut Vec::new());
+                reactor_pool::Output::capture(|out| codec.encode(Reply::new(354, "go"), out));
             }
             match (seen.last_mut(), next) {
                 (Some(Seen::Request(Request::Chunk(all))), Seen::Request(Request::Chunk(more))) => {

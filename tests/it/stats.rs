@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use reactor_pool::{
-    handler_fn, AfterReply, Builder, Codec, Context, DecodeError, Decoded, LineCodec, ServerHandle,
-    Stats,
+    handler_fn, AfterReply, Builder, Codec, Context, DecodeError, Decoded, LineCodec, Output,
+    ServerHandle, Stats,
 };
 
 use crate::common::{
@@ -304,7 +304,7 @@ impl Codec for ReportingLines {
         Ok(decoded)
     }
 
-    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, response: Vec<u8>, output: &mut Output<'_>) -> AfterReply {
         self.inner.encode(response, output)
     }
 }

@@ -26,7 +26,7 @@ impl Codec for Framing {
     fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded<Vec<u8>>>, DecodeError> {
         self.0.decode(input)
     }
-    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, response: Vec<u8>, output: &mut Output<'_>) -> AfterReply {
         self.0.encode(response, output)
     }
     fn closes_after(&self, request: &Vec<u8>) -> bool {
@@ -204,16 +204,16 @@ fn an_idle_connection_gives_its_buffers_back_after_a_large_reply() {
     h.peer_sends(b"big\n");
     h.answer_all(|_| vec![b'x'; 30_000]);
     assert!(
-        h.conn.output.capacity() > IDLE_CAPACITY,
+        h.conn.output.bytes.capacity() > IDLE_CAPACITY,
         "busy: it keeps it"
     );
     h.stream().room = usize::MAX;
     h.event();
     assert_eq!(h.sent().len(), 30_001);
     assert!(
-        h.conn.output.capacity() <= IDLE_CAPACITY,
+        h.conn.output.bytes.capacity() <= IDLE_CAPACITY,
         "idle with {} bytes of output buffer",
-        h.conn.output.capacity()
+        h.conn.output.bytes.capacity()
     );
 }
 
@@ -370,7 +370,7 @@ fn a_shutdown_runs_an_open_hook_stalled_on_the_full_job_queue_and_serves_its_req
     assert_eq!(h.state(), "Ending");
     h.jobs.full = false;
     h.event();
-    h.open(Replies::new());
+    h.open(Replies::new(None));
     h.answer_all(upper);
     assert_eq!((h.sent().as_str(), h.state()), ("A\nB\n", "Lingering"));
     assert_eq!(h.stats().replies_dropped + h.stats().skipped, 0);

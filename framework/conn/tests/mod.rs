@@ -7,14 +7,19 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
 use super::*;
-use crate::codec::{AfterReply, Codec, DecodeError, Decoded, LengthPrefixedCodec, LineCodec};
+use crate::codec::{
+    AfterReply, Codec, DecodeError, Decoded, LengthPrefixedCodec, LineCodec, Output,
+};
 use crate::conn::work::{Dispatch, Dispatched, Done, Work};
 use crate::handler::Replies;
+use crate::push::{Link, Posted, PushSink};
+use crate::timer::Scheduler;
 
 /// The peer's end of an in-memory connection, as the server's socket sees it.
 #[derive(Default)]
@@ -100,14 +105,43 @@ impl Transport for MemStream {
     }
 }
 
+/// A stand-in for the reactor's mailbox, for pushers: keeps what they post.
+struct Posts<R>(Mutex<VecDeque<Posted<R>>>);
+
+impl<R> Default for Posts<R> {
+    fn default() -> Self {
+        Posts(Mutex::new(VecDeque::new()))
+    }
+}
+
+impl<R: Send> PushSink<R> for Posts<R> {
+    fn post(&self, posted: Posted<R>) -> Result<(), Posted<R>> {
+        self.0.lock().unwrap().push_back(posted);
+        Ok(())
+    }
+}
+
+/// A link for connection `key` whose pushes go to `sink`, with a push limit of 4.
+fn test_link<R: Send + 'static>(key: ConnKey, sink: &Arc<Posts<R>>) -> Arc<Link<R>> {
+    let counters = Arc::new(Counters::default());
+    Arc::new(Link::new(
+        key,
+        1,
+        Arc::clone(sink) as Arc<dyn PushSink<R>>,
+        4,
+        Arc::clone(&counters),
+        Arc::new(Scheduler::new("test".into(), counters)),
+    ))
+}
+
 /// A stand-in for the pool: keeps the work; refuses it while `full`.
-struct Jobs<Req> {
-    queued: Vec<Work<Req, ()>>,
+struct Jobs<Req, Resp> {
+    queued: Vec<Work<Req, Resp, ()>>,
     full: bool,
 }
 
-impl<Req, Resp> Dispatch<Req, Resp, ()> for Jobs<Req> {
-    fn dispatch(&mut self, work: Work<Req, ()>) -> Dispatched<Req, Resp, ()> {
+impl<Req, Resp> Dispatch<Req, Resp, ()> for Jobs<Req, Resp> {
+    fn dispatch(&mut self, work: Work<Req, Resp, ()>) -> Dispatched<Req, Resp, ()> {
         if self.full {
             return Dispatched::Full(work);
         }
@@ -128,10 +162,11 @@ impl Codec for Cues {
         assert!(!input.starts_with(b"panic\n"), "decode cue");
         self.0.decode(input)
     }
-    fn encode(&mut self, response: Vec<u8>, output: &mut Vec<u8>) -> AfterReply {
+    fn encode(&mut self, response: Vec<u8>, output: &mut Output<'_>) -> AfterReply {
         output.extend_from_slice(b"partial");
         assert!(response != b"panic", "encode cue");
-        output.truncate(output.len() - 7);
+        let len = output.len();
+        output.truncate(len - 7);
         let close = response == b"close";
         self.0.encode(response, output);
         if close {
@@ -204,7 +239,9 @@ where
 /// One connection, its peer's stream, and a stand-in pool.
 struct Harness<C: Codec> {
     conn: Connection<C, (), MemStream>,
-    jobs: Jobs<C::Request>,
+    jobs: Jobs<C::Request, C::Response>,
+    /// What the connection's pushers posted and the reactor has not taken yet.
+    sink: Arc<Posts<C::Response>>,
     /// What the workers posted and the reactor has not taken yet.
     posted: VecDeque<Done<C::Response, ()>>,
     counters: Counters,
@@ -218,7 +255,7 @@ impl<C: Codec> Harness<C> {
     /// A connection whose open hook has run (no greeting), in order.
     fn new(codec: C, limits: Limits) -> Self {
         let mut h = Self::opening(codec, limits, None);
-        h.open(Replies::new());
+        h.open(Replies::new(None));
         h
     }
 
@@ -226,7 +263,7 @@ impl<C: Codec> Harness<C> {
     fn concurrent(codec: C, limits: Limits) -> Self {
         fn fresh() {}
         let mut h = Self::opening(codec, limits, Some(fresh));
-        h.open(Replies::new());
+        h.open(Replies::new(None));
         h
     }
 
@@ -271,8 +308,17 @@ impl<C: Codec> Harness<C> {
             slot: 0,
             generation: 0,
         };
+        let sink = Arc::new(Posts::default());
         let mut h = Harness {
-            conn: Connection::new(stream, (key, ctx), codec, &limits, concurrent, now),
+            conn: Connection::new(
+                stream,
+                (key, ctx, test_link(key, &sink)),
+                codec,
+                &limits,
+                concurrent,
+                now,
+            ),
+            sink,
             jobs: Jobs {
                 queued: Vec::new(),
                 full: false,
@@ -347,10 +393,11 @@ impl<C: Codec> Harness<C> {
         answer: impl Fn(C::Request) -> Option<Replies<C::Response>> + Send + Sync + 'static,
     ) {
         let handler = Answering::new(answer);
-        let mut batches: Vec<Option<Work<C::Request, ()>>> = std::mem::take(&mut self.jobs.queued)
-            .into_iter()
-            .map(Some)
-            .collect();
+        let mut batches: Vec<Option<Work<C::Request, C::Response, ()>>> =
+            std::mem::take(&mut self.jobs.queued)
+                .into_iter()
+                .map(Some)
+                .collect();
         for &i in order {
             let work = batches[i].take().expect("each work is run once");
             assert!(matches!(work, Work::Batch { .. }), "work {i} is a batch");
@@ -427,7 +474,7 @@ impl<C: Codec> Harness<C> {
 }
 
 fn one<R>(response: R) -> Replies<R> {
-    let mut replies = Replies::new();
+    let mut replies = Replies::new(None);
     replies.send(response);
     replies
 }

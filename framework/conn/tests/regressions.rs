@@ -120,7 +120,7 @@ fn a_codec_that_reports_using_no_bytes_is_a_protocol_error() {
         fn decode(&mut self, _: &[u8]) -> Result<Option<Decoded<()>>, DecodeError> {
             Ok(Some(((), 0)))
         }
-        fn encode(&mut self, (): (), _: &mut Vec<u8>) -> AfterReply {
+        fn encode(&mut self, (): (), _: &mut Output<'_>) -> AfterReply {
             AfterReply::KeepOpen
         }
     }
@@ -166,7 +166,7 @@ fn huge_timeouts_saturate_instead_of_overflowing() {
 struct InlineEcho;
 
 impl Dispatch<Vec<u8>, Vec<u8>, ()> for InlineEcho {
-    fn dispatch(&mut self, work: Work<Vec<u8>, ()>) -> Dispatched<Vec<u8>, Vec<u8>, ()> {
+    fn dispatch(&mut self, work: Work<Vec<u8>, Vec<u8>, ()>) -> Dispatched<Vec<u8>, Vec<u8>, ()> {
         let echo = Answering::new(|request: Vec<u8>| Some(one(request)));
         let mut answers = crate::util::few::Few::new();
         let counters = Counters::default();
@@ -198,8 +198,14 @@ fn inline_requests_sent_before_the_fin_are_all_answered() {
         slot: 0,
         generation: 0,
     };
-    let mut conn: Connection<LineCodec, (), MemStream> =
-        Connection::new(stream, (key, ctx), LineCodec::new(), &limits, None, now);
+    let mut conn: Connection<LineCodec, (), MemStream> = Connection::new(
+        stream,
+        (key, ctx, test_link(key, &Arc::new(Posts::default()))),
+        LineCodec::new(),
+        &limits,
+        None,
+        now,
+    );
     let counters = Counters::default();
     let mut scratch = vec![0; 64 * 1024];
     let mut inline = InlineEcho;

@@ -174,7 +174,7 @@ fn the_open_hook_waits_for_the_preamble_and_requests_that_came_with_its_end_foll
         "the open hook first"
     );
     assert_eq!(h.queued(), 0, "the request waits for the session");
-    h.open(Replies::new());
+    h.open(Replies::new(None));
     assert_eq!(h.queued(), 1);
     h.answer_all(upper);
     assert_eq!(h.sent(), "A\n");
