@@ -127,7 +127,16 @@ pub struct Replies<R> {
     /// that makes no pusher costs no reference count).
     pub(crate) link: Option<Arc<Link<R>>>,
     /// A new idle timeout for the connection, when the call set one.
-    pub(crate) idle_timeout: Option<Option<Duration>>,
+    pub(crate) idle_timeout: IdleTimeout,
+}
+
+/// What a call said about its connection's idle timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdleTimeout {
+    /// Nothing: it stays as it was.
+    Unchanged,
+    /// From now on this (`None`: never).
+    Set(Option<Duration>),
 }
 
 impl<R> fmt::Debug for Replies<R> {
@@ -145,7 +154,7 @@ impl<R> Replies<R> {
             responses: Few::new(),
             close: false,
             link,
-            idle_timeout: None,
+            idle_timeout: IdleTimeout::Unchanged,
         }
     }
 
@@ -188,7 +197,7 @@ impl<R> Replies<R> {
     /// `None` exempts it (a subscriber that only listens to pushes), `Some(d)` sets its own.
     /// Writing a push counts as activity either way.
     pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
-        self.idle_timeout = Some(timeout);
+        self.idle_timeout = IdleTimeout::Set(timeout);
     }
 }
 

@@ -263,6 +263,16 @@ impl<C: Codec> Pipeline<C> {
         !self.pushes.is_empty()
     }
 
+    /// Whether something waits to be encoded that may go once the output drains: a push,
+    /// or an answer next in order (held behind a body being written).
+    pub fn has_encodable(&self) -> bool {
+        self.has_pushes()
+            || matches!(
+                self.slots.front(),
+                Some(Slot::Replied(_) | Slot::Refused(_))
+            )
+    }
+
     fn number(&mut self, size: usize, slot: Slot<C::Response>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -344,7 +354,7 @@ impl<C: Codec> Pipeline<C> {
                     return Err(EndReason::CloseRequested);
                 }
             }
-            if self.write_seq >= cut {
+            if self.write_seq >= cut || output.has_body() {
                 return Ok(encoded);
             }
             let answer = match self.slots.front() {
