@@ -1,7 +1,6 @@
 //! The user's code: a [`Handler`] opens a session per connection, serves that connection's
 //! requests in order with it, and closes it when the connection ends.
 
-use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -345,16 +344,5 @@ where
 impl<F, Req, Resp> fmt::Debug for HandlerFn<F, Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("HandlerFn")
-    }
-}
-
-/// The message a panic in user code carried, for the log line that reports it.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "non-string panic payload"
     }
 }

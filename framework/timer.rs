@@ -12,9 +12,9 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::handler::panic_message;
 use crate::stats::Counters;
 use crate::util::clock;
+use crate::util::panic::message as panic_message;
 
 /// Code a timer runs once.
 pub(crate) type Job = Box<dyn FnOnce() + Send>;

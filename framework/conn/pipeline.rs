@@ -12,8 +12,9 @@ use std::panic::{self, AssertUnwindSafe};
 use crate::codec::{AfterReply, Codec, DecodeError, Farewell, Output};
 use crate::conn::outgoing::Outgoing;
 use crate::conn::work::Answer;
-use crate::handler::{panic_message, Context, Replies};
+use crate::handler::{Context, Replies};
 use crate::stats::Counters;
+use crate::util::panic::message as panic_message;
 
 /// Why a connection ends on the server's initiative. The pipeline reports the first three;
 /// the connection and reactor the rest.
