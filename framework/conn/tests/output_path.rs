@@ -213,10 +213,19 @@ fn a_streamed_body_is_pulled_a_piece_at_a_time_as_the_socket_drains() {
         }
         Some(replies)
     });
+    // While the body is being written the connection takes no new request.
+    h.peer_sends(b"later\n");
     // The peer reads 2,000 bytes a round, a piece is 10,000: production must wait for it.
     let mut pulled = 0;
     for _ in 0..1000 {
         assert!(h.pulls() <= 1, "one piece asked for at a time");
+        if h.conn.output.has_body() {
+            assert_eq!(
+                h.queued(),
+                0,
+                "no request is taken while the body is written"
+            );
+        }
         pulled += h.pulls();
         h.make_pieces();
         // Never more than the look-ahead and a piece held.
@@ -239,6 +248,7 @@ fn a_streamed_body_is_pulled_a_piece_at_a_time_as_the_socket_drains() {
         "the body, then the reply after it"
     );
     assert!(pulled >= 40, "{pulled}");
+    assert_eq!(h.queued(), 1, "`later` is taken once the body is out");
 }
 
 #[test]
