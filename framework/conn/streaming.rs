@@ -78,7 +78,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                             self.output.parts.pop_front();
                         }
                     }
-                    Err(e) if crate::sys::is_peer_gone(&e) => {
+                    Err(e) if crate::sys::is_peer_gone_on_write(&e) => {
                         self.fail(e, env.counters);
                         return true;
                     }
