@@ -6,7 +6,7 @@
 //! what pushes may hold in memory.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +23,9 @@ pub(crate) struct ConnKey {
 
 /// What a pusher posts to the connection's reactor.
 pub(crate) enum Posted<R> {
-    /// Write `response` after the replies already owed.
-    Push(ConnKey, R),
+    /// Write `response` after the replies to the first `u64` requests (those the
+    /// connection had decoded when the push was made).
+    Push(ConnKey, u64, R),
     /// Close the connection after the replies already owed and the pushes before this.
     Close(ConnKey),
 }
@@ -55,6 +56,8 @@ pub(crate) struct Link<R> {
     limit: usize,
     /// Set once the connection ends: pushes are refused from then on.
     closed: AtomicBool,
+    /// Requests the connection has decoded: a push made now goes after their replies.
+    decoded: AtomicU64,
     counters: Arc<Counters>,
     scheduler: Option<Arc<Scheduler>>,
 }
@@ -75,6 +78,7 @@ impl<R> Link<R> {
             queued: AtomicUsize::new(0),
             limit,
             closed: AtomicBool::new(false),
+            decoded: AtomicU64::new(0),
             counters,
             scheduler: Some(scheduler),
         }
@@ -95,6 +99,7 @@ impl<R> Link<R> {
             queued: AtomicUsize::new(0),
             limit: 0,
             closed: AtomicBool::new(true),
+            decoded: AtomicU64::new(0),
             counters: Arc::default(),
             scheduler: None,
         }
@@ -106,6 +111,20 @@ impl<R> Link<R> {
         // sees the connection's end (nothing else is published through it; Relaxed would
         // do, but a closed connection should look closed to everyone at once).
         self.closed.store(true, Ordering::Release);
+    }
+
+    /// The connection has decoded `requests` requests (before handing any of them on).
+    #[inline]
+    pub fn decoded(&self, requests: u64) {
+        // Relaxed. A push made by a call of one of these requests reads at least this
+        // much: the reactor stores it before it hands the request to the job queue, whose
+        // send and receive order it before the worker's load. A push from a thread that
+        // learned of a later request only through the peer (a PUBLISH answered, then a
+        // request from the subscriber) read its count before that request was decoded, so
+        // its count is at most that request's number: it goes before the reply. A push
+        // with no such chain may read an older count and be written a little earlier: no
+        // order was promised between them.
+        self.decoded.store(requests, Ordering::Relaxed);
     }
 
     /// `n` pushes were encoded or dropped: they no longer count against the limit.
@@ -124,9 +143,10 @@ impl<R> Link<R> {
 /// [`Handler::call`](crate::Handler::call); clone it freely (`Clone + Send + Sync`).
 ///
 /// **Order.** A pushed response is written after every reply the connection owed when the
-/// push reached its reactor (replies to the requests it had received, and earlier pushes),
-/// and before the replies to requests received after; never inside another reply. One
-/// thread's pushes are written in the order it made them.
+/// push was made (replies to the requests it had received, earlier pushes) and before the
+/// replies to requests received after (so a subscriber that sends a command after a
+/// PUBLISH was answered gets the message first, as from redis); never inside another
+/// reply. One thread's pushes are written in the order it made them.
 ///
 /// **Bounds** ([`Builder::push_limit`](crate::Builder::push_limit), default 1,024): at most
 /// that many pushes wait, per connection, to be encoded; they are encoded only while the
@@ -200,9 +220,11 @@ impl<R: Send + 'static> Pusher<R> {
             Counters::add(&link.counters.pushes_refused, 1);
             return Err(PushError::Full(response));
         }
-        match link.sink.post(Posted::Push(link.key, response)) {
+        // Relaxed: see `Link::decoded`.
+        let after = link.decoded.load(Ordering::Relaxed);
+        match link.sink.post(Posted::Push(link.key, after, response)) {
             Ok(()) => Ok(()),
-            Err(Posted::Push(_, response)) => {
+            Err(Posted::Push(_, _, response)) => {
                 link.queued.fetch_sub(1, Ordering::Relaxed);
                 Err(PushError::Closed(response))
             }
