@@ -441,7 +441,7 @@ fn a_reply_can_exempt_its_connection_from_the_idle_timeout() {
     assert_eq!(quiet, None, "no idle deadline once exempted");
 }
 
-/// Regression (found by kv_server's pub/sub against redis-server): a push that reached the
+/// Regression (found by `kv_server`'s pub/sub against redis-server): a push that reached the
 /// reactor after a request it was made before was written after that request's reply. A
 /// PUBLISH answered on one connection, then a PING from the subscriber on another reactor:
 /// the PONG came first. A push is placed by the requests decoded when it was made.
