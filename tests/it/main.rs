@@ -24,7 +24,7 @@ mod smtp_support;
 // Example sources, included so their servers run in this process, always built from the
 // current source. main() and its signal handling are the examples' own: unused here.
 // smtp_server is smtp_support's. Each example is a binary that includes the support files
-// it needs (examples/support/): here, three of them include shutdown.rs, transport.rs and
+// it needs (examples/support/): here, four of them include shutdown.rs, transport.rs and
 // protocol_main.rs each, a module per example, which is what clippy::duplicate_mod
 // (allowed at the top) flags.
 #[allow(dead_code)]
@@ -64,6 +64,7 @@ mod limit_max_connections;
 mod many_connections;
 mod pipelined_order;
 mod proxy_protocol;
+mod push_causality;
 mod reply_not_held_by_batch;
 mod reuse_port;
 mod round_trip;
