@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example kv_server -- [--addr 127.0.0.1:6380] [--workers N] [--reactors N] [--requirepass PASS]
+//!     [--timeout SECS] [--push-limit N]
 //!     [--unix PATH] [--tls-cert PEM --tls-key PEM] [--proxy-protocol]   (see support/transport.rs)
 //! redis-cli -p 6380 SET a 1
 //! redis-cli -p 6380 -n 3 SET a 1                        # database 3: redis-cli sends SELECT 3
