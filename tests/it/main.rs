@@ -17,15 +17,19 @@
 // Helpers shared by the modules below.
 mod common;
 mod deploy_support;
+mod line_client;
 mod redis_client;
 mod smtp_support;
 
 // Example sources, included so their servers run in this process, always built from the
 // current source. main() and its signal handling are the examples' own: unused here.
 // smtp_server is smtp_support's. Each example is a binary that includes the support files
-// it needs (examples/support/): here, three of them include shutdown.rs, transport.rs and
+// it needs (examples/support/): here, four of them include shutdown.rs, transport.rs and
 // protocol_main.rs each, a module per example, which is what clippy::duplicate_mod
 // (allowed at the top) flags.
+#[allow(dead_code)]
+#[path = "../../examples/chat_server.rs"]
+mod chat_server;
 #[allow(dead_code)]
 #[path = "../../examples/http_hello.rs"]
 mod http_hello;
@@ -37,6 +41,7 @@ mod backpressure;
 mod bad_input;
 mod batch_scheduling;
 mod blocked_handler_isolation;
+mod chat_server_clients;
 mod client_close_eof;
 mod close_barrier;
 mod codec_splits;
@@ -51,6 +56,8 @@ mod http_hello_regressions;
 mod inline_handler;
 mod kv_server_clients;
 mod kv_server_differential;
+mod kv_server_pubsub;
+mod kv_server_pubsub_differential;
 mod kv_server_sessions;
 mod large_stream_echo;
 mod late_reply_dropped;
@@ -58,6 +65,7 @@ mod limit_max_connections;
 mod many_connections;
 mod pipelined_order;
 mod proxy_protocol;
+mod push_causality;
 mod reply_not_held_by_batch;
 mod reuse_port;
 mod round_trip;
