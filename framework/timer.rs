@@ -22,8 +22,12 @@ pub(crate) type Job = Box<dyn FnOnce() + Send>;
 /// Code a periodic timer runs each period; returns `false` to stop.
 pub(crate) type Task = Box<dyn FnMut() -> bool + Send>;
 
-/// Where due jobs go: the worker pool's queue (or, without a pool, the timer thread).
-pub(crate) type Runner = Box<dyn Fn(Job) + Send + Sync>;
+/// Where due jobs go: the worker pool's queue (or, without a pool, the timer thread). Hands
+/// the job back when there is no room now; it never blocks.
+pub(crate) type Runner = Arc<dyn Fn(Job) -> Result<(), Job> + Send + Sync>;
+
+/// How long the timer thread waits before offering a due job again to a full job queue.
+const FULL_QUEUE_RETRY: Duration = Duration::from_millis(1);
 
 /// A periodic timer's code, shared by its runs.
 struct Periodic {
@@ -156,6 +160,32 @@ impl Scheduler {
         }
     }
 
+    /// Hands a due job to the runner; while the job queue is full, offers it again every
+    /// [`FULL_QUEUE_RETRY`] until it goes or the scheduler stops (never blocking in a send,
+    /// so a stop, which waits for this thread, is never held by a full queue).
+    fn hand_over(&self, mut job: Job) -> std::sync::MutexGuard<'_, State> {
+        loop {
+            // Cloned out of its lock, so `stop` can take it away meanwhile.
+            let runner = lock(&self.runner).clone();
+            let Some(runner) = runner else {
+                return lock(&self.state);
+            };
+            match runner(job) {
+                Ok(()) => return lock(&self.state),
+                Err(back) => job = back,
+            }
+            let state = lock(&self.state);
+            if state.stopped {
+                return state;
+            }
+            drop(
+                self.changed
+                    .wait_timeout(state, FULL_QUEUE_RETRY)
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+        }
+    }
+
     fn run(&self) {
         let mut state = lock(&self.state);
         loop {
@@ -215,10 +245,7 @@ impl Scheduler {
                     log::error!("a timer panicked: {}", panic_message(&*payload));
                 }
             });
-            if let Some(runner) = &*lock(&self.runner) {
-                runner(fenced);
-            }
-            state = lock(&self.state);
+            state = self.hand_over(fenced);
         }
     }
 }
