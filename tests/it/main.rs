@@ -45,6 +45,7 @@ mod chat_server_clients;
 mod client_close_eof;
 mod close_barrier;
 mod codec_splits;
+mod file_regions;
 mod graceful_shutdown;
 mod half_close;
 mod handler_panic;
