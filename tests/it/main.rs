@@ -83,6 +83,7 @@ mod smtp_server_clients;
 mod smtp_server_protocol;
 mod socket_activation;
 mod stats;
+mod streamed_bodies;
 mod timeouts;
 #[cfg(feature = "tls")]
 mod tls;
