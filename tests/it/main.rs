@@ -66,6 +66,7 @@ mod limit_max_connections;
 mod many_connections;
 mod pipelined_order;
 mod proxy_protocol;
+mod push;
 mod push_causality;
 mod reply_not_held_by_batch;
 mod reuse_port;
