@@ -92,4 +92,5 @@ mod tls;
 mod tls_clients;
 mod unix_clients;
 mod unix_socket;
+mod user_timers;
 mod worker_timer_slack;
