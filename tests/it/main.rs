@@ -68,6 +68,7 @@ mod pipelined_order;
 mod proxy_protocol;
 mod push;
 mod push_causality;
+mod quiet_connections;
 mod reply_not_held_by_batch;
 mod reuse_port;
 mod round_trip;
