@@ -29,8 +29,9 @@ struct Shared {
     release: Receiver<()>,
 }
 
-/// `sub` hands the connection's pusher to the test and answers `subscribed`; `wait` blocks
-/// until the test releases it, then answers `waited`; anything else is echoed.
+/// `sub` hands the connection's pusher to the test and answers `subscribed` (`sub and
+/// wait` only once the test releases it); `wait` blocks until the test releases it, then
+/// answers `waited`; anything else is echoed.
 struct PushServer(Arc<Shared>);
 
 impl Handler for PushServer {
@@ -42,9 +43,13 @@ impl Handler for PushServer {
 
     fn call(&self, _: &mut (), line: Vec<u8>, _: &Context, replies: &mut Replies<Vec<u8>>) {
         match &line[..] {
-            b"sub" => {
+            b"sub" | b"sub and wait" => {
                 let pusher = replies.pusher();
                 self.0.pushers.lock().unwrap().push(pusher);
+                if line == b"sub and wait" {
+                    let _ = self.0.running.send(());
+                    let _ = self.0.release.recv_timeout(WAIT_DEADLINE);
+                }
                 replies.send(b"subscribed".to_vec());
             }
             b"wait" => {
@@ -119,14 +124,19 @@ fn push(pusher: &Pusher<Vec<u8>>, message: &str) {
 fn pushes_arrive_in_order_after_the_reply_to_the_request_that_subscribed() {
     let server = start("pu-order", |b| b);
     let mut client = connect(server.addr);
-    send(&mut client, b"sub\n");
-    // Pushed as soon as the handler has the pusher, perhaps before its reply is written.
+    send(&mut client, b"sub and wait\n");
+    // Pushed while the request that made the pusher still runs, before its reply exists.
+    server
+        .running
+        .recv_timeout(WAIT_DEADLINE)
+        .expect("the handler to run `sub and wait`");
     let pusher = server.pusher(0);
     let mut want = b"subscribed\n".to_vec();
     for i in 0..100 {
         push(&pusher, &format!("push {i}"));
         want.extend(format!("push {i}\n").into_bytes());
     }
+    server.release.send(()).expect("release the handler");
     let got = read_exactly(&mut client, want.len());
     assert_eq!(
         String::from_utf8_lossy(&got),
@@ -264,11 +274,13 @@ fn a_push_flood_to_a_peer_that_does_not_read_is_refused_with_memory_bounded_and_
             Ok(()) => accepted += 1,
             Err(PushError::Full(response)) => {
                 assert_eq!(response, numbered(accepted), "the refused push handed back");
-                // Refused for good only if the reactor encodes no more (the output is at
-                // its mark and the socket full), not because this thread outran it.
+                // Refused for good when pushes wait that the reactor does not encode (the
+                // output is at its mark, the socket full); not when this thread merely
+                // outran the reactor, which then encodes every push accepted.
                 let encoded = server.handle.stats().pushes;
                 std::thread::sleep(common::NO_REPLY_WAIT);
-                if server.handle.stats().pushes == encoded {
+                let now = server.handle.stats().pushes;
+                if now == encoded && now < accepted as u64 {
                     break;
                 }
             }
