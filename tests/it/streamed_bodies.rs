@@ -258,13 +258,15 @@ fn a_stream_of_a_given_length_comes_as_its_bytes_before_the_reply_after_it() {
         &want,
         "a body of 3000 bytes between the replies",
     );
-    send(&mut client, b"length 100 40000\nagain\n");
+    // 4 MB to a client with a small window: pieces come back while bytes still wait.
+    let mut slow = common::connect_with_recv_buffer(server.addr, 16 * 1024);
+    send(&mut slow, b"length 100 40000\nagain\n");
     let mut want = b"BODY 4000000\n".to_vec();
     want.extend(raw(100, 40000));
     want.extend_from_slice(b"END\nagain\n");
-    expect(&mut client, &want, "a body of 4 MB");
+    expect(&mut slow, &want, "a body of 4 MB");
     assert_eq!(server.handle.stats().body_errors, 0);
-    drop(client);
+    drop((client, slow));
     server.handle.shutdown();
 }
 
