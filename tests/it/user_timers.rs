@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use reactor_pool::{Builder, Context, Handler, LineCodec, Replies, ServerHandle};
 
 use crate::common::{
@@ -18,8 +18,13 @@ use crate::common::{
 };
 
 /// `later` answers `scheduled` and pushes `later` 50 ms after; `tick` answers `ticking`
-/// and pushes `tick N` every 20 ms; `someday` sets a timer an hour away.
-struct TimerServer;
+/// and pushes `tick N` every 20 ms; `someday` sets a timer an hour away; `block` says so on
+/// `blocked` and holds its worker until `release` gives the word (or the wait deadline).
+#[derive(Clone)]
+struct TimerServer {
+    blocked: Sender<()>,
+    release: Receiver<()>,
+}
 
 impl Handler for TimerServer {
     type Request = Vec<u8>;
@@ -51,17 +56,31 @@ impl Handler for TimerServer {
                 });
                 replies.send(b"someday".to_vec());
             }
+            b"block" => {
+                let _ = self.blocked.send(());
+                let _ = self.release.recv_timeout(WAIT_DEADLINE);
+                replies.send(b"unblocked".to_vec());
+            }
             _ => replies.send(line),
         }
     }
 }
 
 fn start(name: &str, workers: usize) -> ServerHandle {
+    let (blocked, _) = unbounded();
+    let (_, release) = unbounded();
+    start_with(
+        name,
+        Builder::bind("127.0.0.1:0").workers(workers),
+        TimerServer { blocked, release },
+    )
+}
+
+fn start_with(name: &str, builder: Builder, handler: TimerServer) -> ServerHandle {
     common::init_logging();
-    Builder::bind("127.0.0.1:0")
-        .workers(workers)
+    builder
         .thread_name(name)
-        .start(LineCodec::new(), TimerServer)
+        .start(LineCodec::new(), handler)
         .expect("start")
 }
 
@@ -200,7 +219,10 @@ fn pending_timers_do_not_hold_the_shutdown_and_the_timer_thread_goes_with_it() {
     send(&mut client, b"someday\n");
     expect(&mut client, "someday\n");
     wait_reader(&reader, "three timers pending", |s| s.user_timers == 3);
-    assert_eq!(threads_named("ut-shut-timers"), ["ut-shut-timers"]);
+    // The thread names itself once it runs.
+    wait_until("the timer thread", || {
+        (threads_named("ut-shut-timers") == ["ut-shut-timers"]).then_some(())
+    });
     let (done, finished) = bounded(1);
     let started = Instant::now();
     thread::spawn(move || {
@@ -220,4 +242,43 @@ fn pending_timers_do_not_hold_the_shutdown_and_the_timer_thread_goes_with_it() {
         threads_named("ut-shut").is_empty().then_some(())
     });
     assert_eq!(reader.stats().user_timers, 0);
+}
+
+#[test]
+fn a_timer_due_while_the_job_queue_is_full_does_not_hold_the_shutdown_past_its_deadline() {
+    let (blocked_tx, blocked) = unbounded();
+    let (release, release_rx) = unbounded();
+    let server = start_with(
+        "ut-full",
+        Builder::bind("127.0.0.1:0")
+            .workers(1)
+            .job_queue_capacity(1)
+            .shutdown_timeout(Duration::from_millis(500)),
+        TimerServer {
+            blocked: blocked_tx,
+            release: release_rx,
+        },
+    );
+    // The only worker is held by a handler; a timer due every millisecond fills the queue
+    // (one job) and the next one has nowhere to go.
+    let mut client = client(&server);
+    send(&mut client, b"block\n");
+    blocked
+        .recv_timeout(WAIT_DEADLINE)
+        .expect("the handler to block");
+    server.every(Duration::from_millis(1), || {});
+    wait_for_stats(&server, "the job queue full", |s| s.job_queue_depth == 1);
+    // The next tick is due within a millisecond: let it meet the full queue.
+    thread::sleep(Duration::from_millis(20));
+    let (done, finished) = bounded(1);
+    let stopper = thread::spawn(move || {
+        server.shutdown();
+        let _ = done.send(());
+    });
+    // The shutdown leaves a worker stuck past its deadline running, and returns.
+    let returned = finished.recv_timeout(Duration::from_secs(10));
+    let _ = release.send(());
+    stopper.join().expect("the shutdown thread");
+    returned.expect("the shutdown to return by its deadline (500 ms) with a handler stuck");
+    drop(client);
 }
