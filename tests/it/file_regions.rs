@@ -252,22 +252,33 @@ fn a_range_of_a_file_comes_as_asked() {
 #[test]
 fn a_peer_that_reads_slowly_gets_the_file_intact() {
     let files = Files::new("fr-slow");
-    let (server, _closed) = tcp_server("fr-slow", &files.dir.0);
+    files.add("huge", HUGE);
+    // An idle timeout shorter than the client's pauses: a connection writing a body waits on
+    // its peer's window (the write-stall timeout's business), it is not idle.
+    let builder = Builder::bind("127.0.0.1:0").idle_timeout(Some(Duration::from_millis(200)));
+    let (server, _closed) = server("fr-slow", builder, &files.dir.0);
     let mut client = connect_with_recv_buffer(server.local_addr().tcp().unwrap(), 8 * 1024);
-    send(&mut client, b"get small\necho after\n");
+    send(&mut client, b"get huge\necho after\n");
     assert_eq!(
         read_line(&mut client, "the header"),
-        format!("FILE small {SMALL}\n")
+        format!("FILE huge {HUGE}\n")
     );
-    // The client paces itself: 8 KiB, then a pause, over and over.
-    let mut body = Vec::with_capacity(SMALL);
-    while body.len() < SMALL {
-        let n = (SMALL - body.len()).min(8 * 1024);
+    // The client paces itself: 32 KiB, then a pause, over and over, and a long pause every
+    // 4 MiB (the file is larger than the kernel's buffers can hold: the server is still
+    // sending it).
+    let mut body = Vec::with_capacity(HUGE);
+    while body.len() < HUGE {
+        let n = (HUGE - body.len()).min(32 * 1024);
         body.extend(read_n(&mut client, n, "the file, slowly"));
-        std::thread::sleep(Duration::from_millis(1));
+        let pause = match body.len() {
+            HUGE => 0,
+            n if n % (4 << 20) == 0 => 300,
+            _ => 1,
+        };
+        std::thread::sleep(Duration::from_millis(pause));
     }
-    common::assert_same_bytes(&body, &files.pattern.bytes(0, SMALL), "the file");
-    assert_eq!(read_line(&mut client, "the trailer"), "END small\n");
+    common::assert_same_bytes(&body, &files.pattern.bytes(0, HUGE), "the file");
+    assert_eq!(read_line(&mut client, "the trailer"), "END huge\n");
     assert_eq!(read_line(&mut client, "the reply after"), "echo after\n");
     assert_eq!(server.stats().body_errors, 0);
     drop(client);
