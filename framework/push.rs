@@ -56,6 +56,8 @@ pub(crate) struct Link<R> {
     limit: usize,
     /// Set once the connection ends: pushes are refused from then on.
     closed: AtomicBool,
+    /// Set once a timer was set for the connection: its end cancels them.
+    timers_set: AtomicBool,
     /// Requests the connection has decoded: a push made now goes after their replies.
     decoded: AtomicU64,
     counters: Arc<Counters>,
@@ -78,6 +80,7 @@ impl<R> Link<R> {
             queued: AtomicUsize::new(0),
             limit,
             closed: AtomicBool::new(false),
+            timers_set: AtomicBool::new(false),
             decoded: AtomicU64::new(0),
             counters,
             scheduler: Some(scheduler),
@@ -99,18 +102,28 @@ impl<R> Link<R> {
             queued: AtomicUsize::new(0),
             limit: 0,
             closed: AtomicBool::new(true),
+            timers_set: AtomicBool::new(false),
             decoded: AtomicU64::new(0),
             counters: Arc::default(),
             scheduler: None,
         }
     }
 
-    /// The connection ended: no push is accepted from now on.
+    /// The connection ended: no push is accepted from now on, and its timers are cancelled.
     pub fn close(&self) {
-        // Release: pairs with the Acquire load in `push`, so a pusher that sees the flag
-        // sees the connection's end (nothing else is published through it; Relaxed would
-        // do, but a closed connection should look closed to everyone at once).
-        self.closed.store(true, Ordering::Release);
+        // SeqCst, with `timers_set` and `Pusher::set_timer`: of the store here and the one
+        // there, one comes first in the single order of SeqCst operations, so either this
+        // sees the timer flag (and cancels what is set), or the pusher, which checks
+        // `closed` after adding its timer, sees this and cancels it. No timer outlives its
+        // connection. Pushes load it with Acquire (see `push`).
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if self.timers_set.load(Ordering::SeqCst) {
+            if let Some(scheduler) = &self.scheduler {
+                scheduler.cancel_owned(self.connection_id);
+            }
+        }
     }
 
     /// The connection has decoded `requests` requests (before handing any of them on).
@@ -250,8 +263,8 @@ impl<R: Send + 'static> Pusher<R> {
     }
 
     /// Runs `f` once, after `delay`, on a worker thread (where it may block), unless the
-    /// connection has ended by then: a heartbeat, a per-session deadline. The returned
-    /// [`Timer`] cancels it.
+    /// connection has ended by then (its end cancels it): a heartbeat, a per-session
+    /// deadline. The returned [`Timer`] cancels it.
     pub fn after<F>(&self, delay: Duration, f: F) -> Timer
     where
         F: FnOnce(&Pusher<R>) + Send + 'static,
@@ -262,10 +275,7 @@ impl<R: Send + 'static> Pusher<R> {
                 f(&pusher);
             }
         });
-        match &self.link.scheduler {
-            Some(scheduler) => scheduler.after(delay, job),
-            None => Timer::inert(),
-        }
+        self.set_timer(|scheduler, owner| scheduler.after(delay, job, owner))
     }
 
     /// Runs `f` every `period` (the first run one period from now), on a worker thread,
@@ -283,10 +293,25 @@ impl<R: Send + 'static> Pusher<R> {
             f(&pusher);
             true
         });
-        match &self.link.scheduler {
-            Some(scheduler) => scheduler.every(period, task),
-            None => Timer::inert(),
+        self.set_timer(|scheduler, owner| scheduler.every(period, task, owner))
+    }
+
+    /// Sets a timer owned by this connection: cancelled when it ends, even if that end
+    /// races with the setting (see `Link::close`).
+    fn set_timer(&self, set: impl FnOnce(&Arc<Scheduler>, Option<u64>) -> Timer) -> Timer {
+        let link = &*self.link;
+        let Some(scheduler) = &link.scheduler else {
+            return Timer::inert();
+        };
+        if link.closed.load(Ordering::Acquire) {
+            return Timer::inert();
         }
+        link.timers_set.store(true, Ordering::SeqCst);
+        let timer = set(scheduler, Some(link.connection_id));
+        if link.closed.load(Ordering::SeqCst) {
+            timer.cancel();
+        }
+        timer
     }
 }
 

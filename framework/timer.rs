@@ -4,7 +4,7 @@
 //! No thread per timer, and none at all for a server that sets none.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +46,10 @@ enum Entry {
 struct State {
     due: BinaryHeap<Reverse<(Instant, u64)>>,
     entries: HashMap<u64, Entry>,
+    /// The pending timers of each owner (a connection, by its id), so they can be
+    /// cancelled together when it ends, and the owner of each.
+    owned: HashMap<u64, HashSet<u64>>,
+    owner_of: HashMap<u64, u64>,
     next_id: u64,
     thread: Option<JoinHandle<()>>,
     stopped: bool,
@@ -81,25 +85,23 @@ impl Scheduler {
         *lock(&self.runner) = Some(runner);
     }
 
-    /// Runs `job` once after `delay`.
-    pub fn after(self: &Arc<Self>, delay: Duration, job: Job) -> Timer {
-        self.add(delay, Entry::Once(job))
+    /// Runs `job` once after `delay`; `owner`'s timers can be cancelled together.
+    pub fn after(self: &Arc<Self>, delay: Duration, job: Job, owner: Option<u64>) -> Timer {
+        self.add(delay, Entry::Once(job), owner)
     }
 
     /// Runs `task` every `period` until it returns `false` or is cancelled.
-    pub fn every(self: &Arc<Self>, period: Duration, task: Task) -> Timer {
+    pub fn every(self: &Arc<Self>, period: Duration, task: Task, owner: Option<u64>) -> Timer {
         let period = period.max(Duration::from_millis(1));
-        self.add(
+        let periodic = Arc::new(Periodic {
+            task: Mutex::new(task),
+            done: AtomicBool::new(false),
             period,
-            Entry::Every(Arc::new(Periodic {
-                task: Mutex::new(task),
-                done: AtomicBool::new(false),
-                period,
-            })),
-        )
+        });
+        self.add(period, Entry::Every(periodic), owner)
     }
 
-    fn add(self: &Arc<Self>, delay: Duration, entry: Entry) -> Timer {
+    fn add(self: &Arc<Self>, delay: Duration, entry: Entry, owner: Option<u64>) -> Timer {
         let mut state = lock(&self.state);
         if state.stopped {
             return Timer::inert();
@@ -109,6 +111,10 @@ impl Scheduler {
         let at = clock::after(Instant::now(), delay);
         state.due.push(Reverse((at, id)));
         state.entries.insert(id, entry);
+        if let Some(owner) = owner {
+            state.owned.entry(owner).or_default().insert(id);
+            state.owner_of.insert(id, owner);
+        }
         Counters::add(&self.counters.user_timers, 1);
         if state.thread.is_none() {
             let scheduler = Arc::clone(self);
@@ -129,7 +135,7 @@ impl Scheduler {
     }
 
     fn cancel(&self, id: u64) -> bool {
-        let removed = lock(&self.state).entries.remove(&id);
+        let removed = remove(&mut lock(&self.state), id);
         if let Some(Entry::Every(periodic)) = &removed {
             periodic.done.store(true, Ordering::Relaxed);
         }
@@ -137,6 +143,24 @@ impl Scheduler {
             Counters::sub(&self.counters.user_timers, 1);
         }
         removed.is_some()
+    }
+
+    /// Cancels every pending timer of `owner` (a connection that ended), so its timers
+    /// hold no memory past it, however far off they were.
+    pub fn cancel_owned(&self, owner: u64) {
+        let mut state = lock(&self.state);
+        let Some(ids) = state.owned.remove(&owner) else {
+            return;
+        };
+        for id in ids {
+            state.owner_of.remove(&id);
+            if let Some(entry) = state.entries.remove(&id) {
+                if let Entry::Every(periodic) = entry {
+                    periodic.done.store(true, Ordering::Relaxed);
+                }
+                Counters::sub(&self.counters.user_timers, 1);
+            }
+        }
     }
 
     /// Stops the thread; timers not yet due never fire. Waits for the thread (unless called
@@ -148,6 +172,8 @@ impl Scheduler {
             let pending = state.entries.len() as u64;
             state.entries.clear();
             state.due.clear();
+            state.owned.clear();
+            state.owner_of.clear();
             Counters::sub(&self.counters.user_timers, pending);
             state.thread.take()
         };
@@ -209,7 +235,8 @@ impl Scheduler {
                 continue;
             }
             state.due.pop();
-            let job: Job = match state.entries.remove(&id) {
+            let owner = state.owner_of.get(&id).copied();
+            let job: Job = match remove(&mut state, id) {
                 // Cancelled.
                 None => continue,
                 Some(Entry::Once(job)) => {
@@ -227,6 +254,10 @@ impl Scheduler {
                     state
                         .entries
                         .insert(id, Entry::Every(Arc::clone(&periodic)));
+                    if let Some(owner) = owner {
+                        state.owned.entry(owner).or_default().insert(id);
+                        state.owner_of.insert(id, owner);
+                    }
                     Box::new(move || {
                         // A run still going makes this one skip.
                         if let Ok(mut task) = periodic.task.try_lock() {
@@ -248,6 +279,20 @@ impl Scheduler {
             state = self.hand_over(fenced);
         }
     }
+}
+
+/// Takes timer `id` out of `state`, with its owner's record of it.
+fn remove(state: &mut State, id: u64) -> Option<Entry> {
+    let entry = state.entries.remove(&id)?;
+    if let Some(owner) = state.owner_of.remove(&id) {
+        if let Some(ids) = state.owned.get_mut(&owner) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                state.owned.remove(&owner);
+            }
+        }
+    }
+    Some(entry)
 }
 
 /// A timer set with [`Pusher::after`](crate::Pusher::after),

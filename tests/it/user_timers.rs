@@ -105,6 +105,27 @@ fn a_pushers_one_shot_timer_pushes_to_its_connection() {
     server.shutdown();
 }
 
+/// Regression: a connection's timer an hour away outlived the connection (holding its
+/// closure and pusher until due), so sessions that each set one piled timers up as
+/// connections came and went. A connection's end now cancels its timers.
+#[test]
+fn a_connections_far_off_timer_goes_when_the_connection_does() {
+    let server = start("ut-someday", 2);
+    for _ in 0..3 {
+        let mut client = client(&server);
+        common::round_trip(&mut client, b"someday\n", b"someday\n");
+        drop(client);
+    }
+    assert!(server.stats().user_timers <= 3);
+    let stats = wait_for_stats(
+        &server,
+        "the hour-away timers gone with their connections",
+        |s| s.user_timers == 0 && s.connections_closed == 3,
+    );
+    assert_eq!(stats.connections_open, 0, "{stats:#?}");
+    server.shutdown();
+}
+
 #[test]
 fn a_pushers_periodic_timer_ticks_until_its_connection_ends() {
     let server = start("ut-every", 2);
