@@ -128,8 +128,9 @@ struct Session {
     name: Option<Vec<u8>>,
     /// Since MULTI, until EXEC or DISCARD.
     multi: Option<Transaction>,
-    /// Its channels and patterns.
-    subscriber: Subscriber,
+    /// Its channels and patterns (boxed: the session travels with every batch, and most
+    /// connections never subscribe).
+    subscriber: Box<Subscriber>,
 }
 
 const NOAUTH: &str = "NOAUTH Authentication required.";
@@ -388,7 +389,7 @@ impl Handler for Kv {
             authenticated: self.password.is_none(),
             name: None,
             multi: None,
-            subscriber: Subscriber::default(),
+            subscriber: Box::default(),
         }
     }
 
