@@ -74,9 +74,13 @@
 
 mod chart;
 mod client;
+mod downloads;
+mod fanout;
 mod load;
 mod loadgen;
+mod procfs;
 mod protocols;
+mod pubsub;
 mod report;
 mod runner;
 mod schedule;
@@ -412,6 +416,37 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
             })
             .filter(|(_, servers)| !servers.is_empty())
             .collect();
+    let keep = |label: String| {
+        opts.filter
+            .as_ref()
+            .is_none_or(|f| matches_filter(&label, f))
+    };
+    let download_plan: Vec<(downloads::DownloadScenario, Vec<&'static str>)> =
+        downloads::matrix(opts.quick)
+            .into_iter()
+            .map(|s| {
+                let servers: Vec<&'static str> = s
+                    .servers()
+                    .into_iter()
+                    .filter(|v| keep(s.label(v)))
+                    .collect();
+                (s, servers)
+            })
+            .filter(|(_, servers)| !servers.is_empty())
+            .collect();
+    let fanout_plan: Vec<(fanout::FanoutScenario, Vec<&'static str>)> =
+        fanout::matrix(opts.duration, opts.warmup)
+            .into_iter()
+            .map(|s| {
+                let servers: Vec<&'static str> = s
+                    .servers()
+                    .into_iter()
+                    .filter(|v| keep(s.label(v)))
+                    .collect();
+                (s, servers)
+            })
+            .filter(|(_, servers)| !servers.is_empty())
+            .collect();
     if opts.list {
         for (s, kinds) in &plan {
             for &k in kinds {
@@ -423,9 +458,23 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
                 println!("{}", s.label(server));
             }
         }
+        for (s, servers) in &download_plan {
+            for server in servers {
+                println!("{}", s.label(server));
+            }
+        }
+        for (s, servers) in &fanout_plan {
+            for server in servers {
+                println!("{}", s.label(server));
+            }
+        }
         return Ok(());
     }
-    if plan.is_empty() && proto_plan.is_empty() {
+    if plan.is_empty()
+        && proto_plan.is_empty()
+        && download_plan.is_empty()
+        && fanout_plan.is_empty()
+    {
         return Err(format!("no scenario matches {:?}; see --list", opts.filter));
     }
     // The example binaries this run starts, built once before the first run.
@@ -436,18 +485,24 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
     {
         examples.push("echo_server");
     }
-    for (_, servers) in &proto_plan {
-        for server in servers {
-            if protocols::is_example(server) && !examples.contains(server) {
-                examples.push(server);
-            }
+    let servers = proto_plan
+        .iter()
+        .flat_map(|(_, servers)| servers)
+        .chain(download_plan.iter().flat_map(|(_, servers)| servers))
+        .chain(fanout_plan.iter().flat_map(|(_, servers)| servers));
+    for server in servers {
+        if protocols::is_example(server) && !examples.contains(server) {
+            examples.push(server);
         }
     }
     if !examples.is_empty() {
         runner::build_examples(&examples).map_err(|e| e.to_string())?;
     }
     let total: usize = plan.iter().map(|(_, k)| k.len() * opts.runs).sum();
-    let proto_total: usize = proto_plan.iter().map(|(_, s)| s.len()).sum();
+    let proto_total: usize = proto_plan.iter().map(|(_, s)| s.len()).sum::<usize>()
+        + (download_plan.iter().map(|(_, s)| s.len()).sum::<usize>()
+            + fanout_plan.iter().map(|(_, s)| s.len()).sum::<usize>())
+            * opts.runs;
     for (s, _) in &plan {
         let threads = label(s, Kind::Threads);
         if s.is_hold()
@@ -565,14 +620,21 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
     }
     report::set_tokio_ratios(&mut outcomes);
     let dir = target_dir().join("bench");
-    let (protocol_runs, protocols_skipped) = protocols::run_all(
-        &proto_plan,
-        &protocols::ProtoSettings {
-            reactors: opts.reactors,
-            workers: opts.workers,
-            threads: opts.threads,
-            dir: dir.join("protocols"),
-        },
+    let proto_settings = |name: &str| protocols::ProtoSettings {
+        reactors: opts.reactors,
+        workers: opts.workers,
+        threads: opts.threads,
+        dir: dir.join(name),
+    };
+    let (protocol_runs, protocols_skipped) =
+        protocols::run_all(&proto_plan, &proto_settings("protocols"));
+    let (downloads, downloads_skipped) =
+        downloads::run_all(&download_plan, &proto_settings("downloads"), opts.runs);
+    let (fanout, fanout_skipped) = fanout::run_all(
+        &fanout_plan,
+        &proto_settings("fanout"),
+        opts.client_threads,
+        opts.runs,
     );
     let report = Report {
         settings: Settings {
@@ -596,12 +658,21 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
         outcomes,
         protocols: protocol_runs,
         protocols_skipped,
+        downloads,
+        downloads_skipped,
+        fanout,
+        fanout_skipped,
     };
     print!("{}", report::table(&report.outcomes));
     print!(
         "{}",
         protocols::text(&report.protocols, &report.protocols_skipped)
     );
+    print!(
+        "{}",
+        downloads::text(&report.downloads, &report.downloads_skipped)
+    );
+    print!("{}", fanout::text(&report.fanout, &report.fanout_skipped));
     report::write_files(&dir, &report).map_err(|e| format!("{}: {e}", dir.display()))?;
     let svg = dir.join("throughput.svg");
     match chart::draw(&svg, &report.outcomes) {
