@@ -15,16 +15,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The one list of what the tests (and the benchmark) drive, as command:Debian-package.
-# The protocol examples are tested with real clients nobody here wrote: curl, wrk and ab
-# against http_hello; redis-cli and redis-benchmark against kv_server, redis-server beside it
-# (the differential test); swaks and python3's smtplib against smtp_server. The benchmark
-# compares kv_server with redis-server and http_hello with nginx (it skips a peer that is
-# missing). Over TLS and Unix sockets: openssl (the CLI makes the test certificates;
-# s_client), socat, OpenBSD netcat (`nc -U`), python3's ssl, and Perl's Net::SSLeay for
-# swaks's TLS. Deployment: a real haproxy in front of two echo servers,
-# systemd-socket-activate, and flock(1) on a Unix socket's lock file.
+# The protocol examples are tested with real clients nobody here wrote: curl, wget, wrk and ab
+# against http_hello (its downloads checked with sha256sum); redis-cli and redis-benchmark
+# against kv_server, redis-server beside it (the differential test); swaks and python3's
+# smtplib against smtp_server. The benchmark compares kv_server with redis-server and
+# http_hello with nginx (it skips a peer that is missing). Over TLS and Unix sockets: openssl
+# (the CLI makes the test certificates; s_client), socat, OpenBSD netcat (`nc -U`), python3's
+# ssl, and Perl's Net::SSLeay for swaks's TLS. Deployment: a real haproxy in front of two echo
+# servers, systemd-socket-activate, and flock(1) on a Unix socket's lock file.
 TOOLS=(
   curl:curl
+  wget:wget
+  sha256sum:coreutils
   wrk:wrk
   ab:apache2-utils
   redis-cli:redis-tools

@@ -16,7 +16,7 @@ impl Server {
     fn start() -> Self {
         let addr: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
         Server(Some(
-            http_hello::start(addr, None, None).expect("start http_hello"),
+            http_hello::start(addr, None, None, None).expect("start http_hello"),
         ))
     }
 

@@ -46,6 +46,7 @@ mod handler_panic;
 mod haproxy;
 mod hardening_regressions;
 mod http_hello_clients;
+mod http_hello_files;
 mod http_hello_regressions;
 mod inline_handler;
 mod kv_server_clients;
