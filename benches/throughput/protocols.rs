@@ -105,6 +105,16 @@ impl ProtoScenario {
     }
 }
 
+impl crate::ServerPair for ProtoScenario {
+    fn servers(&self) -> [&'static str; 2] {
+        ProtoScenario::servers(self)
+    }
+
+    fn label(&self, server: &str) -> String {
+        ProtoScenario::label(self, server)
+    }
+}
+
 /// The protocol scenarios of a mode: full about a minute, quick a few seconds.
 /// `duration_s` is wrk's `-d` (the bench's `--duration`, at least 1 s).
 pub fn matrix(quick: bool, duration_s: u64) -> Vec<ProtoScenario> {

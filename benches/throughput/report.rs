@@ -579,7 +579,7 @@ pub fn markdown(report: &Report) -> String {
         );
     }
     crate::protocols::markdown(&report.protocols, &report.protocols_skipped, s, &mut md);
-    crate::downloads::markdown(&report.downloads, &report.downloads_skipped, s, &mut md);
+    crate::download_report::markdown(&report.downloads, &report.downloads_skipped, s, &mut md);
     crate::fanout::markdown(&report.fanout, &report.fanout_skipped, s, &mut md);
     if !report.outcomes.is_empty() {
         let unit = if hs_rows.is_empty() {
