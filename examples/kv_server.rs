@@ -10,14 +10,21 @@
 //! printf 'CLIENT SETNAME me\nCLIENT GETNAME\n' | redis-cli -p 6380
 //! redis-benchmark -p 6380 -t ping,set,get,incr,mset -q
 //! printf 'PING\r\n' | nc -q 1 127.0.0.1 6380            # inline commands work too
+//! redis-cli -p 6380 SUBSCRIBE news                      # then, from another terminal:
+//! redis-cli -p 6380 PUBLISH news hello                  # prints 1: one receiver
+//! redis-cli -p 6380 PSUBSCRIBE 'news.*'                 # glob patterns, as redis's
 //! ```
 //!
 //! Flags: `--addr` (default `127.0.0.1:6380`), `--workers N`, `--requirepass PASS` (every
-//! connection must `AUTH PASS`, or `AUTH default PASS`, first; empty: no password).
+//! connection must `AUTH PASS`, or `AUTH default PASS`, first; empty: no password),
+//! `--timeout SECS` (redis's `timeout`: close a connection idle that long, subscribers
+//! excepted; default 0, never), `--push-limit N` (messages a subscriber may have waiting to
+//! be written before it is closed; default 1,024).
 //!
 //! Commands: PING, ECHO, SET (EX, PX), GET, DEL, EXISTS, INCR, MGET, MSET, COMMAND, CONFIG GET
-//! (what redis-benchmark asks at start), QUIT, and per connection: SELECT (databases 0 to
-//! 15), AUTH, MULTI / EXEC / DISCARD, CLIENT SETNAME / GETNAME. A wrong type, arity or syntax
+//! (what redis-benchmark asks at start), QUIT, RESET, PUBLISH, PUBSUB CHANNELS / NUMSUB /
+//! NUMPAT, and per connection: SELECT (databases 0 to 15), AUTH, MULTI / EXEC / DISCARD,
+//! CLIENT SETNAME / GETNAME, (P)SUBSCRIBE and (P)UNSUBSCRIBE. A wrong type, arity or syntax
 //! and an unknown command get an `-ERR` reply and the connection stays open; a protocol
 //! violation gets an error reply, then a clean close. The data is shared by every worker,
 //! behind sharded locks (`support/kv_store.rs`).
@@ -53,15 +60,39 @@
 //! and the key is left as it was; any other is kept, however far (`EX 4294967296` is 136
 //! years). One too far ahead for the platform's `Instant` never comes: on Linux, every valid
 //! expiry fits.
+//!
+//! **Pub/sub** (`support/pubsub.rs`) answers as redis-server 7 does in RESP2: one
+//! `subscribe` (`psubscribe`, ...) confirmation per channel with the connection's count of
+//! channels and patterns; a message as `message channel payload`, or `pmessage pattern
+//! channel payload` for a pattern subscription (a connection subscribed to the channel and
+//! to a matching pattern gets both, and PUBLISH counts it twice); UNSUBSCRIBE with no
+//! channel undoes every one (in sorted order; redis-server's is its hash table's), or
+//! answers `unsubscribe nil count` when there is none. While a connection has a
+//! subscription it is in subscribed mode: only (P)SUBSCRIBE, (P)UNSUBSCRIBE, PING (which
+//! answers `pong message`), QUIT and RESET run, anything else gets redis-server's `Can't
+//! execute` error; and the idle timeout spares it (restored when its last subscription
+//! goes). Messages are pushed to the subscriber's connection (`Pusher::push`) after the
+//! replies it owes. **A subscriber that does not read** is closed once `--push-limit`
+//! messages wait for it, as redis-server closes a pub/sub client past its
+//! `client-output-buffer-limit`; PUBLISH still counts it. A transaction may subscribe
+//! (MULTI, SUBSCRIBE, EXEC), as in redis-server, with two differences in bytes: EXEC's
+//! array holds one reply per channel where redis-server's header counts one per command,
+//! and a message the transaction publishes to itself follows EXEC's reply instead of
+//! sitting inside it.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[path = "support/allocator.rs"]
 mod allocator;
+#[path = "support/kv_commands.rs"]
+mod kv_commands;
 #[path = "support/kv_store.rs"]
 mod kv_store;
 #[path = "support/protocol_main.rs"]
 mod protocol_main;
+#[path = "support/pubsub.rs"]
+mod pubsub;
 #[path = "support/resp.rs"]
 mod resp;
 #[path = "support/shutdown.rs"]
@@ -69,127 +100,11 @@ mod shutdown;
 #[path = "support/transport.rs"]
 pub mod transport;
 
+use kv_commands::{allowed_when_subscribed, arity_of, command, full_name, Cmd, Flow, Run};
 use kv_store::{Db, Keys, Store, DATABASES};
-use reactor_pool::{Context, Handler, Replies};
-use resp::{arity, error, parse_int, RespCodec, Value, MAX_BULK, MAX_INLINE, NOT_AN_INTEGER};
-
-/// Commands about the connection's transaction or its end: never queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
-    Multi,
-    Exec,
-    Discard,
-    Quit,
-}
-
-/// Commands that run now, or at EXEC when queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Run {
-    Ping,
-    Echo,
-    Get,
-    Set,
-    Del,
-    Exists,
-    Incr,
-    MGet,
-    MSet,
-    Command,
-    Config,
-    Auth,
-    Select,
-    ClientSetName,
-    ClientGetName,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cmd {
-    Flow(Flow),
-    Run(Run),
-}
-
-/// Whether `argc` (the name included) fits `arity`, redis-server's convention: `n` exactly
-/// n, `-n` at least n.
-fn fits(argc: usize, arity: i32) -> bool {
-    match usize::try_from(arity) {
-        Ok(exact) => argc == exact,
-        Err(_) => argc >= arity.unsigned_abs() as usize,
-    }
-}
-
-/// `name` in upper case, if it is short enough to be a command (no allocation).
-fn upper<'b>(name: &[u8], buf: &'b mut [u8; 16]) -> &'b [u8] {
-    if name.len() > buf.len() {
-        return &[];
-    }
-    let buf = &mut buf[..name.len()];
-    buf.copy_from_slice(name);
-    buf.make_ascii_uppercase();
-    buf
-}
-
-/// The command `args` names, if it exists and has a number of arguments it can take: what
-/// redis-server checks before `NOAUTH` and before queueing. Other argument errors are the
-/// command's own, met when it runs.
-fn command(args: &[Vec<u8>]) -> Result<Cmd, Value> {
-    use {Flow::*, Run::*};
-    let mut buf = [0u8; 16];
-    let (cmd, arity) = match upper(&args[0], &mut buf) {
-        b"PING" => (Cmd::Run(Ping), -1),
-        b"ECHO" => (Cmd::Run(Echo), 2),
-        b"GET" => (Cmd::Run(Get), 2),
-        b"SET" => (Cmd::Run(Set), -3),
-        b"DEL" => (Cmd::Run(Del), -2),
-        b"EXISTS" => (Cmd::Run(Exists), -2),
-        b"INCR" => (Cmd::Run(Incr), 2),
-        b"MGET" => (Cmd::Run(MGet), -2),
-        b"MSET" => (Cmd::Run(MSet), -3),
-        b"COMMAND" => (Cmd::Run(Command), -1),
-        b"CONFIG" => (Cmd::Run(Config), -2),
-        b"AUTH" => (Cmd::Run(Auth), -2),
-        b"SELECT" => (Cmd::Run(Select), 2),
-        b"CLIENT" => return client_command(args),
-        b"MULTI" => (Cmd::Flow(Multi), 1),
-        b"EXEC" => (Cmd::Flow(Exec), 1),
-        b"DISCARD" => (Cmd::Flow(Discard), 1),
-        b"QUIT" => (Cmd::Flow(Quit), -1),
-        _ => {
-            let name = String::from_utf8_lossy(&args[0]);
-            return Err(error(format!("ERR unknown command '{name}'")));
-        }
-    };
-    if !fits(args.len(), arity) {
-        return Err(arity_of(&args[0]));
-    }
-    Ok(cmd)
-}
-
-fn arity_of(name: &[u8]) -> Value {
-    arity(&String::from_utf8_lossy(name))
-}
-
-/// `CLIENT SETNAME name` and `CLIENT GETNAME`.
-fn client_command(args: &[Vec<u8>]) -> Result<Cmd, Value> {
-    let Some(sub) = args.get(1) else {
-        return Err(arity_of(&args[0]));
-    };
-    let mut buf = [0u8; 16];
-    let (run, argc) = match upper(sub, &mut buf) {
-        b"SETNAME" => (Run::ClientSetName, 3),
-        b"GETNAME" => (Run::ClientGetName, 2),
-        _ => {
-            let sub = String::from_utf8_lossy(sub);
-            return Err(error(format!(
-                "ERR unknown subcommand '{sub}'. Try CLIENT HELP."
-            )));
-        }
-    };
-    if args.len() != argc {
-        let name = String::from_utf8_lossy(&args[0]);
-        return Err(arity(&format!("{name}|{}", String::from_utf8_lossy(sub))));
-    }
-    Ok(Cmd::Run(run))
-}
+use pubsub::{Hub, Subscriber};
+use reactor_pool::{CloseReason, Context, Handler, Replies};
+use resp::{error, parse_int, RespCodec, Value, MAX_BULK, MAX_INLINE, NOT_AN_INTEGER};
 
 /// Commands queued after MULTI.
 #[derive(Debug, Default)]
@@ -210,6 +125,8 @@ struct Session {
     name: Option<Vec<u8>>,
     /// Since MULTI, until EXEC or DISCARD.
     multi: Option<Transaction>,
+    /// Its channels and patterns.
+    subscriber: Subscriber,
 }
 
 const NOAUTH: &str = "NOAUTH Authentication required.";
@@ -226,6 +143,9 @@ struct Kv {
     store: Store,
     /// `--requirepass`'s.
     password: Option<Vec<u8>>,
+    hub: Hub,
+    /// `--timeout`'s: the idle timeout of a connection that subscribes to nothing.
+    idle_timeout: Option<Duration>,
 }
 
 impl Kv {
@@ -236,49 +156,84 @@ impl Kv {
         cmd: Cmd,
         args: Vec<Vec<u8>>,
         replies: &mut Replies<Value>,
-    ) -> Value {
-        if !session.authenticated {
-            match cmd {
-                Cmd::Run(Run::Auth) | Cmd::Flow(Flow::Quit) => {}
-                // redis-server words a refused EXEC this way.
-                Cmd::Flow(Flow::Exec) => {
-                    return error(format!(
-                        "EXECABORT Transaction discarded because of: {NOAUTH}"
-                    ))
-                }
-                _ => return error(NOAUTH),
-            }
+    ) {
+        match self.admit(session, cmd, args, replies) {
+            Ok((run, args)) => match self.subscription(session, run, &args, replies) {
+                Some(confirmations) => confirmations.into_iter().for_each(|c| replies.send(c)),
+                None => replies.send(self.run(session, &mut &self.store, run, &args)),
+            },
+            Err(reply) => replies.send(reply),
         }
-        let run = match (cmd, &mut session.multi) {
+    }
+
+    /// What a known command does before it runs: refused (NOAUTH, or not in subscribed
+    /// mode), queued, or a transaction's or the connection's own command, all answered
+    /// with `Err(reply)`; `Ok` hands back a command to run now.
+    fn admit(
+        &self,
+        session: &mut Session,
+        cmd: Cmd,
+        args: Vec<Vec<u8>>,
+        replies: &mut Replies<Value>,
+    ) -> Result<(Run, Vec<Vec<u8>>), Value> {
+        if cmd == Cmd::Flow(Flow::Reset) {
+            // Needs no AUTH, is never queued, and is allowed in subscribed mode.
+            self.reset(session);
+            return Err(Value::Simple("RESET"));
+        }
+        let refused = if !session.authenticated
+            && !matches!(cmd, Cmd::Run(Run::Auth) | Cmd::Flow(Flow::Quit))
+        {
+            Some((error(NOAUTH), NOAUTH.to_string()))
+        } else if session.subscriber.is_subscribed() && !allowed_when_subscribed(cmd) {
+            let why = format!(
+                "Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / \
+                 RESET are allowed in this context",
+                full_name(&args)
+            );
+            Some((error(format!("ERR {why}")), why))
+        } else {
+            None
+        };
+        if let Some((reply, why)) = refused {
+            // redis-server words a refused EXEC this way.
+            return Err(match cmd {
+                Cmd::Flow(Flow::Exec) => {
+                    error(format!("EXECABORT Transaction discarded because of: {why}"))
+                }
+                _ => reply,
+            });
+        }
+        Err(match (cmd, &mut session.multi) {
             // Not queued: it ends the connection, and the transaction with it.
             (Cmd::Flow(Flow::Quit), _) => {
                 replies.close();
-                return Value::Simple("OK");
+                Value::Simple("OK")
             }
-            (Cmd::Flow(Flow::Multi), Some(_)) => return error("ERR MULTI calls can not be nested"),
+            (Cmd::Flow(Flow::Reset), _) => unreachable!("answered above"),
+            (Cmd::Flow(Flow::Multi), Some(_)) => error("ERR MULTI calls can not be nested"),
             (Cmd::Flow(Flow::Multi), None) => {
                 session.multi = Some(Transaction::default());
-                return Value::Simple("OK");
+                Value::Simple("OK")
             }
-            (Cmd::Flow(Flow::Discard), None) => return error("ERR DISCARD without MULTI"),
+            (Cmd::Flow(Flow::Discard), None) => error("ERR DISCARD without MULTI"),
             (Cmd::Flow(Flow::Discard), Some(_)) => {
                 session.multi = None;
-                return Value::Simple("OK");
+                Value::Simple("OK")
             }
-            (Cmd::Flow(Flow::Exec), None) => return error("ERR EXEC without MULTI"),
-            (Cmd::Flow(Flow::Exec), Some(_)) => return self.exec(session),
+            (Cmd::Flow(Flow::Exec), None) => error("ERR EXEC without MULTI"),
+            (Cmd::Flow(Flow::Exec), Some(_)) => self.exec(session, replies),
             (Cmd::Run(run), Some(transaction)) => {
                 transaction.queued.push((run, args));
-                return Value::Simple("QUEUED");
+                Value::Simple("QUEUED")
             }
-            (Cmd::Run(run), None) => run,
-        };
-        self.run(session, &mut &self.store, run, &args)
+            (Cmd::Run(run), None) => return Ok((run, args)),
+        })
     }
 
     /// Runs the transaction's commands with every shard locked: no other connection's
-    /// command runs between them.
-    fn exec(&self, session: &mut Session) -> Value {
+    /// command runs between them. A (P)(UN)SUBSCRIBE adds one reply per channel.
+    fn exec(&self, session: &mut Session, replies: &mut Replies<Value>) -> Value {
         let Some(transaction) = session.multi.take() else {
             return error("ERR EXEC without MULTI");
         };
@@ -286,12 +241,40 @@ impl Kv {
             return error("EXECABORT Transaction discarded because of previous errors.");
         }
         let mut all = self.store.lock_all();
-        let replies = transaction
-            .queued
-            .into_iter()
-            .map(|(run, args)| self.run(session, &mut all, run, &args))
-            .collect();
-        Value::Array(replies)
+        let mut results = Vec::with_capacity(transaction.queued.len());
+        for (run, args) in transaction.queued {
+            match self.subscription(session, run, &args, replies) {
+                Some(confirmations) => results.extend(confirmations),
+                None => results.push(self.run(session, &mut all, run, &args)),
+            }
+        }
+        Value::Array(results)
+    }
+
+    /// (P)SUBSCRIBE and (P)UNSUBSCRIBE, which answer once per channel; `None` for other
+    /// commands.
+    fn subscription(
+        &self,
+        session: &mut Session,
+        run: Run,
+        args: &[Vec<u8>],
+        replies: &mut Replies<Value>,
+    ) -> Option<Vec<Value>> {
+        let subscriber = &mut session.subscriber;
+        match run {
+            Run::Subscribe(kind) => Some(self.hub.subscribe(subscriber, kind, &args[1..], replies)),
+            Run::Unsubscribe(kind) => Some(self.hub.unsubscribe(subscriber, kind, &args[1..])),
+            _ => None,
+        }
+    }
+
+    /// RESET: the connection as it was when it connected, its subscriptions gone.
+    fn reset(&self, session: &mut Session) {
+        self.hub.leave(&mut session.subscriber);
+        session.db = 0;
+        session.authenticated = self.password.is_none();
+        session.name = None;
+        session.multi = None;
     }
 
     /// Runs one command on the keys `keys` reaches.
@@ -305,9 +288,12 @@ impl Kv {
         let mut db = Db::new(keys, session.db);
         let rest = &args[1..];
         match run {
-            Run::Ping => match rest {
-                [] => Value::Simple("PONG"),
-                [message] => Value::Bulk(Some(message.clone())),
+            // In subscribed mode, redis-server's PING answers like a message.
+            Run::Ping => match (rest, session.subscriber.is_subscribed()) {
+                ([], false) => Value::Simple("PONG"),
+                ([message], false) => Value::Bulk(Some(message.clone())),
+                ([], true) => pong(b""),
+                ([message], true) => pong(message),
                 _ => arity_of(&args[0]),
             },
             Run::Echo => Value::Bulk(Some(rest[0].clone())),
@@ -350,6 +336,19 @@ impl Kv {
                 Value::Simple("OK")
             }
             Run::ClientGetName => Value::Bulk(session.name.clone()),
+            Run::Publish => Value::Integer(self.hub.publish(&rest[0], &rest[1])),
+            Run::PubSubChannels => match rest {
+                [_] => self.hub.channels(None),
+                [_, pattern] => self.hub.channels(Some(pattern)),
+                _ => error(format!(
+                    "ERR unknown subcommand or wrong number of arguments for '{}'. \
+                     Try PUBSUB HELP.",
+                    String::from_utf8_lossy(&rest[0])
+                )),
+            },
+            Run::PubSubNumSub => self.hub.numsub(&rest[1..]),
+            Run::PubSubNumPat => self.hub.numpat(),
+            Run::Subscribe(_) | Run::Unsubscribe(_) => unreachable!("Kv::subscription's"),
         }
     }
 
@@ -386,6 +385,7 @@ impl Handler for Kv {
             authenticated: self.password.is_none(),
             name: None,
             multi: None,
+            subscriber: Subscriber::default(),
         }
     }
 
@@ -396,7 +396,8 @@ impl Handler for Kv {
         _: &Context,
         replies: &mut Replies<Value>,
     ) {
-        let reply = match command(&args) {
+        let subscribed = session.subscriber.is_subscribed();
+        match command(&args) {
             Ok(cmd) => self.serve(session, cmd, args, replies),
             Err(refused) => {
                 // Unknown, or a wrong number of arguments: as redis-server, this discards
@@ -404,11 +405,42 @@ impl Handler for Kv {
                 if let Some(transaction) = &mut session.multi {
                     transaction.aborted = true;
                 }
-                refused
+                replies.send(refused);
             }
-        };
-        replies.send(reply);
+        }
+        // A subscriber waits for messages as long as it takes: redis-server's `timeout`
+        // spares it too.
+        match (subscribed, session.subscriber.is_subscribed()) {
+            (false, true) => replies.set_idle_timeout(None),
+            (true, false) => replies.set_idle_timeout(self.idle_timeout),
+            _ => {}
+        }
     }
+
+    fn close(&self, mut session: Session, _: &Context, _: CloseReason) {
+        self.hub.leave(&mut session.subscriber);
+    }
+}
+
+/// PING's answer in subscribed mode.
+fn pong(message: &[u8]) -> Value {
+    Value::Array(vec![
+        Value::Bulk(Some(b"pong".to_vec())),
+        Value::Bulk(Some(message.to_vec())),
+    ])
+}
+
+/// What kv_server's own flags set.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--requirepass`: every connection must `AUTH` with it first (none or empty: no
+    /// password), as with redis-server's `requirepass`.
+    pub password: Option<String>,
+    /// `--timeout`: the idle timeout of a connection without subscriptions (none: never).
+    pub timeout: Option<Duration>,
+    /// `--push-limit`: the messages a subscriber may have waiting before it is closed
+    /// (none: the framework's default, 1,024).
+    pub push_limit: Option<usize>,
 }
 
 /// Starts the server `main` runs on `addr` without a password: `workers` worker threads and
@@ -419,7 +451,7 @@ pub fn start(
     workers: Option<usize>,
     reactors: Option<usize>,
 ) -> std::io::Result<reactor_pool::ServerHandle> {
-    start_with_password(listen, workers, reactors, None)
+    start_with(listen, workers, reactors, Options::default())
 }
 
 /// [`start`], with every connection required to `AUTH` with `password` first when it is
@@ -430,17 +462,39 @@ pub fn start_with_password(
     reactors: Option<usize>,
     password: Option<String>,
 ) -> std::io::Result<reactor_pool::ServerHandle> {
-    let builder = listen
+    let options = Options {
+        password,
+        ..Options::default()
+    };
+    start_with(listen, workers, reactors, options)
+}
+
+/// [`start`], with the [`Options`] kv_server's flags set.
+pub fn start_with(
+    listen: impl Into<transport::Listen>,
+    workers: Option<usize>,
+    reactors: Option<usize>,
+    options: Options,
+) -> std::io::Result<reactor_pool::ServerHandle> {
+    let mut builder = listen
         .into()
         .builder()?
         .max_frame_size(MAX_BULK + MAX_INLINE)
         .max_connections(19_000)
         // redis-benchmark -P 16 pipelines 16 commands per connection.
         .max_in_flight_per_connection(64)
-        .idle_timeout(None);
+        .idle_timeout(options.timeout);
+    if let Some(limit) = options.push_limit {
+        builder = builder.push_limit(limit);
+    }
     let kv = Kv {
         store: Store::default(),
-        password: password.filter(|p| !p.is_empty()).map(String::into_bytes),
+        password: options
+            .password
+            .filter(|p| !p.is_empty())
+            .map(String::into_bytes),
+        hub: Hub::default(),
+        idle_timeout: options.timeout,
     };
     protocol_main::with_threads(builder, workers, reactors).start(RespCodec::default(), kv)
 }
@@ -450,9 +504,16 @@ fn main() -> ExitCode {
         "kv_server",
         "127.0.0.1:6380",
         ("", ""),
-        |args| args.opt_value_from_str("--requirepass"),
-        |listen, (workers, reactors), password| {
-            start_with_password(listen.clone(), workers, reactors, password)
+        |args| {
+            let timeout: Option<u64> = args.opt_value_from_str("--timeout")?;
+            Ok(Options {
+                password: args.opt_value_from_str("--requirepass")?,
+                timeout: timeout.filter(|&secs| secs > 0).map(Duration::from_secs),
+                push_limit: args.opt_value_from_str("--push-limit")?,
+            })
+        },
+        |listen, (workers, reactors), options| {
+            start_with(listen.clone(), workers, reactors, options)
         },
     )
 }

@@ -17,6 +17,7 @@
 // Helpers shared by the modules below.
 mod common;
 mod deploy_support;
+mod line_client;
 mod redis_client;
 mod smtp_support;
 
@@ -26,6 +27,9 @@ mod smtp_support;
 // it needs (examples/support/): here, three of them include shutdown.rs, transport.rs and
 // protocol_main.rs each, a module per example, which is what clippy::duplicate_mod
 // (allowed at the top) flags.
+#[allow(dead_code)]
+#[path = "../../examples/chat_server.rs"]
+mod chat_server;
 #[allow(dead_code)]
 #[path = "../../examples/http_hello.rs"]
 mod http_hello;
@@ -37,6 +41,7 @@ mod backpressure;
 mod bad_input;
 mod batch_scheduling;
 mod blocked_handler_isolation;
+mod chat_server_clients;
 mod client_close_eof;
 mod close_barrier;
 mod codec_splits;
@@ -51,6 +56,7 @@ mod http_hello_regressions;
 mod inline_handler;
 mod kv_server_clients;
 mod kv_server_differential;
+mod kv_server_pubsub;
 mod kv_server_sessions;
 mod large_stream_echo;
 mod late_reply_dropped;
