@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::downloads::{DownloadOutcome, DOWNLOADS, FILES_URL_PREFIX, FILE_NAME};
 use crate::ServerPair;
 
-const HEADERS: [&str; 13] = [
+const HEADERS: [&str; 12] = [
     "scenario",
     "server",
     "MB/s",
@@ -17,7 +17,6 @@ const HEADERS: [&str; 13] = [
     "per process MiB",
     "ctx sw/download",
     "srv CPU s",
-    "irq CPU s",
     "bg CPU s",
     "vs nginx (paired)",
 ];
@@ -66,7 +65,6 @@ fn rows(outcomes: &[DownloadOutcome]) -> Vec<Vec<String>> {
                 per_process,
                 format!("{:.0}", m.ctx_per_download),
                 format!("{:.2}", m.server_cpu_s),
-                format!("{:.2}", m.irq_cpu_s),
                 format!("{:.2}", m.background_cpu_s),
                 ratio,
             ]);
@@ -141,8 +139,7 @@ pub fn markdown(
              each); **per process**: nginx's master + workers in the median round.\n\
              - **ctx sw/download**: the server's voluntary + involuntary context switches \
              during the downloads (its live threads), per download; **srv CPU s**, **bg CPU \
-             s**: as in the first table; **irq CPU s**: the machine's interrupt and softirq \
-             time (loopback TCP's receive path, charged to no process, so not in bg); **vs nginx (paired)**: median MB/s over nginx's \
+             s**: as in the first table; **vs nginx (paired)**: median MB/s over nginx's \
              (the median of the per-round ratios).\n",
         );
     }

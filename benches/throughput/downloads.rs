@@ -113,9 +113,6 @@ pub struct DownloadRun {
     pub client_cpu_s: f64,
     /// CPU time the rest of the machine used meanwhile.
     pub background_cpu_s: f64,
-    /// CPU time the machine spent in interrupts and softirqs meanwhile (loopback TCP's
-    /// receive path, charged to no process).
-    pub irq_cpu_s: f64,
 }
 
 /// One server in one scenario, over its rounds.
@@ -264,7 +261,7 @@ pub fn run_all(
                         run.round = round;
                         eprintln!(
                             "{prefix}: {:>7.0} MB/s  {}/{} complete  {:.2} s  RSS {:.1} MiB  \
-                             ctx/download {:.0}  CPU s: srv {:.2} cli {:.2} irq {:.2} bg {:.2}",
+                             ctx/download {:.0}  CPU s: srv {:.2} cli {:.2} bg {:.2}",
                             run.mb_per_s,
                             run.complete,
                             scenario.downloads,
@@ -273,7 +270,6 @@ pub fn run_all(
                             run.ctx_per_download,
                             run.server_cpu_s,
                             run.client_cpu_s,
-                            run.irq_cpu_s,
                             run.background_cpu_s
                         );
                         outcome.command = command;
@@ -477,7 +473,6 @@ fn run_one(
         server_cpu_s: after.server_cpu - before.server_cpu,
         client_cpu_s: after.client_cpu - before.client_cpu,
         background_cpu_s: before.background_s(&after),
-        irq_cpu_s: before.irq_s(&after),
     };
     Ok((command, run))
 }

@@ -83,9 +83,6 @@ pub struct FanoutRun {
     pub peak_rss_kib: u64,
     pub client_cpu_s: f64,
     pub background_cpu_s: f64,
-    /// CPU time the machine spent in interrupts and softirqs meanwhile (loopback TCP's
-    /// receive path, charged to no process).
-    pub irq_cpu_s: f64,
 }
 
 /// One server over its rounds.
@@ -160,7 +157,7 @@ pub fn run_all(
                         run.round = round;
                         eprintln!(
                             "{prefix}: {:>8.0} deliveries/s ({:.0} msg/s)  p99 {} us  lost {}  \
-                             errors {}  RSS {:.1} MiB  CPU s: srv {:.2} cli {:.2} irq {:.2} bg {:.2}  ({:.1} s)",
+                             errors {}  RSS {:.1} MiB  CPU s: srv {:.2} cli {:.2} bg {:.2}  ({:.1} s)",
                             run.delivered_per_s,
                             run.published_per_s,
                             run.p99_us,
@@ -169,7 +166,6 @@ pub fn run_all(
                             run.peak_rss_kib as f64 / 1024.0,
                             run.server_cpu_s,
                             run.client_cpu_s,
-                            run.irq_cpu_s,
                             run.background_cpu_s,
                             t.elapsed().as_secs_f64()
                         );
@@ -265,11 +261,10 @@ fn run_one(
         peak_rss_kib,
         client_cpu_s: after.client_cpu - before.client_cpu,
         background_cpu_s: before.background_s(&after),
-        irq_cpu_s: before.irq_s(&after),
     })
 }
 
-const HEADERS: [&str; 15] = [
+const HEADERS: [&str; 14] = [
     "scenario",
     "server",
     "deliveries/s",
@@ -280,7 +275,6 @@ const HEADERS: [&str; 15] = [
     "p99 min-max",
     "lost",
     "srv CPU s",
-    "irq CPU s",
     "bg CPU s",
     "peak RSS MiB",
     "vs redis",
@@ -314,7 +308,6 @@ fn rows(outcomes: &[FanoutOutcome]) -> Vec<Vec<String>> {
                 spread(&|r| r.p99_us as f64),
                 format!("{lost} of {}", published * o.scenario.subscribers as u64),
                 format!("{:.2}", m.server_cpu_s),
-                format!("{:.2}", m.irq_cpu_s),
                 format!("{:.2}", m.background_cpu_s),
                 format!(
                     "{:.1}",

@@ -4,7 +4,7 @@
 
 use std::fs;
 
-use crate::runner::{cpu_seconds, status_field};
+use crate::runner::{self, cpu_seconds, status_field};
 
 /// `pid` and its direct children (nginx's workers), `pid` first.
 pub fn process_tree(pid: u32) -> Vec<u32> {
@@ -74,53 +74,35 @@ pub struct Sample {
     pub server_ctx: u64,
     /// CPU seconds of this process and its reaped children (the clients).
     pub client_cpu: f64,
-    /// The machine's user + system + stolen CPU seconds (interrupts apart).
+    /// The machine's busy + stolen CPU seconds.
     pub machine: f64,
-    /// The machine's CPU seconds in interrupts and softirqs: on loopback, much of TCP's
-    /// receive path, which no process is charged for.
-    pub irq: f64,
 }
 
-/// (user + nice + system + steal, irq + softirq) CPU seconds of the machine so far.
-fn machine_cpu() -> (f64, f64) {
-    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .map(|t| t.parse().unwrap_or(0.0))
-        .collect();
-    // USER_HZ is 100 on every architecture this bench runs on (see runner.rs).
-    let at = |i: usize| ticks.get(i).copied().unwrap_or(0.0) / 100.0;
-    // user nice system idle iowait irq softirq steal
-    (at(0) + at(1) + at(2) + at(7), at(5) + at(6))
+/// The machine's busy (user, nice, system, irq, softirq) + stolen CPU seconds so far. This
+/// kernel accounts CPU time by ticks (no CONFIG_IRQ_TIME_ACCOUNTING): a softirq tick, such
+/// as loopback TCP's receive path, is charged to the process it interrupted as well, so
+/// busy - server - clients is the rest of the machine.
+fn machine_cpu() -> f64 {
+    let (busy, steal) = runner::machine_cpu();
+    busy + steal
 }
 
 impl Sample {
     pub fn take(pids: &[u32]) -> Sample {
-        let (machine, irq) = machine_cpu();
         Sample {
             server_cpu: pids.iter().map(|&p| cpu_s(p)).sum(),
             server_ctx: pids.iter().map(|&p| ctx_switches(p)).sum(),
             client_cpu: cpu_seconds("/proc/self/stat").unwrap_or(0.0) + reaped_children_cpu_s(),
-            machine,
-            irq,
+            machine: machine_cpu(),
         }
     }
 
     /// CPU seconds the rest of the machine used between `self` and `later`: other
-    /// processes and the hypervisor's steal (interrupts and softirqs apart: see `irq_s`).
+    /// processes, interrupts, the hypervisor's steal.
     pub fn background_s(&self, later: &Sample) -> f64 {
         ((later.machine - self.machine)
             - (later.server_cpu - self.server_cpu)
             - (later.client_cpu - self.client_cpu))
             .max(0.0)
-    }
-
-    /// CPU seconds in interrupts and softirqs between `self` and `later`.
-    pub fn irq_s(&self, later: &Sample) -> f64 {
-        (later.irq - self.irq).max(0.0)
     }
 }

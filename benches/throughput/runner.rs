@@ -295,7 +295,7 @@ pub fn cpu_seconds(path: &str) -> Option<f64> {
 }
 
 /// CPU time (busy, stolen) of the whole machine so far, in seconds, from /proc/stat.
-fn machine_cpu() -> (f64, f64) {
+pub fn machine_cpu() -> (f64, f64) {
     let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
     let ticks: Vec<f64> = stat
         .lines()
