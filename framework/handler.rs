@@ -1,7 +1,6 @@
 //! The user's code: a [`Handler`] opens a session per connection, serves that connection's
 //! requests in order with it, and closes it when the connection ends.
 
-use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -127,7 +126,16 @@ pub struct Replies<R> {
     /// that makes no pusher costs no reference count).
     pub(crate) link: Option<Arc<Link<R>>>,
     /// A new idle timeout for the connection, when the call set one.
-    pub(crate) idle_timeout: Option<Option<Duration>>,
+    pub(crate) idle_timeout: IdleTimeout,
+}
+
+/// What a call said about its connection's idle timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdleTimeout {
+    /// Nothing: it stays as it was.
+    Unchanged,
+    /// From now on this (`None`: never).
+    Set(Option<Duration>),
 }
 
 impl<R> fmt::Debug for Replies<R> {
@@ -145,7 +153,7 @@ impl<R> Replies<R> {
             responses: Few::new(),
             close: false,
             link,
-            idle_timeout: None,
+            idle_timeout: IdleTimeout::Unchanged,
         }
     }
 
@@ -188,7 +196,7 @@ impl<R> Replies<R> {
     /// `None` exempts it (a subscriber that only listens to pushes), `Some(d)` sets its own.
     /// Writing a push counts as activity either way.
     pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
-        self.idle_timeout = Some(timeout);
+        self.idle_timeout = IdleTimeout::Set(timeout);
     }
 }
 
@@ -336,16 +344,5 @@ where
 impl<F, Req, Resp> fmt::Debug for HandlerFn<F, Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("HandlerFn")
-    }
-}
-
-/// The message a panic in user code carried, for the log line that reports it.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "non-string panic payload"
     }
 }

@@ -50,6 +50,13 @@
 //! reactor's mailbox as soon as the call returns, waking the reactor only if it sleeps; the
 //! reactor puts them in request order, encodes them ([`Codec::encode`]) and writes them.
 //!
+//! **Large replies and replies nobody asked for.** A codec writes a reply into an [`Output`]:
+//! bytes, a [`FileRegion`] (sent with `sendfile(2)`), or a [`BodyStream`] whose pieces a
+//! worker makes as the socket drains, so memory follows connections, not reply sizes. A
+//! [`Pusher`] ([`Replies::pusher`]) writes to a connection from any thread, between its
+//! replies, within a bound; [`Pusher::after`], [`Pusher::every`], [`ServerHandle::after`] and
+//! [`ServerHandle::every`] run code later on a worker.
+//!
 //! How a connection ends follows TCP's four-way close: when the peer sends FIN (`read()`
 //! returns 0) every reply it is still owed is written before the server sends its own FIN,
 //! and the server never resets a connection that closed cleanly.

@@ -12,9 +12,9 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::handler::panic_message;
 use crate::stats::Counters;
 use crate::util::clock;
+use crate::util::panic::message as panic_message;
 
 /// Code a timer runs once.
 pub(crate) type Job = Box<dyn FnOnce() + Send>;
@@ -244,6 +244,8 @@ impl Timer {
     /// Stops the timer: a one-shot timer that has not fired never will, a periodic one
     /// fires no more (a run already handed to a worker still runs). Returns whether it was
     /// still pending.
+    // Called for its effect; the answer is for those who care (a test, a log line).
+    #[allow(clippy::must_use_candidate)]
     pub fn cancel(&self) -> bool {
         self.scheduler
             .upgrade()
@@ -253,6 +255,8 @@ impl Timer {
 
 impl fmt::Debug for Timer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Timer").field("id", &self.id).finish()
+        f.debug_struct("Timer")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }

@@ -21,8 +21,9 @@ use crate::runtime::pool::{Pool, WorkerShared};
 use crate::runtime::reactor::{Reactor, ReactorParts};
 use crate::stats::Counters;
 use crate::sys::{spawn_thread, Spawn};
-use crate::timer::Scheduler;
+use crate::timer::{Runner, Scheduler};
 use crate::transport::net::Listener;
+use crossbeam_channel::Sender;
 
 impl Builder {
     /// Checks every setting; names the first that cannot work.
@@ -132,10 +133,7 @@ impl Builder {
         let bound = listener.bound()?;
 
         let counters = Arc::new(Counters::default());
-        let scheduler = Arc::new(Scheduler::new(
-            self.thread_name.clone(),
-            Arc::clone(&counters),
-        ));
+        let scheduler = Arc::new(Scheduler::new(self.thread_name.clone(), counters.clone()));
         let (acceptor, gate) =
             Acceptor::new(listener, self.max_connections, Arc::clone(&counters))?;
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(self.job_queue_capacity);
@@ -168,7 +166,7 @@ impl Builder {
         }
         // Only reactors (and, once the pool runs, the timer thread) hold job senders: when the
         // last reactor exits (or is dropped unstarted) the workers finish the queue and exit.
-        let jobs_tx_for_timers = jobs_tx;
+        let timer_jobs = jobs_tx;
         let mailboxes: Arc<[Mailbox<C::Response, H::Session>]> = mailboxes.into();
         let stopping = Arc::new(AtomicBool::new(false));
 
@@ -187,7 +185,7 @@ impl Builder {
             Ok(pool) => pool,
             Err((error, started)) => {
                 // Dropping the unstarted reactors drops every job sender: the workers exit.
-                drop((reactors, jobs_tx_for_timers));
+                drop((reactors, timer_jobs));
                 started.join(crate::util::clock::after(
                     std::time::Instant::now(),
                     self.shutdown_timeout,
@@ -195,17 +193,7 @@ impl Builder {
                 return Err(error);
             }
         };
-        // Due timers go to the pool (the timer thread may wait for room in the queue), or,
-        // without one, run on the timer thread. The scheduler's sender is dropped when it
-        // stops, first thing at shutdown, so the workers still see every sender gone.
-        if workers == 0 {
-            scheduler.set_runner(Box::new(|job| job()));
-        } else {
-            let timer_jobs = jobs_tx_for_timers;
-            scheduler.set_runner(Box::new(move |job| {
-                let _ = timer_jobs.send(Work::Timer(job));
-            }));
-        }
+        scheduler.set_runner(timer_runner(workers, timer_jobs));
         let mut threads = Box::new(Threads {
             scheduler: Arc::clone(&scheduler),
             gate,
@@ -281,6 +269,24 @@ impl Builder {
             started.push(spawn(name, run)?);
         }
         Ok(())
+    }
+}
+
+/// Where due timers go: the pool (the timer thread may wait for room in the queue), or,
+/// without one, the timer thread itself. The scheduler drops this sender when it stops,
+/// first thing at shutdown, so the workers still see every sender gone.
+fn timer_runner<Req, Resp, S>(workers: usize, jobs: Sender<Work<Req, Resp, S>>) -> Runner
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    S: Send + 'static,
+{
+    if workers == 0 {
+        Box::new(|job| job())
+    } else {
+        Box::new(move |job| {
+            let _ = jobs.send(Work::Timer(job));
+        })
     }
 }
 

@@ -1,13 +1,14 @@
 //! One connection, as its reactor drives it: the state machine ([`Connection`]) over any
 //! [`Transport`](crate::transport::net::Transport) stream, its reads and writes under
 //! edge-triggered readiness (`socket`), its requests between decoding and writing
-//! (`pipeline`, with every codec call fenced), the hand-off to the pool (`outbox`, and
+//! (`pipeline`, with every codec call fenced), its output (`outgoing`: bytes, then file
+//! regions and streamed bodies, written by `streaming.rs`), the hand-off to the pool (`outbox`, and
 //! `work`: what goes to a worker, what comes back, and how a worker runs it), and its clocks
 //! (`deadlines`). `connection.rs`, `input.rs` and `deadlines.rs` are one type's parts. Its
 //! unit tests (`tests/`) drive it over an in-memory stream, with the
 //! real worker loop answering.
 //!
-//! May import: `util`, `stats`, `codec`, `handler`, `transport`. Nothing here owns a thread
+//! May import: `util`, `stats`, `body`, `codec`, `timer`, `push`, `handler`, `transport`. Nothing here owns a thread
 //! or a poll: the runtime above calls in.
 
 mod connection;

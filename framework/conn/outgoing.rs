@@ -45,6 +45,17 @@ impl Outgoing {
                 .sum::<usize>()
     }
 
+    /// Whether a file or a stream is being written: replies behind it wait unencoded (so a
+    /// body that fails drops no reply that was counted as written).
+    #[inline]
+    pub fn has_body(&self) -> bool {
+        !self.parts.is_empty()
+            && self
+                .parts
+                .iter()
+                .any(|part| matches!(part, Part::File(_) | Part::Stream(_)))
+    }
+
     /// What counts against the output high-water mark: the bytes held, and the whole mark
     /// while a file or a stream is being written (the connection takes no new request
     /// until the body is out, so replies do not pile up behind it).
@@ -53,11 +64,7 @@ impl Outgoing {
         if self.parts.is_empty() {
             return self.bytes.len();
         }
-        let body = self
-            .parts
-            .iter()
-            .any(|part| matches!(part, Part::File(_) | Part::Stream(_)));
-        self.len() + if body { high_water } else { 0 }
+        self.len() + if self.has_body() { high_water } else { 0 }
     }
 
     /// Where a codec writes next.

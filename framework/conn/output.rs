@@ -8,7 +8,7 @@ use super::{Connection, Env, State};
 use crate::codec::Codec;
 use crate::conn::pipeline::EndReason;
 use crate::conn::work::{Answer, Done};
-use crate::handler::Replies;
+use crate::handler::{IdleTimeout, Replies};
 use crate::stats::Counters;
 use crate::transport::net::Transport;
 
@@ -66,7 +66,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     #[inline]
     pub(super) fn answered(&mut self, seq: u64, answer: Answer<C::Response>, counters: &Counters) {
         if let Answer::Replied(Replies {
-            idle_timeout: Some(timeout),
+            idle_timeout: IdleTimeout::Set(timeout),
             ..
         }) = &answer
         {

@@ -12,8 +12,9 @@ use std::panic::{self, AssertUnwindSafe};
 use crate::codec::{AfterReply, Codec, DecodeError, Farewell, Output};
 use crate::conn::outgoing::Outgoing;
 use crate::conn::work::Answer;
-use crate::handler::{panic_message, Context, Replies};
+use crate::handler::{Context, Replies};
 use crate::stats::Counters;
+use crate::util::panic::message as panic_message;
 
 /// Why a connection ends on the server's initiative. The pipeline reports the first three;
 /// the connection and reactor the rest.
@@ -263,6 +264,16 @@ impl<C: Codec> Pipeline<C> {
         !self.pushes.is_empty()
     }
 
+    /// Whether something waits to be encoded that may go once the output drains: a push,
+    /// or an answer next in order (held behind a body being written).
+    pub fn has_encodable(&self) -> bool {
+        self.has_pushes()
+            || matches!(
+                self.slots.front(),
+                Some(Slot::Replied(_) | Slot::Refused(_))
+            )
+    }
+
     fn number(&mut self, size: usize, slot: Slot<C::Response>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -344,7 +355,7 @@ impl<C: Codec> Pipeline<C> {
                     return Err(EndReason::CloseRequested);
                 }
             }
-            if self.write_seq >= cut {
+            if self.write_seq >= cut || output.has_body() {
                 return Ok(encoded);
             }
             let answer = match self.slots.front() {

@@ -32,7 +32,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
     pub(super) fn write_parts(&mut self, env: &mut Env<'_, C, S>) -> bool {
         let mut progress = false;
         loop {
-            if self.pipeline.has_pushes() && self.encodes() {
+            if self.pipeline.has_encodable() && self.encodes() {
                 self.encode_ready(env.counters, env.now);
             }
             self.output.promote();

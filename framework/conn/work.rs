@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::body::BodyStream;
-use crate::handler::{panic_message, CloseReason, Context, Handler, Replies};
+use crate::handler::{CloseReason, Context, Handler, Replies};
 pub(crate) use crate::push::ConnKey;
 use crate::push::Link;
 use crate::stats::Counters;
 use crate::timer::Job;
 use crate::util::few::Few;
+use crate::util::panic::message as panic_message;
 
 /// Work for the pool (or, in inline mode, for the reactor's own thread).
 pub(crate) enum Work<Req, Resp, S> {

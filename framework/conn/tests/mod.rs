@@ -122,8 +122,12 @@ impl<R: Send> PushSink<R> for Posts<R> {
 }
 
 /// A link for connection `key` whose pushes go to `sink`, with a push limit of 4.
-fn test_link<R: Send + 'static>(key: ConnKey, sink: &Arc<Posts<R>>) -> Arc<Link<R>> {
-    let counters = Arc::new(Counters::default());
+fn test_link<R: Send + 'static>(
+    key: ConnKey,
+    sink: &Arc<Posts<R>>,
+    counters: &Arc<Counters>,
+) -> Arc<Link<R>> {
+    let counters = Arc::clone(counters);
     Arc::new(Link::new(
         key,
         1,
@@ -133,6 +137,9 @@ fn test_link<R: Send + 'static>(key: ConnKey, sink: &Arc<Posts<R>>) -> Arc<Link<
         Arc::new(Scheduler::new("test".into(), counters)),
     ))
 }
+
+/// Work as the harness's connection hands it on.
+type TestWork<C> = Work<<C as Codec>::Request, <C as Codec>::Response, ()>;
 
 /// A stand-in for the pool: keeps the work; refuses it while `full`.
 struct Jobs<Req, Resp> {
@@ -227,6 +234,7 @@ where
             panic!("the handler panics on cue");
         };
         let close = answer.closes();
+        replies.idle_timeout = answer.idle_timeout;
         for response in answer.into_responses() {
             replies.send(response);
         }
@@ -244,7 +252,7 @@ struct Harness<C: Codec> {
     sink: Arc<Posts<C::Response>>,
     /// What the workers posted and the reactor has not taken yet.
     posted: VecDeque<Done<C::Response, ()>>,
-    counters: Counters,
+    counters: Arc<Counters>,
     limits: Limits,
     scratch: Vec<u8>,
     now: Instant,
@@ -309,10 +317,11 @@ impl<C: Codec> Harness<C> {
             generation: 0,
         };
         let sink = Arc::new(Posts::default());
+        let counters = Arc::new(Counters::default());
         let mut h = Harness {
             conn: Connection::new(
                 stream,
-                (key, ctx, test_link(key, &sink)),
+                (key, ctx, test_link(key, &sink, &counters)),
                 codec,
                 &limits,
                 concurrent,
@@ -324,7 +333,7 @@ impl<C: Codec> Harness<C> {
                 full: false,
             },
             posted: VecDeque::new(),
-            counters: Counters::default(),
+            counters,
             limits,
             scratch: vec![0; 64 * 1024],
             now,
@@ -393,11 +402,10 @@ impl<C: Codec> Harness<C> {
         answer: impl Fn(C::Request) -> Option<Replies<C::Response>> + Send + Sync + 'static,
     ) {
         let handler = Answering::new(answer);
-        let mut batches: Vec<Option<Work<C::Request, C::Response, ()>>> =
-            std::mem::take(&mut self.jobs.queued)
-                .into_iter()
-                .map(Some)
-                .collect();
+        let mut batches: Vec<Option<TestWork<C>>> = std::mem::take(&mut self.jobs.queued)
+            .into_iter()
+            .map(Some)
+            .collect();
         for &i in order {
             let work = batches[i].take().expect("each work is run once");
             assert!(matches!(work, Work::Batch { .. }), "work {i} is a batch");
@@ -495,3 +503,6 @@ mod barriers;
 
 #[path = "states.rs"]
 mod states;
+
+#[path = "output_path.rs"]
+mod output_path;

@@ -200,7 +200,11 @@ fn inline_requests_sent_before_the_fin_are_all_answered() {
     };
     let mut conn: Connection<LineCodec, (), MemStream> = Connection::new(
         stream,
-        (key, ctx, test_link(key, &Arc::new(Posts::default()))),
+        (
+            key,
+            ctx,
+            test_link(key, &Arc::new(Posts::default()), &Arc::default()),
+        ),
         LineCodec::new(),
         &limits,
         None,
