@@ -24,15 +24,16 @@ use crate::common::{connect, send, wait_until, TempDir, IO_TIMEOUT};
 use crate::redis_client::{command, read_resp, Resp};
 
 /// A real redis-server on a free port of 127.0.0.1, without persistence; killed on drop.
-struct RedisServer {
+/// The pub/sub differential test uses it too.
+pub(crate) struct RedisServer {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Its working directory and log, removed after it is killed.
     _dir: TempDir,
 }
 
 impl RedisServer {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         // The port is free when the listener is dropped; another process may take it before
         // redis-server binds it, which makes redis-server exit: then try another.
         let mut last_log = String::new();

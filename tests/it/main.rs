@@ -57,6 +57,7 @@ mod inline_handler;
 mod kv_server_clients;
 mod kv_server_differential;
 mod kv_server_pubsub;
+mod kv_server_pubsub_differential;
 mod kv_server_sessions;
 mod large_stream_echo;
 mod late_reply_dropped;
