@@ -442,7 +442,17 @@ fn run_one(
         args.push("--insecure".into());
     }
     args.push(url);
-    let command = format!("curl {}", args.join(" "));
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.contains(' ') {
+                format!("'{a}'")
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let command = format!("curl {}", quoted.join(" "));
     let pids = procfs::process_tree(running.pid());
     let before = Sample::take(&pids);
     let t = Instant::now();
