@@ -95,8 +95,14 @@ pub struct FanoutOutcome {
     pub failed: Vec<String>,
     /// The run with the median deliveries per second.
     pub median: Option<FanoutRun>,
+    /// The median over rounds of p50 and p99 (each on its own).
+    pub p50_us: u64,
+    pub p99_us: u64,
     /// Median deliveries/s over redis-server's.
     pub vs_redis: Option<f64>,
+    /// The median over rounds of this server's deliveries/s over redis-server's in the
+    /// same round.
+    pub paired: Option<f64>,
     /// Median p99 over redis-server's median p99 (lower is better).
     pub p99_vs_redis: Option<f64>,
 }
@@ -134,7 +140,10 @@ pub fn run_all(
                 runs: Vec::new(),
                 failed: Vec::new(),
                 median: None,
+                p50_us: 0,
+                p99_us: 0,
                 vs_redis: None,
+                paired: None,
                 p99_vs_redis: None,
             });
         }
@@ -187,24 +196,44 @@ pub fn run_all(
     (outcomes, skipped)
 }
 
+/// The lower middle of `values` (0 if empty).
+fn median<T: Copy + PartialOrd>(mut values: Vec<T>, zero: T) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values
+        .get(values.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(zero)
+}
+
 fn set_medians(results: &mut [FanoutOutcome]) {
     for o in results.iter_mut() {
         let mut runs = o.runs.clone();
         runs.sort_by(|a, b| a.delivered_per_s.total_cmp(&b.delivered_per_s));
         o.median = (!runs.is_empty()).then(|| runs[(runs.len() - 1) / 2].clone());
+        o.p50_us = median(o.runs.iter().map(|r| r.p50_us).collect(), 0);
+        o.p99_us = median(o.runs.iter().map(|r| r.p99_us).collect(), 0);
     }
     let Some(redis) = results
         .iter()
-        .find(|o| o.server == "redis-server")
-        .and_then(|o| o.median.clone())
+        .find(|o| o.server == "redis-server" && o.median.is_some())
+        .cloned()
     else {
         return;
     };
+    let redis_rate = redis.median.as_ref().map_or(0.0, |m| m.delivered_per_s);
     for o in results.iter_mut() {
         let Some(m) = &o.median else { continue };
-        o.vs_redis =
-            (redis.delivered_per_s > 0.0).then(|| m.delivered_per_s / redis.delivered_per_s);
-        o.p99_vs_redis = (redis.p99_us > 0).then(|| m.p99_us as f64 / redis.p99_us as f64);
+        o.vs_redis = (redis_rate > 0.0).then(|| m.delivered_per_s / redis_rate);
+        o.p99_vs_redis = (redis.p99_us > 0).then(|| o.p99_us as f64 / redis.p99_us as f64);
+        let paired: Vec<f64> = o
+            .runs
+            .iter()
+            .filter_map(|r| {
+                let theirs = redis.runs.iter().find(|t| t.round == r.round)?;
+                (theirs.delivered_per_s > 0.0).then(|| r.delivered_per_s / theirs.delivered_per_s)
+            })
+            .collect();
+        o.paired = (!paired.is_empty()).then(|| median(paired, 0.0));
     }
 }
 
@@ -277,7 +306,7 @@ const HEADERS: [&str; 14] = [
     "srv CPU s",
     "bg CPU s",
     "peak RSS MiB",
-    "vs redis",
+    "vs redis (paired)",
     "p99 vs redis",
 ];
 
@@ -303,8 +332,8 @@ fn rows(outcomes: &[FanoutOutcome]) -> Vec<Vec<String>> {
                 format!("{:.0}", m.delivered_per_s),
                 spread(&|r| r.delivered_per_s),
                 format!("{:.0}", m.published_per_s),
-                m.p50_us.to_string(),
-                m.p99_us.to_string(),
+                o.p50_us.to_string(),
+                o.p99_us.to_string(),
                 spread(&|r| r.p99_us as f64),
                 format!("{lost} of {}", published * o.scenario.subscribers as u64),
                 format!("{:.2}", m.server_cpu_s),
@@ -313,7 +342,10 @@ fn rows(outcomes: &[FanoutOutcome]) -> Vec<Vec<String>> {
                     "{:.1}",
                     o.runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0
                 ),
-                o.vs_redis.map_or("-".into(), |r| format!("{r:.2}")),
+                match (o.vs_redis, o.paired) {
+                    (Some(r), Some(p)) => format!("{r:.2} ({p:.2})"),
+                    _ => "-".into(),
+                },
                 o.p99_vs_redis.map_or("-".into(), |r| format!("{r:.2}")),
             ]);
             row
@@ -379,11 +411,13 @@ pub fn markdown(
              (one message to 1,000 subscribers is 1,000), per second; **msg/s**: messages \
              published.\n\
              - **p50/p99 us**: delivery latency, from the publisher's timestamp to the read \
-             that brought the message to the subscriber.\n\
+             that brought the message to the subscriber; each the median over the rounds \
+             (**p99 min-max**: its spread).\n\
              - **lost**: (message, subscriber) pairs never received, over all rounds; every \
              subscriber checks its messages arrive in order without a gap.\n\
-             - **vs redis**: deliveries/s over redis-server's (higher is better); **p99 vs \
-             redis**: p99 over redis-server's (lower is better).\n",
+             - **vs redis (paired)**: median deliveries/s over redis-server's (the median of the \
+             per-round ratios), higher is better; **p99 vs redis**: median p99 over \
+             redis-server's, lower is better.\n",
         );
     }
     let notes: Vec<String> = problems(outcomes)
