@@ -4,8 +4,10 @@
 //!
 //! - `download 20x200MB`: 20 concurrent `curl` processes each `GET /files/download.bin`, a
 //!   200 MB file (20 MB in quick mode), over plain TCP.
-//! - `download tls 20x200MB` (feature `tls`): the same over TLS 1.3, both servers with
-//!   the bench's certificate (`tls.rs`), curl with `--insecure`.
+//! - `download tls 20x200MB` (feature `tls`): the same over TLS 1.3 (nginx with
+//!   `ssl_protocols TLSv1.3;`, since nginx 1.22 does not offer it by default), both servers
+//!   with the bench's certificate (`tls.rs`), curl with `--insecure`: TLS_AES_256_GCM_SHA384
+//!   with both.
 //!
 //! The file is made once per bench run in `<bench dir>/downloads/files/` (pseudo-random bytes,
 //! so nothing on the way can compress it) and deleted when the scenarios are done; it is in
@@ -346,7 +348,8 @@ fn start_nginx(
         Some((cert, key)) => (
             " ssl",
             format!(
-                "\x20       ssl_certificate {};\n\
+                "\x20       ssl_protocols TLSv1.3;\n\
+                 \x20       ssl_certificate {};\n\
                  \x20       ssl_certificate_key {};\n",
                 cert.display(),
                 key.display()
