@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example kv_server -- [--addr 127.0.0.1:6380] [--workers N] [--reactors N] [--requirepass PASS]
+//!     [--timeout SECS] [--push-limit N]
 //!     [--unix PATH] [--tls-cert PEM --tls-key PEM] [--proxy-protocol]   (see support/transport.rs)
 //! redis-cli -p 6380 SET a 1
 //! redis-cli -p 6380 -n 3 SET a 1                        # database 3: redis-cli sends SELECT 3
@@ -74,7 +75,9 @@
 //! goes). Messages are pushed to the subscriber's connection (`Pusher::push`) after the
 //! replies it owes. **A subscriber that does not read** is closed once `--push-limit`
 //! messages wait for it, as redis-server closes a pub/sub client past its
-//! `client-output-buffer-limit`; PUBLISH still counts it. A transaction may subscribe
+//! `client-output-buffer-limit`: it leaves its channels at once (the PUBLISH that found it
+//! full still counts it), gets what it was owed if it reads again, then the end of the
+//! connection (or the write-stall timeout's, if it never reads). A transaction may subscribe
 //! (MULTI, SUBSCRIBE, EXEC), as in redis-server, with two differences in bytes: EXEC's
 //! array holds one reply per channel where redis-server's header counts one per command,
 //! and a message the transaction publishes to itself follows EXEC's reply instead of

@@ -6,7 +6,7 @@
 //! what pushes may hold in memory.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +23,9 @@ pub(crate) struct ConnKey {
 
 /// What a pusher posts to the connection's reactor.
 pub(crate) enum Posted<R> {
-    /// Write `response` after the replies already owed.
-    Push(ConnKey, R),
+    /// Write `response` after the replies to the first `u64` requests (those the
+    /// connection had decoded when the push was made).
+    Push(ConnKey, u64, R),
     /// Close the connection after the replies already owed and the pushes before this.
     Close(ConnKey),
 }
@@ -55,6 +56,10 @@ pub(crate) struct Link<R> {
     limit: usize,
     /// Set once the connection ends: pushes are refused from then on.
     closed: AtomicBool,
+    /// Set once a timer was set for the connection: its end cancels them.
+    timers_set: AtomicBool,
+    /// Requests the connection has decoded: a push made now goes after their replies.
+    decoded: AtomicU64,
     counters: Arc<Counters>,
     scheduler: Option<Arc<Scheduler>>,
 }
@@ -75,6 +80,8 @@ impl<R> Link<R> {
             queued: AtomicUsize::new(0),
             limit,
             closed: AtomicBool::new(false),
+            timers_set: AtomicBool::new(false),
+            decoded: AtomicU64::new(0),
             counters,
             scheduler: Some(scheduler),
         }
@@ -95,17 +102,42 @@ impl<R> Link<R> {
             queued: AtomicUsize::new(0),
             limit: 0,
             closed: AtomicBool::new(true),
+            timers_set: AtomicBool::new(false),
+            decoded: AtomicU64::new(0),
             counters: Arc::default(),
             scheduler: None,
         }
     }
 
-    /// The connection ended: no push is accepted from now on.
+    /// The connection ended: no push is accepted from now on, and its timers are cancelled.
     pub fn close(&self) {
-        // Release: pairs with the Acquire load in `push`, so a pusher that sees the flag
-        // sees the connection's end (nothing else is published through it; Relaxed would
-        // do, but a closed connection should look closed to everyone at once).
-        self.closed.store(true, Ordering::Release);
+        // SeqCst, with `timers_set` and `Pusher::set_timer`: of the store here and the one
+        // there, one comes first in the single order of SeqCst operations, so either this
+        // sees the timer flag (and cancels what is set), or the pusher, which checks
+        // `closed` after adding its timer, sees this and cancels it. No timer outlives its
+        // connection. Pushes load it with Acquire (see `push`).
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if self.timers_set.load(Ordering::SeqCst) {
+            if let Some(scheduler) = &self.scheduler {
+                scheduler.cancel_owned(self.connection_id);
+            }
+        }
+    }
+
+    /// The connection has decoded `requests` requests (before handing any of them on).
+    #[inline]
+    pub fn decoded(&self, requests: u64) {
+        // Relaxed. A push made by a call of one of these requests reads at least this
+        // much: the reactor stores it before it hands the request to the job queue, whose
+        // send and receive order it before the worker's load. A push from a thread that
+        // learned of a later request only through the peer (a PUBLISH answered, then a
+        // request from the subscriber) read its count before that request was decoded, so
+        // its count is at most that request's number: it goes before the reply. A push
+        // with no such chain may read an older count and be written a little earlier: no
+        // order was promised between them.
+        self.decoded.store(requests, Ordering::Relaxed);
     }
 
     /// `n` pushes were encoded or dropped: they no longer count against the limit.
@@ -124,9 +156,10 @@ impl<R> Link<R> {
 /// [`Handler::call`](crate::Handler::call); clone it freely (`Clone + Send + Sync`).
 ///
 /// **Order.** A pushed response is written after every reply the connection owed when the
-/// push reached its reactor (replies to the requests it had received, and earlier pushes),
-/// and before the replies to requests received after; never inside another reply. One
-/// thread's pushes are written in the order it made them.
+/// push was made (replies to the requests it had received, earlier pushes) and before the
+/// replies to requests received after (so a subscriber that sends a command after a
+/// PUBLISH was answered gets the message first, as from redis); never inside another
+/// reply. One thread's pushes are written in the order it made them.
 ///
 /// **Bounds** ([`Builder::push_limit`](crate::Builder::push_limit), default 1,024): at most
 /// that many pushes wait, per connection, to be encoded; they are encoded only while the
@@ -200,9 +233,11 @@ impl<R: Send + 'static> Pusher<R> {
             Counters::add(&link.counters.pushes_refused, 1);
             return Err(PushError::Full(response));
         }
-        match link.sink.post(Posted::Push(link.key, response)) {
+        // Relaxed: see `Link::decoded`.
+        let after = link.decoded.load(Ordering::Relaxed);
+        match link.sink.post(Posted::Push(link.key, after, response)) {
             Ok(()) => Ok(()),
-            Err(Posted::Push(_, response)) => {
+            Err(Posted::Push(_, _, response)) => {
                 link.queued.fetch_sub(1, Ordering::Relaxed);
                 Err(PushError::Closed(response))
             }
@@ -228,8 +263,8 @@ impl<R: Send + 'static> Pusher<R> {
     }
 
     /// Runs `f` once, after `delay`, on a worker thread (where it may block), unless the
-    /// connection has ended by then: a heartbeat, a per-session deadline. The returned
-    /// [`Timer`] cancels it.
+    /// connection has ended by then (its end cancels it): a heartbeat, a per-session
+    /// deadline. The returned [`Timer`] cancels it.
     pub fn after<F>(&self, delay: Duration, f: F) -> Timer
     where
         F: FnOnce(&Pusher<R>) + Send + 'static,
@@ -240,10 +275,7 @@ impl<R: Send + 'static> Pusher<R> {
                 f(&pusher);
             }
         });
-        match &self.link.scheduler {
-            Some(scheduler) => scheduler.after(delay, job),
-            None => Timer::inert(),
-        }
+        self.set_timer(|scheduler, owner| scheduler.after(delay, job, owner))
     }
 
     /// Runs `f` every `period` (the first run one period from now), on a worker thread,
@@ -261,10 +293,25 @@ impl<R: Send + 'static> Pusher<R> {
             f(&pusher);
             true
         });
-        match &self.link.scheduler {
-            Some(scheduler) => scheduler.every(period, task),
-            None => Timer::inert(),
+        self.set_timer(|scheduler, owner| scheduler.every(period, task, owner))
+    }
+
+    /// Sets a timer owned by this connection: cancelled when it ends, even if that end
+    /// races with the setting (see `Link::close`).
+    fn set_timer(&self, set: impl FnOnce(&Arc<Scheduler>, Option<u64>) -> Timer) -> Timer {
+        let link = &*self.link;
+        let Some(scheduler) = &link.scheduler else {
+            return Timer::inert();
+        };
+        if link.closed.load(Ordering::Acquire) {
+            return Timer::inert();
         }
+        link.timers_set.store(true, Ordering::SeqCst);
+        let timer = set(scheduler, Some(link.connection_id));
+        if link.closed.load(Ordering::SeqCst) {
+            timer.cancel();
+        }
+        timer
     }
 }
 

@@ -183,6 +183,22 @@ pub(crate) fn lock_exclusive(file: std::os::fd::BorrowedFd<'_>) -> io::Result<()
     }
 }
 
+/// Whether a failed write (`sendfile` included) says the peer is gone (counted as a reset),
+/// not that what was being written failed (a file that cannot be read: a body error).
+pub(crate) fn is_peer_gone_on_write(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::TimedOut
+    ) || matches!(
+        error.raw_os_error(),
+        Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::ENETDOWN)
+    )
+}
+
 /// Copies up to `count` bytes of `file`, from `offset`, to the socket `socket` inside the
 /// kernel (`sendfile(2)`), without the bytes passing through user space, and advances
 /// `offset` by what it sent. Linux and Android; `Unsupported` elsewhere, where the caller

@@ -4,7 +4,7 @@
 //! No thread per timer, and none at all for a server that sets none.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,8 +22,12 @@ pub(crate) type Job = Box<dyn FnOnce() + Send>;
 /// Code a periodic timer runs each period; returns `false` to stop.
 pub(crate) type Task = Box<dyn FnMut() -> bool + Send>;
 
-/// Where due jobs go: the worker pool's queue (or, without a pool, the timer thread).
-pub(crate) type Runner = Box<dyn Fn(Job) + Send + Sync>;
+/// Where due jobs go: the worker pool's queue (or, without a pool, the timer thread). Hands
+/// the job back when there is no room now; it never blocks.
+pub(crate) type Runner = Arc<dyn Fn(Job) -> Result<(), Job> + Send + Sync>;
+
+/// How long the timer thread waits before offering a due job again to a full job queue.
+const FULL_QUEUE_RETRY: Duration = Duration::from_millis(1);
 
 /// A periodic timer's code, shared by its runs.
 struct Periodic {
@@ -42,6 +46,10 @@ enum Entry {
 struct State {
     due: BinaryHeap<Reverse<(Instant, u64)>>,
     entries: HashMap<u64, Entry>,
+    /// The pending timers of each owner (a connection, by its id), so they can be
+    /// cancelled together when it ends, and the owner of each.
+    owned: HashMap<u64, HashSet<u64>>,
+    owner_of: HashMap<u64, u64>,
     next_id: u64,
     thread: Option<JoinHandle<()>>,
     stopped: bool,
@@ -77,25 +85,23 @@ impl Scheduler {
         *lock(&self.runner) = Some(runner);
     }
 
-    /// Runs `job` once after `delay`.
-    pub fn after(self: &Arc<Self>, delay: Duration, job: Job) -> Timer {
-        self.add(delay, Entry::Once(job))
+    /// Runs `job` once after `delay`; `owner`'s timers can be cancelled together.
+    pub fn after(self: &Arc<Self>, delay: Duration, job: Job, owner: Option<u64>) -> Timer {
+        self.add(delay, Entry::Once(job), owner)
     }
 
     /// Runs `task` every `period` until it returns `false` or is cancelled.
-    pub fn every(self: &Arc<Self>, period: Duration, task: Task) -> Timer {
+    pub fn every(self: &Arc<Self>, period: Duration, task: Task, owner: Option<u64>) -> Timer {
         let period = period.max(Duration::from_millis(1));
-        self.add(
+        let periodic = Arc::new(Periodic {
+            task: Mutex::new(task),
+            done: AtomicBool::new(false),
             period,
-            Entry::Every(Arc::new(Periodic {
-                task: Mutex::new(task),
-                done: AtomicBool::new(false),
-                period,
-            })),
-        )
+        });
+        self.add(period, Entry::Every(periodic), owner)
     }
 
-    fn add(self: &Arc<Self>, delay: Duration, entry: Entry) -> Timer {
+    fn add(self: &Arc<Self>, delay: Duration, entry: Entry, owner: Option<u64>) -> Timer {
         let mut state = lock(&self.state);
         if state.stopped {
             return Timer::inert();
@@ -105,6 +111,10 @@ impl Scheduler {
         let at = clock::after(Instant::now(), delay);
         state.due.push(Reverse((at, id)));
         state.entries.insert(id, entry);
+        if let Some(owner) = owner {
+            state.owned.entry(owner).or_default().insert(id);
+            state.owner_of.insert(id, owner);
+        }
         Counters::add(&self.counters.user_timers, 1);
         if state.thread.is_none() {
             let scheduler = Arc::clone(self);
@@ -125,7 +135,7 @@ impl Scheduler {
     }
 
     fn cancel(&self, id: u64) -> bool {
-        let removed = lock(&self.state).entries.remove(&id);
+        let removed = remove(&mut lock(&self.state), id);
         if let Some(Entry::Every(periodic)) = &removed {
             periodic.done.store(true, Ordering::Relaxed);
         }
@@ -133,6 +143,24 @@ impl Scheduler {
             Counters::sub(&self.counters.user_timers, 1);
         }
         removed.is_some()
+    }
+
+    /// Cancels every pending timer of `owner` (a connection that ended), so its timers
+    /// hold no memory past it, however far off they were.
+    pub fn cancel_owned(&self, owner: u64) {
+        let mut state = lock(&self.state);
+        let Some(ids) = state.owned.remove(&owner) else {
+            return;
+        };
+        for id in ids {
+            state.owner_of.remove(&id);
+            if let Some(entry) = state.entries.remove(&id) {
+                if let Entry::Every(periodic) = entry {
+                    periodic.done.store(true, Ordering::Relaxed);
+                }
+                Counters::sub(&self.counters.user_timers, 1);
+            }
+        }
     }
 
     /// Stops the thread; timers not yet due never fire. Waits for the thread (unless called
@@ -144,6 +172,8 @@ impl Scheduler {
             let pending = state.entries.len() as u64;
             state.entries.clear();
             state.due.clear();
+            state.owned.clear();
+            state.owner_of.clear();
             Counters::sub(&self.counters.user_timers, pending);
             state.thread.take()
         };
@@ -153,6 +183,32 @@ impl Scheduler {
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
             }
+        }
+    }
+
+    /// Hands a due job to the runner; while the job queue is full, offers it again every
+    /// [`FULL_QUEUE_RETRY`] until it goes or the scheduler stops (never blocking in a send,
+    /// so a stop, which waits for this thread, is never held by a full queue).
+    fn hand_over(&self, mut job: Job) -> std::sync::MutexGuard<'_, State> {
+        loop {
+            // Cloned out of its lock, so `stop` can take it away meanwhile.
+            let runner = lock(&self.runner).clone();
+            let Some(runner) = runner else {
+                return lock(&self.state);
+            };
+            match runner(job) {
+                Ok(()) => return lock(&self.state),
+                Err(back) => job = back,
+            }
+            let state = lock(&self.state);
+            if state.stopped {
+                return state;
+            }
+            drop(
+                self.changed
+                    .wait_timeout(state, FULL_QUEUE_RETRY)
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
         }
     }
 
@@ -179,7 +235,8 @@ impl Scheduler {
                 continue;
             }
             state.due.pop();
-            let job: Job = match state.entries.remove(&id) {
+            let owner = state.owner_of.get(&id).copied();
+            let job: Job = match remove(&mut state, id) {
                 // Cancelled.
                 None => continue,
                 Some(Entry::Once(job)) => {
@@ -197,6 +254,10 @@ impl Scheduler {
                     state
                         .entries
                         .insert(id, Entry::Every(Arc::clone(&periodic)));
+                    if let Some(owner) = owner {
+                        state.owned.entry(owner).or_default().insert(id);
+                        state.owner_of.insert(id, owner);
+                    }
                     Box::new(move || {
                         // A run still going makes this one skip.
                         if let Ok(mut task) = periodic.task.try_lock() {
@@ -215,12 +276,23 @@ impl Scheduler {
                     log::error!("a timer panicked: {}", panic_message(&*payload));
                 }
             });
-            if let Some(runner) = &*lock(&self.runner) {
-                runner(fenced);
-            }
-            state = lock(&self.state);
+            state = self.hand_over(fenced);
         }
     }
+}
+
+/// Takes timer `id` out of `state`, with its owner's record of it.
+fn remove(state: &mut State, id: u64) -> Option<Entry> {
+    let entry = state.entries.remove(&id)?;
+    if let Some(owner) = state.owner_of.remove(&id) {
+        if let Some(ids) = state.owned.get_mut(&owner) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                state.owned.remove(&owner);
+            }
+        }
+    }
+    Some(entry)
 }
 
 /// A timer set with [`Pusher::after`](crate::Pusher::after),

@@ -85,6 +85,16 @@ impl Subscriptions {
         }
     }
 
+    /// Removes connections `ids` from every channel and pattern.
+    fn evict(&mut self, ids: &[u64]) {
+        for map in [&mut self.channels, &mut self.patterns] {
+            map.retain(|_, receivers| {
+                receivers.retain(|id, _| !ids.contains(id));
+                !receivers.is_empty()
+            });
+        }
+    }
+
     fn remove(&mut self, kind: Kind, name: &[u8], id: u64) {
         let map = self.map(kind);
         if let Some(receivers) = map.get_mut(name) {
@@ -116,16 +126,19 @@ fn confirmation(word: &[u8], name: Option<&[u8]>, count: i64) -> Value {
     ])
 }
 
-/// Pushes `message`; a receiver past the push limit is closed, as redis-server closes a
-/// pub/sub client past its output buffer limit. One whose connection ended is skipped: its
-/// close removes it from the hub.
-fn deliver(pusher: &Pusher<Value>, message: Value) {
+/// Pushes `message` to connection `id`, unless an earlier push of this PUBLISH evicted it. A
+/// receiver past the push limit is closed and listed in `evicted`, as redis-server closes
+/// a pub/sub client past its output buffer limit (the close waits for what the connection
+/// owes; the write-stall timeout ends one that never reads again). One whose connection
+/// ended is skipped: its close removes it from the hub.
+fn deliver(id: u64, pusher: &Pusher<Value>, message: Value, evicted: &mut Vec<u64>) {
+    if evicted.contains(&id) {
+        return;
+    }
     if let Err(PushError::Full(_)) = pusher.push(message) {
-        log::warn!(
-            "closing subscriber {}: it is not reading its messages (push limit reached)",
-            pusher.connection_id()
-        );
+        log::warn!("closing subscriber {id}: it is not reading its messages (push limit reached)");
         let _ = pusher.close();
+        evicted.push(id);
     }
 }
 
@@ -213,14 +226,17 @@ impl Hub {
 
     /// `PUBLISH channel message`: sends it to the channel's subscribers and to those of
     /// every pattern it matches (a connection subscribed to both gets both); returns how
-    /// many receivers that was, counting a connection once per subscription as redis does.
+    /// many receivers that was, counting a connection once per subscription as redis does
+    /// (one closed for not reading too). A closed one leaves the hub at once: it is not
+    /// counted again, and its close is not asked for again.
     pub fn publish(&self, channel: &[u8], message: &[u8]) -> i64 {
-        let subscriptions = self.lock();
+        let mut subscriptions = self.lock();
         let mut receivers = 0;
+        let mut evicted = Vec::new();
         if let Some(subscribers) = subscriptions.channels.get(channel) {
-            for pusher in subscribers.values() {
+            for (&id, pusher) in subscribers {
                 let parts = vec![bulk(b"message"), bulk(channel), bulk(message)];
-                deliver(pusher, Value::Array(parts));
+                deliver(id, pusher, Value::Array(parts), &mut evicted);
                 receivers += 1;
             }
         }
@@ -228,16 +244,19 @@ impl Hub {
             if !glob_match(pattern, channel) {
                 continue;
             }
-            for pusher in subscribers.values() {
+            for (&id, pusher) in subscribers {
                 let parts = vec![
                     bulk(b"pmessage"),
                     bulk(pattern),
                     bulk(channel),
                     bulk(message),
                 ];
-                deliver(pusher, Value::Array(parts));
+                deliver(id, pusher, Value::Array(parts), &mut evicted);
                 receivers += 1;
             }
+        }
+        if !evicted.is_empty() {
+            subscriptions.evict(&evicted);
         }
         receivers
     }

@@ -154,7 +154,7 @@ impl ServerHandle {
     where
         F: FnOnce() + Send + 'static,
     {
-        self.scheduler.after(delay, Box::new(f))
+        self.scheduler.after(delay, Box::new(f), None)
     }
 
     /// Runs `f` every `period` (the first run one period from now; at least 1 ms) on a
@@ -172,6 +172,7 @@ impl ServerHandle {
                 f();
                 true
             }),
+            None,
         )
     }
 

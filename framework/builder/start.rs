@@ -21,9 +21,9 @@ use crate::runtime::pool::{Pool, WorkerShared};
 use crate::runtime::reactor::{Reactor, ReactorParts};
 use crate::stats::Counters;
 use crate::sys::{spawn_thread, Spawn};
-use crate::timer::{Runner, Scheduler};
+use crate::timer::{Job, Runner, Scheduler};
 use crate::transport::net::Listener;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
 
 impl Builder {
     /// Checks every setting; names the first that cannot work.
@@ -272,9 +272,9 @@ impl Builder {
     }
 }
 
-/// Where due timers go: the pool (the timer thread may wait for room in the queue), or,
-/// without one, the timer thread itself. The scheduler drops this sender when it stops,
-/// first thing at shutdown, so the workers still see every sender gone.
+/// Where due timers go: the pool (a full queue hands the job back, for the timer thread to
+/// offer again), or, without one, the timer thread itself. The scheduler drops this sender
+/// when it stops, first thing at shutdown, so the workers still see every sender gone.
 fn timer_runner<Req, Resp, S>(workers: usize, jobs: Sender<Work<Req, Resp, S>>) -> Runner
 where
     Req: Send + 'static,
@@ -282,10 +282,15 @@ where
     S: Send + 'static,
 {
     if workers == 0 {
-        Box::new(|job| job())
+        Arc::new(|job: Job| {
+            job();
+            Ok(())
+        })
     } else {
-        Box::new(move |job| {
-            let _ = jobs.send(Work::Timer(job));
+        Arc::new(move |job| match jobs.try_send(Work::Timer(job)) {
+            Err(TrySendError::Full(Work::Timer(job))) => Err(job),
+            // Queued; or the pool is gone (the server is stopping) and the timer dropped.
+            _ => Ok(()),
         })
     }
 }

@@ -110,6 +110,8 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                 })) => {
                     used += size;
                     self.outbox.push(seq, request);
+                    // Before it is handed on: a push its call makes goes after its reply.
+                    self.link.decoded(seq + 1);
                     if last {
                         // Nothing after it is decoded: the close is decided before dispatch.
                         self.end(seq + 1, EndReason::CloseRequested, env.counters);
@@ -117,6 +119,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                 }
                 Ok(Some(Decoded::Refused(size))) => {
                     used += size;
+                    self.link.decoded(self.pipeline.next_seq());
                     self.encode_ready(env.counters, env.now);
                 }
                 Ok(Some(Decoded::Skipped(size))) => used += size,

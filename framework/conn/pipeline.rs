@@ -86,7 +86,7 @@ pub(crate) struct Pipeline<C: Codec> {
     /// Decoding waits until the replies to this request are encoded (a framing switch).
     hold: Option<u64>,
     /// Pushed responses, each stamped with the sequence number of the first request it
-    /// goes before (the requests decoded when it arrived go before it).
+    /// goes before (the requests decoded when it was made go before it), in that order.
     pushes: VecDeque<(u64, C::Response)>,
 }
 
@@ -253,10 +253,17 @@ impl<C: Codec> Pipeline<C> {
         }
     }
 
-    /// A response pushed from outside: written after the replies to every request decoded
-    /// so far, before those to come.
-    pub fn pushed(&mut self, response: C::Response) {
-        self.pushes.push_back((self.next_seq, response));
+    /// A response pushed from outside: written after the replies to the first `after`
+    /// requests (those decoded when it was made), before those to come. Pushes from
+    /// different threads may arrive out of that order: each is put in its place.
+    pub fn pushed(&mut self, after: u64, response: C::Response) {
+        let stamp = after.min(self.next_seq);
+        let at = self
+            .pushes
+            .iter()
+            .rposition(|&(earlier, _)| earlier <= stamp)
+            .map_or(0, |i| i + 1);
+        self.pushes.insert(at, (stamp, response));
     }
 
     /// Whether pushed responses wait to be encoded.

@@ -151,7 +151,7 @@ impl<T: Transport> Socket<T> {
         Ok(progress)
     }
 
-    /// Sends as much of `region` as the socket takes, straight from the file.
+    /// Sends as much of `region` as one `sendfile` takes, straight from the file.
     ///
     /// # Errors
     ///
@@ -168,10 +168,10 @@ impl<T: Transport> Socket<T> {
             {
                 Ok(0) => Ok(FileSent::FileEnded),
                 Ok(n) => {
-                    if n < count {
-                        // A short send filled the socket buffer: wait for room.
-                        self.write = Readiness::Exhausted;
-                    }
+                    // Short at the socket's room or at the file's end alike: the caller
+                    // sends again, and WouldBlock (full) or 0 (the file ended) tells which.
+                    // Taking short for full, as a write does, waited for a writable event
+                    // that never came when the file had ended.
                     region.len -= n as u64;
                     Ok(FileSent::Progress)
                 }

@@ -78,7 +78,7 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
                             self.output.parts.pop_front();
                         }
                     }
-                    Err(e) if crate::sys::is_peer_gone(&e) => {
+                    Err(e) if crate::sys::is_peer_gone_on_write(&e) => {
                         self.fail(e, env.counters);
                         return true;
                     }
@@ -227,10 +227,17 @@ impl<C: Codec, S, T: Transport> Connection<C, S, T> {
             )
     }
 
-    /// A response pushed from another thread: written after the replies owed now.
-    pub fn on_push(&mut self, response: C::Response, counters: &Counters, now: Instant) {
+    /// A response pushed from another thread: written after the replies to the first
+    /// `after` requests (those decoded when it was pushed).
+    pub fn on_push(
+        &mut self,
+        after: u64,
+        response: C::Response,
+        counters: &Counters,
+        now: Instant,
+    ) {
         if self.encodes() {
-            self.pipeline.pushed(response);
+            self.pipeline.pushed(after, response);
             self.encode_ready(counters, now);
         } else {
             self.link.release(1);

@@ -333,13 +333,17 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
     /// A pusher's response or close, for a connection that may have closed since.
     fn apply_posted(&mut self, posted: Posted<C::Response>) {
         let key = match &posted {
-            Posted::Push(key, _) | Posted::Close(key) => *key,
+            Posted::Push(key, ..) | Posted::Close(key) => *key,
         };
         let Some(entry) = live_entry(&mut self.slots, key) else {
             return;
         };
         match posted {
-            Posted::Push(_, response) => entry.conn.on_push(response, &self.counters, self.now),
+            Posted::Push(_, after, response) => {
+                entry
+                    .conn
+                    .on_push(after, response, &self.counters, self.now);
+            }
             Posted::Close(_) => entry.conn.on_push_close(&self.counters),
         }
         if !entry.drive_queued {

@@ -395,17 +395,16 @@ fn a_peer_that_vanishes_mid_file_leaves_the_server_serving() {
         "curl after the vanished peers failed: {err}"
     );
     assert_eq!(sha256_file(&out), sha256(&files.big), "the next download");
-    // Each vanished peer ended its connection as a reset; or, while the library counts a
-    // sendfile(2) EPIPE as a body error (the_library_counts_a_peer_gone_with_epipe_as_a_
-    // body_error below), as one of those.
+    // Each vanished peer ended its connection as a reset, never as a body error (see
+    // a_peer_gone_with_epipe_mid_file_is_a_reset below).
     let stats = server.handle().stats();
-    assert_eq!(stats.resets + stats.body_errors, 3, "{stats:#?}");
+    assert_eq!((stats.resets, stats.body_errors), (3, 0), "{stats:#?}");
 }
 
 /// A file truncated while curl downloads it (stalled: nobody reads its output for a while)
 /// to less than was sent already ends that download short; the server counts a body error
 /// and serves on. (Truncated to more than was sent: see
-/// the_library_ends_a_region_longer_than_its_file_at_once.)
+/// a_region_longer_than_its_file_ends_at_once_not_at_the_write_stall_timeout.)
 #[test]
 fn a_file_truncated_during_a_download_ends_it_short() {
     let len = 32 * 1024 * 1024;
@@ -713,17 +712,15 @@ fn region_server(path: PathBuf, extra: u64) -> ServerHandle {
         .expect("start")
 }
 
-/// LIBRARY BUG: a file region longer than what is left of its file, when that rest fits in
-/// the socket's buffer, hangs the connection instead of ending it at once. sendfile(2) sends
+/// Regression: a file region longer than what is left of its file, when that rest fits in
+/// the socket's buffer, hung the connection instead of ending it at once. sendfile(2) sends
 /// the rest and returns short (at the file's end, not because the socket is full); the
-/// socket (framework/conn/socket.rs, `send_file`, `n < count`) takes the short count for a
-/// full socket and marks it not writable, so the region is never tried again and FileEnded
-/// never seen: no writable edge comes for a socket that never filled. The peer waits until
-/// the write-stall timeout (30 s by default) closes the connection, counted in `timeouts`,
-/// not `body_errors`. Here: a 1000-byte file sent as a 1001-byte region. (In http_hello: a
+/// socket took the short count for a full socket and waited for a writable edge that never
+/// came, until the write-stall timeout closed the connection (counted in `timeouts`, not
+/// `body_errors`). Here: a 1000-byte file sent as a 1001-byte region. (In http_hello: a
 /// file truncated, during its download, to a length past what was already sent.)
 #[test]
-fn the_library_ends_a_region_longer_than_its_file_at_once() {
+fn a_region_longer_than_its_file_ends_at_once_not_at_the_write_stall_timeout() {
     let dir = TempDir::new("region-long");
     let path = dir.join("short.bin");
     std::fs::write(&path, vec![b'x'; 1000]).expect("write short.bin");
@@ -741,16 +738,15 @@ fn the_library_ends_a_region_longer_than_its_file_at_once() {
     server.shutdown();
 }
 
-/// LIBRARY BUG: a peer that leaves mid-file is counted as a body error (and its connection
-/// closed as `CloseReason::BodyFailed`, with a warning "sending a file: Broken pipe") when
-/// sendfile(2) fails with EPIPE rather than ECONNRESET: `sys::is_peer_gone` (used by
-/// framework/conn/streaming.rs for `send_file` errors) does not list EPIPE, so the error is
-/// taken for the file's. A peer that half-closes after its request and then resets (its
-/// socket closed with the body unread) gives EPIPE every time: the server's socket is in
-/// CLOSE_WAIT when the reset comes. About one in 50 plain resets does too
+/// Regression: a peer that left mid-file was counted as a body error (its connection closed
+/// as `CloseReason::BodyFailed`, with a warning "sending a file: Broken pipe") when
+/// sendfile(2) failed with EPIPE rather than ECONNRESET: the error was taken for the
+/// file's. A peer that half-closes after its request and then resets (its socket closed
+/// with the body unread) gives EPIPE every time: the server's socket is in CLOSE_WAIT when
+/// the reset comes. About one in 50 plain resets does too
 /// (a_peer_that_vanishes_mid_file_leaves_the_server_serving).
 #[test]
-fn the_library_counts_a_peer_gone_with_epipe_as_a_body_error() {
+fn a_peer_gone_with_epipe_mid_file_is_a_reset() {
     let dir = TempDir::new("region-epipe");
     let path = dir.join("big.bin");
     std::fs::write(&path, Pattern::new().bytes(0, 16 * 1024 * 1024)).expect("write big.bin");

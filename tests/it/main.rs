@@ -24,7 +24,7 @@ mod smtp_support;
 // Example sources, included so their servers run in this process, always built from the
 // current source. main() and its signal handling are the examples' own: unused here.
 // smtp_server is smtp_support's. Each example is a binary that includes the support files
-// it needs (examples/support/): here, three of them include shutdown.rs, transport.rs and
+// it needs (examples/support/): here, four of them include shutdown.rs, transport.rs and
 // protocol_main.rs each, a module per example, which is what clippy::duplicate_mod
 // (allowed at the top) flags.
 #[allow(dead_code)]
@@ -45,6 +45,7 @@ mod chat_server_clients;
 mod client_close_eof;
 mod close_barrier;
 mod codec_splits;
+mod file_regions;
 mod graceful_shutdown;
 mod half_close;
 mod handler_panic;
@@ -65,6 +66,9 @@ mod limit_max_connections;
 mod many_connections;
 mod pipelined_order;
 mod proxy_protocol;
+mod push;
+mod push_causality;
+mod quiet_connections;
 mod reply_not_held_by_batch;
 mod reuse_port;
 mod round_trip;
@@ -81,6 +85,7 @@ mod smtp_server_clients;
 mod smtp_server_protocol;
 mod socket_activation;
 mod stats;
+mod streamed_bodies;
 mod timeouts;
 #[cfg(feature = "tls")]
 mod tls;
@@ -88,4 +93,5 @@ mod tls;
 mod tls_clients;
 mod unix_clients;
 mod unix_socket;
+mod user_timers;
 mod worker_timer_slack;

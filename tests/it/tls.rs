@@ -17,12 +17,12 @@ use reactor_pool::{handler_fn, Builder, Context, LineCodec, RawCodec, Replies, S
 
 /// The server and client configurations of a throwaway PKI (common's [`TestPki`]:
 /// a root CA the client trusts, an intermediate, a certificate for `localhost`).
-struct Certs {
-    server: Arc<ServerConfig>,
-    client: Arc<ClientConfig>,
+pub(crate) struct Certs {
+    pub(crate) server: Arc<ServerConfig>,
+    pub(crate) client: Arc<ClientConfig>,
 }
 
-fn certs() -> Certs {
+pub(crate) fn certs() -> Certs {
     let pki = common::TestPki::new();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.cert)
         .expect("cert")
@@ -47,13 +47,13 @@ fn certs() -> Certs {
 }
 
 /// A blocking TLS client over a TCP stream, keeping the stream reachable for raw writes.
-struct Client {
+pub(crate) struct Client {
     tls: ClientConnection,
     tcp: TcpStream,
 }
 
 impl Client {
-    fn connect(server: &ServerHandle, certs: &Certs) -> Client {
+    pub(crate) fn connect(server: &ServerHandle, certs: &Certs) -> Client {
         let name = ServerName::try_from("localhost").expect("name");
         let tls = ClientConnection::new(Arc::clone(&certs.client), name).expect("client");
         let mut client = Client {
@@ -66,7 +66,7 @@ impl Client {
         client
     }
 
-    fn send(&mut self, bytes: &[u8]) {
+    pub(crate) fn send(&mut self, bytes: &[u8]) {
         self.tls.writer().write_all(bytes).expect("write");
         while self.tls.wants_write() {
             self.tls.write_tls(&mut self.tcp).expect("write_tls");
@@ -82,7 +82,7 @@ impl Client {
     }
 
     /// Reads plaintext until `n` bytes arrived.
-    fn read_exactly(&mut self, n: usize) -> Vec<u8> {
+    pub(crate) fn read_exactly(&mut self, n: usize) -> Vec<u8> {
         let mut out = vec![0; n];
         let mut stream = rustls::Stream::new(&mut self.tls, &mut self.tcp);
         stream.read_exact(&mut out).expect("read_exact");

@@ -55,8 +55,8 @@ impl<C: Codec> Harness<C> {
         let posts: Vec<_> = self.sink.0.lock().unwrap().drain(..).collect();
         for posted in posts {
             match posted {
-                Posted::Push(_, response) => {
-                    self.conn.on_push(response, &self.counters, self.now);
+                Posted::Push(_, after, response) => {
+                    self.conn.on_push(after, response, &self.counters, self.now);
                 }
                 Posted::Close(_) => self.conn.on_push_close(&self.counters),
             }
@@ -439,4 +439,19 @@ fn a_reply_can_exempt_its_connection_from_the_idle_timeout() {
     assert_eq!(h.sent(), "ok\n");
     let quiet = h.with(|conn, env| conn.next_deadline(env.limits));
     assert_eq!(quiet, None, "no idle deadline once exempted");
+}
+
+/// Regression (found by `kv_server`'s pub/sub against redis-server): a push that reached the
+/// reactor after a request it was made before was written after that request's reply. A
+/// PUBLISH answered on one connection, then a PING from the subscriber on another reactor:
+/// the PONG came first. A push is placed by the requests decoded when it was made.
+#[test]
+fn a_push_made_before_a_request_arrived_goes_before_its_reply_whenever_it_reaches_the_reactor() {
+    let mut h = lines();
+    h.pusher().push(b"pushed".to_vec()).unwrap();
+    // The request arrives and is decoded before the reactor takes the push.
+    h.peer_sends(b"ping\n");
+    h.take_posts();
+    h.answer_all(upper);
+    assert_eq!(h.sent(), "pushed\nPING\n");
 }
