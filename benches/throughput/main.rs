@@ -61,6 +61,14 @@
 //! own. Quick mode runs a small form of them (`-n 2000` / `-n 20000`, `http c100` for 1 s);
 //! a tool or peer that is not installed is skipped with a `skipped: X not installed` line.
 //!
+//! **Downloads** (`downloads.rs`, `download 20x200MB`, with `--features tls` also `download tls
+//! 20x200MB`): 20 concurrent curl downloads of one 200 MB file from http_hello `--root` against
+//! nginx `sendfile on;`: MB/s, the server's peak RSS and context switches per download.
+//! **Fan-out** (`fanout.rs`, `pubsub.rs`, `fanout 1x1000`): one publisher and 1,000
+//! subscribers of one channel, kv_server against redis-server: deliveries/s, delivery
+//! latency, losses. Both run `--runs` rounds alternating the servers; quick mode runs them
+//! small (20 MB files; 1 s of fan-out); a missing tool or peer is skipped likewise.
+//!
 //! **TLS** (built with `--features tls` only; `tls.rs`): `tls echo c100 64B d1` is the echo
 //! scenario over TLS, one handshake per connection (in the warm-up), reactor-pool
 //! (`Builder::tls`, the pool path with the echo settings) against tokio-rustls (the tokio
@@ -74,9 +82,14 @@
 
 mod chart;
 mod client;
+mod download_report;
+mod downloads;
+mod fanout;
 mod load;
 mod loadgen;
+mod procfs;
 mod protocols;
+mod pubsub;
 mod report;
 mod runner;
 mod schedule;
@@ -124,8 +137,10 @@ OPTIONS:
   --filter TEXT         only scenario/server pairs whose \"SCENARIO / SERVER\" contains TEXT;
                         several alternatives separated by '|'
                         (protocol scenarios: \"resp c50 P1\", \"resp c50 P16\", \"http c100\",
-                        \"http c1000\"; servers kv_server, redis-server, http_hello, nginx;
+                        \"http c1000\", \"download 20x200MB\", \"fanout 1x1000\"; servers
+                        kv_server, redis-server, http_hello, nginx;
                         with --features tls: \"tls echo c100 64B d1\", \"tls handshakes c100\",
+                        \"download tls 20x200MB\",
                         servers reactor-pool, tokio-rustls)
   --threads N           server thread budget: tokio worker threads, reactor-pool echo
                         workers unless --workers, nginx worker processes [2]
@@ -180,6 +195,36 @@ fn main() -> ExitCode {
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit now in force.
 pub fn raise_fd_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
+}
+
+/// A scenario run against a pair of servers, ours and the reference (redis-server, nginx).
+pub trait ServerPair {
+    fn servers(&self) -> [&'static str; 2];
+    fn label(&self, server: &str) -> String;
+}
+
+/// `scenarios`, each with the servers whose label `filter` keeps; those with none dropped.
+fn select<S: ServerPair>(scenarios: Vec<S>, filter: Option<&str>) -> Vec<(S, Vec<&'static str>)> {
+    scenarios
+        .into_iter()
+        .map(|s| {
+            let servers: Vec<&'static str> = s
+                .servers()
+                .into_iter()
+                .filter(|server| filter.is_none_or(|f| matches_filter(&s.label(server), f)))
+                .collect();
+            (s, servers)
+        })
+        .filter(|(_, servers)| !servers.is_empty())
+        .collect()
+}
+
+/// The "SCENARIO / SERVER" labels of a plan.
+fn labels<'a, S: ServerPair>(
+    plan: &'a [(S, Vec<&'static str>)],
+) -> impl Iterator<Item = String> + 'a {
+    plan.iter()
+        .flat_map(|(s, servers)| servers.iter().map(move |server| s.label(server)))
 }
 
 /// Whether `label` contains one of the `|`-separated alternatives of `filter`.
@@ -395,37 +440,32 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
         })
         .filter(|(_, kinds)| !kinds.is_empty())
         .collect();
-    let proto_plan: Vec<(protocols::ProtoScenario, Vec<&'static str>)> =
-        protocols::matrix(opts.quick, opts.duration.as_secs_f64().round() as u64)
-            .into_iter()
-            .map(|s| {
-                let servers = s
-                    .servers()
-                    .into_iter()
-                    .filter(|server| {
-                        opts.filter
-                            .as_ref()
-                            .is_none_or(|f| matches_filter(&s.label(server), f))
-                    })
-                    .collect::<Vec<_>>();
-                (s, servers)
-            })
-            .filter(|(_, servers)| !servers.is_empty())
-            .collect();
+    let filter = opts.filter.as_deref();
+    let proto_plan = select(
+        protocols::matrix(opts.quick, opts.duration.as_secs_f64().round() as u64),
+        filter,
+    );
+    let download_plan = select(downloads::matrix(opts.quick), filter);
+    let fanout_plan = select(fanout::matrix(opts.duration, opts.warmup), filter);
     if opts.list {
         for (s, kinds) in &plan {
             for &k in kinds {
                 println!("{}", label(s, k));
             }
         }
-        for (s, servers) in &proto_plan {
-            for server in servers {
-                println!("{}", s.label(server));
-            }
+        let pair_labels = labels(&proto_plan)
+            .chain(labels(&download_plan))
+            .chain(labels(&fanout_plan));
+        for label in pair_labels {
+            println!("{label}");
         }
         return Ok(());
     }
-    if plan.is_empty() && proto_plan.is_empty() {
+    if plan.is_empty()
+        && proto_plan.is_empty()
+        && download_plan.is_empty()
+        && fanout_plan.is_empty()
+    {
         return Err(format!("no scenario matches {:?}; see --list", opts.filter));
     }
     // The example binaries this run starts, built once before the first run.
@@ -436,18 +476,24 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
     {
         examples.push("echo_server");
     }
-    for (_, servers) in &proto_plan {
-        for server in servers {
-            if protocols::is_example(server) && !examples.contains(server) {
-                examples.push(server);
-            }
+    let servers = proto_plan
+        .iter()
+        .flat_map(|(_, servers)| servers)
+        .chain(download_plan.iter().flat_map(|(_, servers)| servers))
+        .chain(fanout_plan.iter().flat_map(|(_, servers)| servers));
+    for server in servers {
+        if protocols::is_example(server) && !examples.contains(server) {
+            examples.push(server);
         }
     }
     if !examples.is_empty() {
         runner::build_examples(&examples).map_err(|e| e.to_string())?;
     }
     let total: usize = plan.iter().map(|(_, k)| k.len() * opts.runs).sum();
-    let proto_total: usize = proto_plan.iter().map(|(_, s)| s.len()).sum();
+    let proto_total: usize = proto_plan.iter().map(|(_, s)| s.len()).sum::<usize>()
+        + (download_plan.iter().map(|(_, s)| s.len()).sum::<usize>()
+            + fanout_plan.iter().map(|(_, s)| s.len()).sum::<usize>())
+            * opts.runs;
     for (s, _) in &plan {
         let threads = label(s, Kind::Threads);
         if s.is_hold()
@@ -565,14 +611,21 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
     }
     report::set_tokio_ratios(&mut outcomes);
     let dir = target_dir().join("bench");
-    let (protocol_runs, protocols_skipped) = protocols::run_all(
-        &proto_plan,
-        &protocols::ProtoSettings {
-            reactors: opts.reactors,
-            workers: opts.workers,
-            threads: opts.threads,
-            dir: dir.join("protocols"),
-        },
+    let proto_settings = |name: &str| protocols::ProtoSettings {
+        reactors: opts.reactors,
+        workers: opts.workers,
+        threads: opts.threads,
+        dir: dir.join(name),
+    };
+    let (protocol_runs, protocols_skipped) =
+        protocols::run_all(&proto_plan, &proto_settings("protocols"));
+    let (downloads, downloads_skipped) =
+        downloads::run_all(&download_plan, &proto_settings("downloads"), opts.runs);
+    let (fanout, fanout_skipped) = fanout::run_all(
+        &fanout_plan,
+        &proto_settings("fanout"),
+        opts.client_threads,
+        opts.runs,
     );
     let report = Report {
         settings: Settings {
@@ -596,12 +649,21 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
         outcomes,
         protocols: protocol_runs,
         protocols_skipped,
+        downloads,
+        downloads_skipped,
+        fanout,
+        fanout_skipped,
     };
     print!("{}", report::table(&report.outcomes));
     print!(
         "{}",
         protocols::text(&report.protocols, &report.protocols_skipped)
     );
+    print!(
+        "{}",
+        download_report::text(&report.downloads, &report.downloads_skipped)
+    );
+    print!("{}", fanout::text(&report.fanout, &report.fanout_skipped));
     report::write_files(&dir, &report).map_err(|e| format!("{}: {e}", dir.display()))?;
     let svg = dir.join("throughput.svg");
     match chart::draw(&svg, &report.outcomes) {

@@ -105,6 +105,16 @@ impl ProtoScenario {
     }
 }
 
+impl crate::ServerPair for ProtoScenario {
+    fn servers(&self) -> [&'static str; 2] {
+        ProtoScenario::servers(self)
+    }
+
+    fn label(&self, server: &str) -> String {
+        ProtoScenario::label(self, server)
+    }
+}
+
 /// The protocol scenarios of a mode: full about a minute, quick a few seconds.
 /// `duration_s` is wrk's `-d` (the bench's `--duration`, at least 1 s).
 pub fn matrix(quick: bool, duration_s: u64) -> Vec<ProtoScenario> {
@@ -177,7 +187,7 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// `name`'s path as [`find_program`] finds it, else `name` (for the error message).
-fn program(name: &str) -> PathBuf {
+pub(crate) fn program(name: &str) -> PathBuf {
     find_program(name).unwrap_or_else(|| name.into())
 }
 
@@ -188,7 +198,7 @@ pub fn is_example(server: &str) -> bool {
 }
 
 /// A running server under test, stopped when dropped (also on error paths).
-enum Running {
+pub(crate) enum Running {
     /// An example binary (kv_server, http_hello).
     Own(Option<ServerProcess>),
     /// redis-server or nginx.
@@ -196,6 +206,14 @@ enum Running {
 }
 
 impl Running {
+    /// The server's process id (nginx: its master process).
+    pub(crate) fn pid(&self) -> u32 {
+        match self {
+            Running::Own(process) => process.as_ref().map_or(0, ServerProcess::pid),
+            Running::Peer(child) => child.id(),
+        }
+    }
+
     fn addr_check(&mut self) -> io::Result<()> {
         if let Running::Peer(child) = self {
             if let Some(status) = child.try_wait()? {
@@ -231,7 +249,7 @@ impl Drop for Running {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> io::Result<u16> {
+pub(crate) fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -261,7 +279,11 @@ fn wait_accepting(running: &mut Running, addr: SocketAddr, log: &Path) -> io::Re
 }
 
 /// Spawns a peer with its output in `dir/NAME.log`, and waits until it accepts on `addr`.
-fn spawn_peer(mut command: Command, dir: &Path, addr: SocketAddr) -> io::Result<Running> {
+pub(crate) fn spawn_peer(
+    mut command: Command,
+    dir: &Path,
+    addr: SocketAddr,
+) -> io::Result<Running> {
     let log_path = dir.join("server.log");
     let log = fs::File::create(&log_path)?;
     let child = command
@@ -275,23 +297,34 @@ fn spawn_peer(mut command: Command, dir: &Path, addr: SocketAddr) -> io::Result<
     Ok(running)
 }
 
-fn start_server(
+/// Starts the example binary `name` with the bench's `--reactors` and `--workers`, and
+/// `extra` arguments after them.
+pub(crate) fn start_example(
+    name: &str,
+    settings: &ProtoSettings,
+    extra: &[String],
+) -> io::Result<(Running, SocketAddr)> {
+    let mut args = vec![
+        "--reactors".to_string(),
+        settings.reactors.to_string(),
+        "--workers".to_string(),
+        settings.workers.to_string(),
+    ];
+    args.extend_from_slice(extra);
+    let process = ServerProcess::spawn_example(name, &args)?;
+    let addr = process.addr;
+    Ok((Running::Own(Some(process)), addr))
+}
+
+/// Starts `server` (an example, redis-server, or nginx answering `Hello, world!`) for a
+/// run whose files go in `dir`.
+pub(crate) fn start_server(
     server: &str,
     settings: &ProtoSettings,
     dir: &Path,
 ) -> io::Result<(Running, SocketAddr)> {
     match server {
-        "kv_server" | "http_hello" => {
-            let args = [
-                "--reactors".to_string(),
-                settings.reactors.to_string(),
-                "--workers".to_string(),
-                settings.workers.to_string(),
-            ];
-            let process = ServerProcess::spawn_example(server, &args)?;
-            let addr = process.addr;
-            Ok((Running::Own(Some(process)), addr))
-        }
+        "kv_server" | "http_hello" => start_example(server, settings, &[]),
         "redis-server" => {
             let port = free_port()?;
             let mut command = Command::new(program("redis-server"));

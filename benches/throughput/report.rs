@@ -281,6 +281,12 @@ pub struct Report {
     pub protocols: Vec<ProtoRun>,
     /// Protocol runs skipped because a tool or peer server is not installed.
     pub protocols_skipped: Vec<String>,
+    /// The download scenarios (`downloads.rs`).
+    pub downloads: Vec<crate::downloads::DownloadOutcome>,
+    pub downloads_skipped: Vec<String>,
+    /// The pub/sub fan-out scenario (`fanout.rs`).
+    pub fanout: Vec<crate::fanout::FanoutOutcome>,
+    pub fanout_skipped: Vec<String>,
 }
 
 const HEADERS: [&str; 17] = [
@@ -573,6 +579,8 @@ pub fn markdown(report: &Report) -> String {
         );
     }
     crate::protocols::markdown(&report.protocols, &report.protocols_skipped, s, &mut md);
+    crate::download_report::markdown(&report.downloads, &report.downloads_skipped, s, &mut md);
+    crate::fanout::markdown(&report.fanout, &report.fanout_skipped, s, &mut md);
     if !report.outcomes.is_empty() {
         let unit = if hs_rows.is_empty() {
             ""

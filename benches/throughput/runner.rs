@@ -179,7 +179,7 @@ impl ServerProcess {
         Ok(ServerProcess { child, stdin, addr })
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -283,7 +283,7 @@ pub fn terminate(child: &Child) -> io::Result<()> {
 }
 
 /// utime + stime, in seconds, from a /proc/<pid>/stat file.
-fn cpu_seconds(path: &str) -> Option<f64> {
+pub fn cpu_seconds(path: &str) -> Option<f64> {
     let stat = fs::read_to_string(path).ok()?;
     // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -295,7 +295,7 @@ fn cpu_seconds(path: &str) -> Option<f64> {
 }
 
 /// CPU time (busy, stolen) of the whole machine so far, in seconds, from /proc/stat.
-fn machine_cpu() -> (f64, f64) {
+pub fn machine_cpu() -> (f64, f64) {
     let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
     let ticks: Vec<f64> = stat
         .lines()
@@ -350,7 +350,7 @@ fn listen_overflows() -> u64 {
     0
 }
 
-fn status_field(status: &str, name: &str) -> Option<u64> {
+pub fn status_field(status: &str, name: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(name))?;
     line[name.len()..].split_whitespace().next()?.parse().ok()
 }

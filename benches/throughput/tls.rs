@@ -134,3 +134,16 @@ pub fn connect(config: &Arc<ClientConfig>) -> io::Result<rustls::ClientConnectio
     let name = ServerName::try_from(SERVER_NAME).map_err(|e| invalid(SERVER_NAME, e))?;
     rustls::ClientConnection::new(Arc::clone(config), name).map_err(io::Error::other)
 }
+
+/// Writes the server's certificate and key as PEM files `server.pem` and `server.key` in
+/// `dir`, for servers that load them from files (http_hello's `--tls-cert`/`--tls-key`,
+/// nginx); returns their paths.
+pub fn write_server_pem(
+    dir: &std::path::Path,
+) -> io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let cert = dir.join("server.pem");
+    let key = dir.join("server.key");
+    std::fs::write(&cert, SERVER_CERT_PEM)?;
+    std::fs::write(&key, SERVER_KEY_PEM)?;
+    Ok((cert, key))
+}
