@@ -95,15 +95,11 @@ fn problems(outcomes: &[DownloadOutcome]) -> Vec<String> {
 
 /// The stdout part: the table, failures and skips.
 pub fn text(outcomes: &[DownloadOutcome], skipped: &[String]) -> String {
-    let mut out = String::new();
-    if !outcomes.is_empty() {
-        out.push('\n');
-        crate::tables::text_table(&HEADERS, &rows(outcomes), &mut out);
-    }
-    for line in problems(outcomes).iter().chain(skipped) {
-        let _ = writeln!(out, "{line}");
-    }
-    out
+    crate::tables::text_section(
+        &HEADERS,
+        &rows(outcomes),
+        problems(outcomes).iter().chain(skipped),
+    )
 }
 
 /// The report.md section.
@@ -116,8 +112,7 @@ pub fn markdown(
     if outcomes.is_empty() && skipped.is_empty() {
         return;
     }
-    let _ = writeln!(
-        md,
+    let intro = format!(
         "\n## Downloads: http_hello's static files against nginx\n\n\
          {DOWNLOADS} concurrent `curl` downloads of one file of pseudo-random bytes (in the page \
          cache), `GET {FILES_URL_PREFIX}{FILE_NAME}`; http_hello `--root DIR` with {r} \
@@ -128,10 +123,11 @@ pub fn markdown(
         w = settings.echo_workers,
         t = settings.server_threads
     );
-    if !outcomes.is_empty() {
-        crate::tables::markdown_table(&HEADERS, &rows(outcomes), md);
-        md.push_str(
-            "\n- **MB/s**: bytes of complete downloads (status 200, every byte) over the wall \
+    crate::tables::markdown_section(
+        &intro,
+        &HEADERS,
+        &rows(outcomes),
+        "\n- **MB/s**: bytes of complete downloads (status 200, every byte) over the wall \
              time from starting the first curl to the last one's exit, 10^6 bytes per second; \
              **complete**: over all rounds.\n\
              - **peak RSS MiB**: the server's VmHWM read just before it was stopped, the \
@@ -141,8 +137,8 @@ pub fn markdown(
              during the downloads (its live threads), per download; **srv CPU s**, **bg CPU \
              s**: as in the first table; **vs nginx (paired)**: median MB/s over nginx's \
              (the median of the per-round ratios).\n",
-        );
-    }
+        md,
+    );
     let mut notes: Vec<String> = outcomes
         .iter()
         .filter(|o| !o.command.is_empty())

@@ -32,7 +32,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::procfs::{self, Sample};
-use crate::protocols::{self, find_program, ProtoSettings, Running};
+use crate::protocols::{self, ProtoSettings, Running};
+use crate::rounds;
 use crate::ServerPair;
 
 /// The path under which http_hello serves `--root` (and nginx is configured to match).
@@ -214,10 +215,7 @@ pub fn run_all(
     for (scenario, servers) in plan {
         let mut runnable = Vec::new();
         for &server in servers {
-            let missing = ["curl", server]
-                .into_iter()
-                .filter(|p| !protocols::is_example(p))
-                .find(|p| find_program(p).is_none());
+            let missing = protocols::missing_program(["curl", server]);
             match missing {
                 Some(program) => {
                     let line = format!(
@@ -243,47 +241,37 @@ pub fn run_all(
                 paired: None,
             })
             .collect();
-        for round in 0..rounds {
-            // The first server changes every round, so a drift of the machine hits both.
-            let mut order: Vec<usize> = (0..results.len()).collect();
-            if round % 2 == 1 {
-                order.reverse();
-            }
-            for i in order {
-                done += 1;
-                let outcome = &mut results[i];
-                let prefix = format!(
-                    "[{done:>3}/{total}] {:<40} round {}/{rounds}",
-                    scenario.label(&outcome.server),
-                    round + 1
-                );
-                let tls = tls_files.as_ref().filter(|_| scenario.tls);
-                match run_one(scenario, &outcome.server, settings, &file, tls) {
-                    Ok((command, mut run)) => {
-                        run.round = round;
-                        eprintln!(
-                            "{prefix}: {:>7.0} MB/s  {}/{} complete  {:.2} s  RSS {:.1} MiB  \
-                             ctx/download {:.0}  CPU s: srv {:.2} cli {:.2} bg {:.2}",
-                            run.mb_per_s,
-                            run.complete,
-                            scenario.downloads,
-                            run.wall_s,
-                            run.peak_rss_kib as f64 / 1024.0,
-                            run.ctx_per_download,
-                            run.server_cpu_s,
-                            run.client_cpu_s,
-                            run.background_cpu_s
-                        );
-                        outcome.command = command;
-                        outcome.runs.push(run);
-                    }
-                    Err(e) => {
-                        eprintln!("{prefix}: FAILED: {e}");
-                        outcome.errors.push(e);
-                    }
+        rounds::alternating(results.len(), rounds, |round, i| {
+            done += 1;
+            let outcome = &mut results[i];
+            let prefix =
+                rounds::progress(done, total, &scenario.label(&outcome.server), round, rounds);
+            let tls = tls_files.as_ref().filter(|_| scenario.tls);
+            match run_one(scenario, &outcome.server, settings, &file, tls) {
+                Ok((command, mut run)) => {
+                    run.round = round;
+                    eprintln!(
+                        "{prefix}: {:>7.0} MB/s  {}/{} complete  {:.2} s  RSS {:.1} MiB  \
+                         ctx/download {:.0}  CPU s: srv {:.2} cli {:.2} bg {:.2}",
+                        run.mb_per_s,
+                        run.complete,
+                        scenario.downloads,
+                        run.wall_s,
+                        run.peak_rss_kib as f64 / 1024.0,
+                        run.ctx_per_download,
+                        run.server_cpu_s,
+                        run.client_cpu_s,
+                        run.background_cpu_s
+                    );
+                    outcome.command = command;
+                    outcome.runs.push(run);
+                }
+                Err(e) => {
+                    eprintln!("{prefix}: FAILED: {e}");
+                    outcome.errors.push(e);
                 }
             }
-        }
+        });
         set_medians(&mut results);
         outcomes.extend(results);
     }

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::procfs::{self, Sample};
-use crate::protocols::{self, find_program, ProtoSettings};
+use crate::protocols::{self, ProtoSettings};
 use crate::pubsub::{self, Event, FanoutConfig};
+use crate::rounds;
 use crate::ServerPair;
 
 /// Subscribers of the scenario.
@@ -125,7 +126,7 @@ pub fn run_all(
     for (scenario, servers) in plan {
         let mut results: Vec<FanoutOutcome> = Vec::new();
         for &server in servers {
-            if !protocols::is_example(server) && find_program(server).is_none() {
+            if protocols::missing_program([server]).is_some() {
                 let line = format!(
                     "skipped: {}: {server} not installed",
                     scenario.label(server)
@@ -147,49 +148,40 @@ pub fn run_all(
                 p99_vs_redis: None,
             });
         }
-        for round in 0..rounds {
-            let mut order: Vec<usize> = (0..results.len()).collect();
-            if round % 2 == 1 {
-                order.reverse();
-            }
-            for i in order {
-                done += 1;
-                let outcome = &mut results[i];
-                let prefix = format!(
-                    "[{done:>3}/{total}] {:<40} round {}/{rounds}",
-                    scenario.label(&outcome.server),
-                    round + 1
-                );
-                let t = Instant::now();
-                match run_one(scenario, &outcome.server, settings, client_threads) {
-                    Ok(mut run) => {
-                        run.round = round;
-                        eprintln!(
-                            "{prefix}: {:>8.0} deliveries/s ({:.0} msg/s)  p99 {} us  lost {}  \
-                             errors {}  RSS {:.1} MiB  CPU s: srv {:.2} cli {:.2} bg {:.2}  ({:.1} s)",
-                            run.delivered_per_s,
-                            run.published_per_s,
-                            run.p99_us,
-                            run.lost,
-                            run.errors.len(),
-                            run.peak_rss_kib as f64 / 1024.0,
-                            run.server_cpu_s,
-                            run.client_cpu_s,
-                            run.background_cpu_s,
-                            t.elapsed().as_secs_f64()
-                        );
-                        for e in &run.errors {
-                            eprintln!("{prefix}: error: {e}");
-                        }
-                        outcome.runs.push(run);
+        rounds::alternating(results.len(), rounds, |round, i| {
+            done += 1;
+            let outcome = &mut results[i];
+            let prefix =
+                rounds::progress(done, total, &scenario.label(&outcome.server), round, rounds);
+            let t = Instant::now();
+            match run_one(scenario, &outcome.server, settings, client_threads) {
+                Ok(mut run) => {
+                    run.round = round;
+                    eprintln!(
+                        "{prefix}: {:>8.0} deliveries/s ({:.0} msg/s)  p99 {} us  lost {}  \
+                         errors {}  RSS {:.1} MiB  CPU s: srv {:.2} cli {:.2} bg {:.2}  ({:.1} s)",
+                        run.delivered_per_s,
+                        run.published_per_s,
+                        run.p99_us,
+                        run.lost,
+                        run.errors.len(),
+                        run.peak_rss_kib as f64 / 1024.0,
+                        run.server_cpu_s,
+                        run.client_cpu_s,
+                        run.background_cpu_s,
+                        t.elapsed().as_secs_f64()
+                    );
+                    for e in &run.errors {
+                        eprintln!("{prefix}: error: {e}");
                     }
-                    Err(e) => {
-                        eprintln!("{prefix}: FAILED: {e}");
-                        outcome.failed.push(e);
-                    }
+                    outcome.runs.push(run);
+                }
+                Err(e) => {
+                    eprintln!("{prefix}: FAILED: {e}");
+                    outcome.failed.push(e);
                 }
             }
-        }
+        });
         set_medians(&mut results);
         outcomes.extend(results);
     }
@@ -369,15 +361,11 @@ fn problems(outcomes: &[FanoutOutcome]) -> Vec<String> {
 
 /// The stdout part.
 pub fn text(outcomes: &[FanoutOutcome], skipped: &[String]) -> String {
-    let mut out = String::new();
-    if !outcomes.is_empty() {
-        out.push('\n');
-        crate::tables::text_table(&HEADERS, &rows(outcomes), &mut out);
-    }
-    for line in problems(outcomes).iter().chain(skipped) {
-        let _ = writeln!(out, "{line}");
-    }
-    out
+    crate::tables::text_section(
+        &HEADERS,
+        &rows(outcomes),
+        problems(outcomes).iter().chain(skipped),
+    )
 }
 
 /// The report.md section.
@@ -390,8 +378,7 @@ pub fn markdown(
     if outcomes.is_empty() && skipped.is_empty() {
         return;
     }
-    let _ = writeln!(
-        md,
+    let intro = format!(
         "\n## Pub/sub fan-out: kv_server against redis-server\n\n\
          1,000 subscribers of one channel, one publisher (`PUBLISH ch PAYLOAD`, 64-byte \
          payloads carrying their send time), closed loop within a delivery window: message k \
@@ -404,10 +391,11 @@ pub fn markdown(
         r = settings.reactors,
         w = settings.echo_workers,
     );
-    if !outcomes.is_empty() {
-        crate::tables::markdown_table(&HEADERS, &rows(outcomes), md);
-        md.push_str(
-            "\n- **deliveries/s**: messages received by subscribers in the measured window \
+    crate::tables::markdown_section(
+        &intro,
+        &HEADERS,
+        &rows(outcomes),
+        "\n- **deliveries/s**: messages received by subscribers in the measured window \
              (one message to 1,000 subscribers is 1,000), per second; **msg/s**: messages \
              published.\n\
              - **p50/p99 us**: delivery latency, from the publisher's timestamp to the read \
@@ -418,8 +406,8 @@ pub fn markdown(
              - **vs redis (paired)**: median deliveries/s over redis-server's (the median of the \
              per-round ratios), higher is better; **p99 vs redis**: median p99 over \
              redis-server's, lower is better.\n",
-        );
-    }
+        md,
+    );
     let notes: Vec<String> = problems(outcomes)
         .into_iter()
         .chain(skipped.iter().cloned())

@@ -91,6 +91,7 @@ mod procfs;
 mod protocols;
 mod pubsub;
 mod report;
+mod rounds;
 mod runner;
 mod schedule;
 mod servers;

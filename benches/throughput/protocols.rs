@@ -197,6 +197,14 @@ pub fn is_example(server: &str) -> bool {
     matches!(server, "kv_server" | "http_hello")
 }
 
+/// The first of `programs` (the crate's examples aside) not installed on the machine.
+pub fn missing_program<'a>(programs: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    programs
+        .into_iter()
+        .filter(|p| !is_example(p))
+        .find(|p| find_program(p).is_none())
+}
+
 /// A running server under test, stopped when dropped (also on error paths).
 pub(crate) enum Running {
     /// An example binary (kv_server, http_hello).
@@ -598,10 +606,7 @@ pub fn run_all(
         for &server in servers {
             done += 1;
             let prefix = format!("[{done:>3}/{total}] {:<40}", scenario.label(server));
-            let missing = [scenario.tool(), server]
-                .into_iter()
-                .filter(|p| !matches!(*p, "kv_server" | "http_hello"))
-                .find(|p| find_program(p).is_none());
+            let missing = missing_program([scenario.tool(), server]);
             if let Some(program) = missing {
                 let line = format!(
                     "skipped: {}: {program} not installed",

@@ -63,3 +63,37 @@ pub fn markdown_table(headers: &[&str], rows: &[Vec<String>], md: &mut String) {
         let _ = writeln!(md, "| {} |", r.join(" | "));
     }
 }
+
+/// A paired scenario group's stdout part: its table (when it has rows), then `lines`
+/// (failures, skips), one each.
+pub fn text_section<'a>(
+    headers: &[&str],
+    rows: &[Vec<String>],
+    lines: impl IntoIterator<Item = &'a String>,
+) -> String {
+    let mut out = String::new();
+    if !rows.is_empty() {
+        out.push('\n');
+        text_table(headers, rows, &mut out);
+    }
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+/// A paired scenario group's report.md section up to its notes: `intro` (a heading and
+/// what was measured), then the table and `legend` when it has rows.
+pub fn markdown_section(
+    intro: &str,
+    headers: &[&str],
+    rows: &[Vec<String>],
+    legend: &str,
+    md: &mut String,
+) {
+    let _ = writeln!(md, "{intro}");
+    if !rows.is_empty() {
+        markdown_table(headers, rows, md);
+        md.push_str(legend);
+    }
+}
