@@ -5,6 +5,7 @@
 //! that vanishes mid-file is closed and the server serves on.
 
 use crate::common;
+use crate::line_or::{self, Frame, LineOrCodec};
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
@@ -13,8 +14,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use reactor_pool::{
-    AfterReply, Builder, CloseReason, Codec, Context, DecodeError, Decoded, FileRegion, Handler,
-    LineCodec, Output, Replies, ServerHandle,
+    Builder, CloseReason, Context, FileRegion, Handler, Output, Replies, ServerHandle,
 };
 
 use crate::common::{
@@ -22,39 +22,24 @@ use crate::common::{
     Pattern, TempDir, WAIT_DEADLINE,
 };
 
-/// A reply: a line, or a file region between a header line and a trailer line.
-enum Reply {
-    Line(Vec<u8>),
-    File { name: String, region: FileRegion },
+/// A file region between `FILE {name} {len}\n` and `END {name}\n`.
+struct FileReply {
+    name: String,
+    region: FileRegion,
 }
 
+impl Frame for FileReply {
+    fn encode(self, output: &mut Output<'_>) {
+        let FileReply { name, region } = self;
+        let _ = writeln!(output, "FILE {name} {}", region.len());
+        output.file(region);
+        let _ = writeln!(output, "END {name}");
+    }
+}
+
+type Reply = line_or::Reply<FileReply>;
 /// Lines in; a line or `FILE {name} {len}\n`, the region's bytes, `END {name}\n` out.
-#[derive(Clone, Default)]
-struct FileCodec(LineCodec);
-
-impl Codec for FileCodec {
-    type Request = Vec<u8>;
-    type Response = Reply;
-
-    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded<Vec<u8>>>, DecodeError> {
-        self.0.decode(input)
-    }
-
-    fn encode(&mut self, reply: Reply, output: &mut Output<'_>) -> AfterReply {
-        match reply {
-            Reply::Line(line) => {
-                output.extend_from_slice(&line);
-                output.push(b'\n');
-            }
-            Reply::File { name, region } => {
-                let _ = writeln!(output, "FILE {name} {}", region.len());
-                output.file(region);
-                let _ = writeln!(output, "END {name}");
-            }
-        }
-        AfterReply::KeepOpen
-    }
-}
+type FileCodec = LineOrCodec<FileReply>;
 
 /// `get NAME` answers with the whole file `NAME` of its directory, `get NAME OFFSET LEN`
 /// with that range of it; any other line is echoed. Each close reason goes to `closes`.
@@ -85,10 +70,10 @@ impl Handler for FileServer {
                     ),
                     _ => panic!("bad request {text:?}"),
                 };
-                Reply::File {
+                Reply::Framed(FileReply {
                     name: (*name).to_owned(),
                     region,
-                }
+                })
             }
             _ => Reply::Line(line),
         };

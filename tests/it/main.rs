@@ -18,6 +18,7 @@
 mod common;
 mod deploy_support;
 mod line_client;
+mod line_or;
 mod redis_client;
 mod smtp_support;
 

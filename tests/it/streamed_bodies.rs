@@ -5,55 +5,40 @@
 //! the bytes written, counted in `body_errors`, and the server serves on.
 
 use crate::common;
+use crate::line_or::{self, Frame, LineOrCodec};
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use reactor_pool::{
-    AfterReply, BodyStream, Builder, CloseReason, Codec, Context, DecodeError, Decoded, Framing,
-    Handler, LineCodec, Output, Replies, ServerHandle,
+    BodyStream, Builder, CloseReason, Context, Framing, Handler, Output, Replies, ServerHandle,
 };
 
 use crate::common::{connect, expect_clean_eof, read_exactly, send, wait_for_stats, WAIT_DEADLINE};
 
-/// A reply: a line, or a streamed body between a header line and `END`.
-enum Reply {
-    Line(Vec<u8>),
-    Body { framing: Framing, body: BodyStream },
+/// A streamed body between `BODY chunked\n` / `BODY {len}\n` and `END\n`.
+struct BodyReply {
+    framing: Framing,
+    body: BodyStream,
 }
 
-/// Lines in; a line, or `BODY chunked\n` / `BODY {len}\n`, the framed body, `END\n` out.
-#[derive(Clone, Default)]
-struct StreamCodec(LineCodec);
-
-impl Codec for StreamCodec {
-    type Request = Vec<u8>;
-    type Response = Reply;
-
-    fn decode(&mut self, input: &[u8]) -> Result<Option<Decoded<Vec<u8>>>, DecodeError> {
-        self.0.decode(input)
-    }
-
-    fn encode(&mut self, reply: Reply, output: &mut Output<'_>) -> AfterReply {
-        match reply {
-            Reply::Line(line) => {
-                output.extend_from_slice(&line);
-                output.push(b'\n');
-            }
-            Reply::Body { framing, body } => {
-                match framing {
-                    Framing::Length(len) => writeln!(output, "BODY {len}"),
-                    _ => writeln!(output, "BODY chunked"),
-                }
-                .expect("write to memory");
-                output.stream(body, framing);
-                output.extend_from_slice(b"END\n");
-            }
+impl Frame for BodyReply {
+    fn encode(self, output: &mut Output<'_>) {
+        let BodyReply { framing, body } = self;
+        match framing {
+            Framing::Length(len) => writeln!(output, "BODY {len}"),
+            _ => writeln!(output, "BODY chunked"),
         }
-        AfterReply::KeepOpen
+        .expect("write to memory");
+        output.stream(body, framing);
+        output.extend_from_slice(b"END\n");
     }
 }
+
+type Reply = line_or::Reply<BodyReply>;
+/// Lines in; a line, or `BODY chunked\n` / `BODY {len}\n`, the framed body, `END\n` out.
+type StreamCodec = LineOrCodec<BodyReply>;
 
 /// Piece `i` of a body: `k` bytes that differ from piece to piece.
 fn piece(i: usize, k: usize) -> Vec<u8> {
@@ -159,10 +144,10 @@ impl Handler for StreamServer {
                     ),
                     _ => panic!("bad request {text:?}"),
                 };
-                Reply::Body {
+                Reply::Framed(BodyReply {
                     framing,
                     body: producer(n, k, ending, gate),
-                }
+                })
             }
             _ => Reply::Line(line),
         };
