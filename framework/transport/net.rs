@@ -9,7 +9,6 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use mio::event::Source;
-use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::handler::{Context, Credentials, Peer};
@@ -140,29 +139,7 @@ impl Stream {
     }
 }
 
-impl Source for Stream {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        self.source().register(registry, token, interest)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        self.source().reregister(registry, token, interest)
-    }
-
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        self.source().deregister(registry)
-    }
-}
+source_via!(Stream, stream => stream.source());
 
 /// A listening socket, non-blocking, owned by the acceptor.
 pub(crate) struct Listener {
@@ -336,29 +313,7 @@ impl Listener {
     }
 }
 
-impl Source for Listener {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        self.source().register(registry, token, interest)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        self.source().reregister(registry, token, interest)
-    }
-
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        self.source().deregister(registry)
-    }
-}
+source_via!(Listener, listener => listener.source());
 
 /// Removes the socket file at `path` if no server listens on it (connecting is refused);
 /// fails with [`io::ErrorKind::AddrInUse`] if one does, or if `path` is not a socket. Call

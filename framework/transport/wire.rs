@@ -7,9 +7,6 @@ use std::io::{self, Read, Write};
 #[cfg(feature = "tls")]
 use std::sync::Arc;
 
-use mio::event::Source;
-use mio::{Interest, Registry, Token};
-
 use crate::handler::{Context, Peer};
 use crate::transport::net::{Stream, Transport};
 use crate::transport::proxy::{self, Parsed, MAX_HEADER};
@@ -247,29 +244,7 @@ impl Transport for Wire {
     }
 }
 
-impl Source for Wire {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        self.beneath.stream.register(registry, token, interest)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        self.beneath.stream.reregister(registry, token, interest)
-    }
-
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        self.beneath.stream.deregister(registry)
-    }
-}
+source_via!(Wire, wire => &mut wire.beneath.stream);
 
 impl Read for Beneath {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
