@@ -42,14 +42,20 @@ enum Entry {
     Every(Arc<Periodic>),
 }
 
+/// A timer set and not yet fired or cancelled, and whose it is.
+struct Pending {
+    entry: Entry,
+    /// The connection (by id) whose end cancels it, if any.
+    owner: Option<u64>,
+}
+
 #[derive(Default)]
 struct State {
     due: BinaryHeap<Reverse<(Instant, u64)>>,
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<u64, Pending>,
     /// The pending timers of each owner (a connection, by its id), so they can be
-    /// cancelled together when it ends, and the owner of each.
+    /// cancelled together when it ends.
     owned: HashMap<u64, HashSet<u64>>,
-    owner_of: HashMap<u64, u64>,
     next_id: u64,
     thread: Option<JoinHandle<()>>,
     stopped: bool,
@@ -110,10 +116,9 @@ impl Scheduler {
         state.next_id += 1;
         let at = clock::after(Instant::now(), delay);
         state.due.push(Reverse((at, id)));
-        state.entries.insert(id, entry);
+        state.entries.insert(id, Pending { entry, owner });
         if let Some(owner) = owner {
             state.owned.entry(owner).or_default().insert(id);
-            state.owner_of.insert(id, owner);
         }
         Counters::add(&self.counters.user_timers, 1);
         if state.thread.is_none() {
@@ -153,9 +158,8 @@ impl Scheduler {
             return;
         };
         for id in ids {
-            state.owner_of.remove(&id);
-            if let Some(entry) = state.entries.remove(&id) {
-                if let Entry::Every(periodic) = entry {
+            if let Some(pending) = state.entries.remove(&id) {
+                if let Entry::Every(periodic) = pending.entry {
                     periodic.done.store(true, Ordering::Relaxed);
                 }
                 Counters::sub(&self.counters.user_timers, 1);
@@ -173,7 +177,6 @@ impl Scheduler {
             state.entries.clear();
             state.due.clear();
             state.owned.clear();
-            state.owner_of.clear();
             Counters::sub(&self.counters.user_timers, pending);
             state.thread.take()
         };
@@ -235,29 +238,15 @@ impl Scheduler {
                 continue;
             }
             state.due.pop();
-            let owner = state.owner_of.get(&id).copied();
-            let job: Job = match remove(&mut state, id) {
+            let job: Job = match state.entries.get(&id).map(|pending| &pending.entry) {
                 // Cancelled.
                 None => continue,
-                Some(Entry::Once(job)) => {
-                    Counters::sub(&self.counters.user_timers, 1);
-                    job
-                }
-                Some(Entry::Every(periodic)) => {
-                    if periodic.done.load(Ordering::Relaxed) {
-                        Counters::sub(&self.counters.user_timers, 1);
-                        continue;
-                    }
+                // A periodic timer going on stays where it is, due again a period on.
+                Some(Entry::Every(periodic)) if !periodic.done.load(Ordering::Relaxed) => {
+                    let periodic = Arc::clone(periodic);
                     // Fixed rate; ticks missed while the thread was late are not made up.
                     let next = clock::after(at, periodic.period).max(now);
                     state.due.push(Reverse((next, id)));
-                    state
-                        .entries
-                        .insert(id, Entry::Every(Arc::clone(&periodic)));
-                    if let Some(owner) = owner {
-                        state.owned.entry(owner).or_default().insert(id);
-                        state.owner_of.insert(id, owner);
-                    }
                     Box::new(move || {
                         // A run still going makes this one skip.
                         if let Ok(mut task) = periodic.task.try_lock() {
@@ -266,6 +255,14 @@ impl Scheduler {
                             }
                         }
                     })
+                }
+                // A one-shot timer firing, or a periodic one that asked to stop.
+                Some(_) => {
+                    Counters::sub(&self.counters.user_timers, 1);
+                    match remove(&mut state, id) {
+                        Some(Entry::Once(job)) => job,
+                        _ => continue,
+                    }
                 }
             };
             drop(state);
@@ -283,8 +280,8 @@ impl Scheduler {
 
 /// Takes timer `id` out of `state`, with its owner's record of it.
 fn remove(state: &mut State, id: u64) -> Option<Entry> {
-    let entry = state.entries.remove(&id)?;
-    if let Some(owner) = state.owner_of.remove(&id) {
+    let Pending { entry, owner } = state.entries.remove(&id)?;
+    if let Some(owner) = owner {
         if let Some(ids) = state.owned.get_mut(&owner) {
             ids.remove(&id);
             if ids.is_empty() {
