@@ -43,6 +43,17 @@ struct Entry<C: Codec, S> {
     revisit_listed: bool,
 }
 
+impl<C: Codec, S> Entry<C, S> {
+    /// Something came back for this connection: it is driven once after the inbox drain
+    /// (listed on `replied` once, however many messages it got).
+    fn drive_after_drain(&mut self, key: ConnKey, replied: &mut Vec<ConnKey>) {
+        if !self.drive_queued {
+            self.drive_queued = true;
+            replied.push(key);
+        }
+    }
+}
+
 struct Slot<C: Codec, S> {
     generation: u32,
     entry: Option<Entry<C, S>>,
@@ -324,10 +335,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
             return;
         };
         entry.conn.on_done(done, &self.counters, self.now);
-        if !entry.drive_queued {
-            entry.drive_queued = true;
-            self.replied.push(key);
-        }
+        entry.drive_after_drain(key, &mut self.replied);
     }
 
     /// A pusher's response or close, for a connection that may have closed since.
@@ -346,10 +354,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
             }
             Posted::Close(_) => entry.conn.on_push_close(&self.counters),
         }
-        if !entry.drive_queued {
-            entry.drive_queued = true;
-            self.replied.push(key);
-        }
+        entry.drive_after_drain(key, &mut self.replied);
     }
 
     fn retry_stalled(&mut self) {
