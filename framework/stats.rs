@@ -25,6 +25,8 @@ pub(crate) struct Counters {
     pub pushes_refused: AtomicU64,
     pub body_errors: AtomicU64,
     pub user_timers: AtomicU64,
+    pub batches_inline: AtomicU64,
+    pub inline_overruns: AtomicU64,
 }
 
 impl Counters {
@@ -71,6 +73,8 @@ impl Counters {
             pushes_refused: self.pushes_refused.load(Relaxed),
             body_errors: self.body_errors.load(Relaxed),
             user_timers: self.user_timers.load(Relaxed),
+            batches_inline: self.batches_inline.load(Relaxed),
+            inline_overruns: self.inline_overruns.load(Relaxed),
         }
     }
 }
@@ -149,4 +153,10 @@ pub struct Stats {
     /// [`ServerHandle::every`](crate::ServerHandle::every), ...): set and not yet fired,
     /// cancelled or stopped.
     pub user_timers: u64,
+    /// Batches of requests a reactor ran itself, with no hand-off to a worker, because the
+    /// handler had proven fast ([`Builder::adaptive_inline`](crate::Builder::adaptive_inline)).
+    pub batches_inline: u64,
+    /// Batches run on a reactor that took longer than the adaptive-inline budget, each
+    /// sending that reactor's batches back to the pool for a while.
+    pub inline_overruns: u64,
 }

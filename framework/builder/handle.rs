@@ -12,7 +12,7 @@ use crossbeam_channel::Receiver;
 use crate::conn::Work;
 use crate::runtime::acceptor::AcceptGate;
 use crate::runtime::mailbox::{Inbound, Mailbox};
-use crate::runtime::pool::Pool;
+use crate::runtime::pool::{Crew, Pool};
 use crate::stats::{Counters, Stats};
 use crate::timer::{Scheduler, Timer};
 use crate::transport::ListenAddr;
@@ -31,7 +31,8 @@ pub(crate) struct Threads<Req, Resp, S> {
     pub gate: Arc<AcceptGate>,
     /// `None` until the acceptor thread started.
     pub acceptor: Option<JoinHandle<()>>,
-    pub reactors: Vec<JoinHandle<()>>,
+    /// The reactor threads, and with adaptive inline their standbys and the watchdog.
+    pub reactors: Crew,
     pub mailboxes: Arc<[Mailbox<Resp, S>]>,
     pub pool: Pool,
     pub jobs: Receiver<Work<Req, Resp, S>>,
@@ -66,16 +67,16 @@ impl<Req: Send, Resp: Send, S: Send> Running for Threads<Req, Resp, S> {
         for mailbox in mailboxes.iter() {
             let _ = mailbox.send(Inbound::Shutdown { deadline });
         }
-        for reactor in reactors {
-            let _ = reactor.join();
-        }
+        // A reactor ends by its deadline; a thread of theirs that ran a batch and was
+        // taken over may still be in the handler, as a worker may: left, and counted.
+        let stuck = reactors.join(clock::after(deadline, Duration::from_secs(1)));
         // Work still queued has no connection left to answer: the workers skip its requests
         // (counted as dropped) and run its close hooks. Release: pairs with the workers'
         // Acquire load, after every reactor is joined. The reactors held the last job
         // senders, so the workers then drain the queue and exit.
         stopping.store(true, Ordering::Release);
         drop((jobs, counters));
-        pool.join(deadline)
+        stuck + pool.join(deadline)
     }
 }
 

@@ -69,6 +69,7 @@ pub struct Builder {
     batch_scheduling: bool,
     worker_timer_slack: Option<Duration>,
     mode: Mode,
+    adaptive_inline: Option<Duration>,
     push_limit: usize,
     pub(crate) limits: Limits,
 }
@@ -127,6 +128,7 @@ impl Builder {
             batch_scheduling: true,
             worker_timer_slack: Some(Duration::from_micros(1)),
             mode: Mode::Pool,
+            adaptive_inline: Some(Duration::from_micros(50)),
             push_limit: 1024,
             limits: Limits {
                 max_frame: crate::codec::DEFAULT_MAX_FRAME + FRAMING_ALLOWANCE,
@@ -322,7 +324,8 @@ impl Builder {
         self
     }
 
-    /// On Linux, the timer slack of the worker threads: how late the kernel may end a timed
+    /// On Linux, the timer slack of the threads that run the handler (the workers, and with
+    /// [`adaptive_inline`](Builder::adaptive_inline) the reactors and their standbys): how late the kernel may end a timed
     /// wait of the handler's (a sleep, a socket or lock timeout) so as to batch wake-ups. The
     /// kernel's default, 50 µs, makes a handler's 1 ms sleep take about 1.06 ms; with 1 µs it
     /// takes about 1.01 ms, and a pool of handlers that wait comes within 5% of its ideal
@@ -353,6 +356,26 @@ impl Builder {
     /// ([`Mode::Inline`], handlers that never block). Default: [`Mode::Pool`].
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Adaptive inline, for [`Mode::Pool`] and [`Mode::Concurrent`]: while the handler has
+    /// proven fast, a reactor runs a connection's batch itself, at the end of the turn that
+    /// read it, instead of handing it to a worker and taking the replies back (two thread
+    /// wake-ups per request when the load is light). The batch is queued and answered as it
+    /// would be on the pool, so order, sessions and closes are the same; only the thread
+    /// differs. A batch that takes longer than `budget` per request (up to 16 requests'
+    /// worth for a pipelined batch) sends that reactor's batches back to the pool for a
+    /// cool-down of 10 ms, doubling with each slow batch after it up to 10 s, and starting
+    /// over after 1,000 fast ones in a row; [`Stats::batches_inline`](crate::Stats::batches_inline)
+    /// and [`Stats::inline_overruns`](crate::Stats::inline_overruns) count them. So a handler
+    /// that blocks runs on the pool, probed on a reactor once per cool-down: that one call
+    /// stalls the reactor's other connections for as long as it takes. A handler that may
+    /// block for long on any call (a lock held across a slow query, an external service)
+    /// should turn this off with `None`. No effect in [`Mode::Inline`].
+    /// Default: `Some(50 µs)`.
+    pub fn adaptive_inline(mut self, budget: Option<Duration>) -> Self {
+        self.adaptive_inline = budget;
         self
     }
 

@@ -17,8 +17,9 @@ use crate::handler::Handler;
 use crate::runtime::acceptor::Acceptor;
 use crate::runtime::dispatch::DynHandler;
 use crate::runtime::mailbox::Mailbox;
-use crate::runtime::pool::{Pool, WorkerShared};
+use crate::runtime::pool::{Crew, Pool, WorkerShared};
 use crate::runtime::reactor::{Reactor, ReactorParts};
+use crate::runtime::seat::{Seat, WatchShared, Watchdog};
 use crate::stats::Counters;
 use crate::sys::{spawn_thread, Spawn};
 use crate::timer::{Job, Runner, Scheduler};
@@ -153,6 +154,7 @@ impl Builder {
                     inline,
                     concurrent,
                     slow_handler: self.slow_handler,
+                    adaptive_inline: self.adaptive_inline,
                     counters: Arc::clone(&counters),
                     gate: Arc::clone(&gate),
                     limits: self.limits.clone(),
@@ -198,7 +200,7 @@ impl Builder {
             scheduler: Arc::clone(&scheduler),
             gate,
             acceptor: None,
-            reactors: Vec::with_capacity(reactors.len()),
+            reactors: Crew::new(),
             mailboxes,
             pool,
             jobs: jobs_rx.clone(),
@@ -248,25 +250,63 @@ impl Builder {
 }
 
 impl Builder {
-    /// Starts a thread per reactor, pushing each onto `started`. When one cannot start,
-    /// returns its error; the reactors not started are dropped with it, and with them their
-    /// job senders, so the workers see every sender gone once the started reactors stop.
+    /// Starts a thread per reactor, pushing each onto `started`, and with adaptive inline
+    /// a standby thread per reactor and the watchdog (`runtime::seat`). When one cannot
+    /// start, returns its error; the reactors not started are dropped with it, and with them
+    /// their job senders, so the workers see every sender gone once the started reactors
+    /// stop.
     fn spawn_reactors<C: Codec, S: Send + 'static>(
         &self,
         reactors: Vec<Reactor<C, S>>,
-        started: &mut Vec<std::thread::JoinHandle<()>>,
+        started: &mut Crew,
         spawn: &mut Spawn<'_>,
     ) -> io::Result<()> {
         let batch_scheduling = self.batch_scheduling;
+        let adaptive = self.mode != Mode::Inline && self.adaptive_inline.is_some();
+        // With adaptive inline the handler may run on a reactor's thread: its timed waits
+        // get the workers' slack there too.
+        let slack = if adaptive {
+            self.worker_timer_slack
+        } else {
+            None
+        };
+        let shared = WatchShared::new();
+        let mut seats = Vec::with_capacity(reactors.len());
         for (index, reactor) in reactors.into_iter().enumerate() {
+            let seat = Seat::new(Arc::clone(&shared));
+            seats.push(Arc::clone(&seat));
             let name = format!("{}-reactor-{index}", self.thread_name);
+            let reactor_seat = Arc::clone(&seat);
             let run = Box::new(move || {
                 if batch_scheduling {
                     crate::sys::prefer_batch_scheduling();
                 }
-                reactor.run();
+                if let Some(slack) = slack {
+                    crate::sys::prefer_timer_slack(slack);
+                }
+                reactor.run(&reactor_seat);
             });
-            started.push(spawn(name, run)?);
+            // On an error, the reactors started so far end with the shutdown, and their
+            // standbys with them; the watchdog is not started yet.
+            started.spawn(spawn, name, run)?;
+            if adaptive {
+                let name = format!("{}-standby-{index}", self.thread_name);
+                let standby = Box::new(move || {
+                    if batch_scheduling {
+                        crate::sys::prefer_batch_scheduling();
+                    }
+                    if let Some(slack) = slack {
+                        crate::sys::prefer_timer_slack(slack);
+                    }
+                    Reactor::<C, S>::stand_by(&seat);
+                });
+                started.spawn(spawn, name, standby)?;
+            }
+        }
+        if adaptive {
+            let watchdog = Watchdog::new(seats, shared);
+            let name = format!("{}-watchdog", self.thread_name);
+            started.spawn(spawn, name, Box::new(move || watchdog.run()))?;
         }
         Ok(())
     }
@@ -336,8 +376,9 @@ mod tests {
     /// start has ended by the time `start` returns its error.
     #[test]
     fn a_failed_thread_spawn_stops_the_threads_already_started() {
-        // 2 workers, then 2 reactors, then the acceptor.
-        for fail_at in 0..5 {
+        // 2 workers, then 2 reactors each with its standby, the watchdog, then the
+        // acceptor.
+        for fail_at in 0..8 {
             // Each started thread holds a sender: all gone means all threads ended.
             let (alive, all_ended) = crossbeam_channel::unbounded::<()>();
             let mut calls = 0;

@@ -2,6 +2,7 @@
 //! the handler on the reactor's own thread ([`Inline`]: inline mode, and open and close
 //! hooks that never block).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError};
@@ -16,11 +17,17 @@ use crate::util::few::Few;
 pub(crate) type DynHandler<C, S> =
     dyn Handler<Request = <C as Codec>::Request, Response = <C as Codec>::Response, Session = S>;
 
+/// Batches a reactor keeps to run itself (adaptive inline).
+pub(crate) type LocalBatches<C, S> =
+    VecDeque<Work<<C as Codec>::Request, <C as Codec>::Response, S>>;
+
 /// Where work goes: the pool's job queue; open and close hooks that never block run here
-/// instead (`Handler::hooks_block`).
+/// instead (`Handler::hooks_block`), and batches go to `local` while the handler has proven
+/// fast (adaptive inline: the reactor runs them at the end of its turn).
 pub(crate) struct ToPool<'a, C: Codec, S> {
     pub jobs: &'a Sender<Work<C::Request, C::Response, S>>,
     pub hooks_here: Option<Inline<'a, C, S>>,
+    pub local: Option<&'a mut LocalBatches<C, S>>,
 }
 
 impl<C: Codec, S: Send + 'static> Dispatch<C::Request, C::Response, S> for ToPool<'_, C, S> {
@@ -31,6 +38,12 @@ impl<C: Codec, S: Send + 'static> Dispatch<C::Request, C::Response, S> for ToPoo
         if let (Some(here), Work::Open { .. } | Work::Close { .. }) = (&mut self.hooks_here, &work)
         {
             return here.dispatch(work);
+        }
+        if let (Some(local), Work::Batch { .. }) = (&mut self.local, &work) {
+            // Queued as for a worker, and answered the same way (`Done`, through
+            // `Reactor::apply_done`), so order, barriers and sessions are the pool's.
+            local.push_back(work);
+            return Dispatched::Queued;
         }
         match self.jobs.try_send(work) {
             Ok(()) => Dispatched::Queued,

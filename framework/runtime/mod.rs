@@ -8,9 +8,11 @@
 //! `sys`). The builder above starts these threads and holds their handles.
 
 pub(crate) mod acceptor;
+pub(crate) mod adaptive;
 pub(crate) mod dispatch;
 pub(crate) mod mailbox;
 pub(crate) mod pool;
 pub(crate) mod reactor;
+pub(crate) mod seat;
 pub(crate) mod timers;
 pub(crate) mod token;

@@ -15,10 +15,74 @@ use crate::runtime::mailbox::{Inbound, Mailbox};
 use crate::stats::Counters;
 use crate::sys::Spawn;
 
-/// Running worker threads; dropped senders of `exited` tell when they have all stopped.
-pub(crate) struct Pool {
-    workers: Vec<JoinHandle<()>>,
+/// Threads that can be joined with a deadline: each holds a sender of `exited`, dropped
+/// when it ends, so waiting for them all is one `recv_timeout` and a thread stuck in a
+/// handler past the deadline is left detached instead of blocking the shutdown.
+pub(crate) struct Crew {
+    threads: Vec<JoinHandle<()>>,
     exited: Receiver<()>,
+    guard: Sender<()>,
+}
+
+impl Crew {
+    pub fn new() -> Self {
+        let (guard, exited) = crossbeam_channel::bounded::<()>(0);
+        Crew {
+            threads: Vec::new(),
+            exited,
+            guard,
+        }
+    }
+
+    /// Starts a thread of the crew.
+    pub fn spawn(
+        &mut self,
+        spawn: &mut Spawn<'_>,
+        name: String,
+        run: Box<dyn FnOnce() + Send>,
+    ) -> io::Result<()> {
+        let guard = self.guard.clone();
+        let thread = spawn(
+            name,
+            Box::new(move || {
+                let _exit_guard = guard;
+                run();
+            }),
+        )?;
+        self.threads.push(thread);
+        Ok(())
+    }
+
+    /// Waits until every thread has stopped or `deadline` passes. Returns how many were
+    /// still running (blocked in a handler) at the deadline; those are left detached.
+    pub fn join(self, deadline: Instant) -> usize {
+        let Crew {
+            threads,
+            exited,
+            guard,
+        } = self;
+        drop(guard);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match exited.recv_timeout(left) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    return threads.iter().filter(|t| !t.is_finished()).count();
+                }
+            }
+        }
+        for thread in threads {
+            // A crew thread never panics (handler panics are caught), so join cannot fail.
+            let _ = thread.join();
+        }
+        0
+    }
+}
+
+/// Running worker threads.
+pub(crate) struct Pool {
+    crew: Crew,
 }
 
 /// What every worker shares.
@@ -61,18 +125,15 @@ impl Pool {
         shared: WorkerShared<H>,
         spawn: &mut Spawn<'_>,
     ) -> Result<Pool, (io::Error, Pool)> {
-        let (exit_guard, exited) = crossbeam_channel::bounded::<()>(0);
-        let mut pool = Pool {
-            workers: Vec::with_capacity(count),
-            exited,
-        };
+        let mut pool = Pool { crew: Crew::new() };
         for i in 0..count {
             let shared = shared.clone();
-            let guard = exit_guard.clone();
             let name = format!("{thread_name}-worker-{i}");
-            match spawn(name, Box::new(move || run_worker(shared, guard))) {
-                Ok(worker) => pool.workers.push(worker),
-                Err(error) => return Err((error, pool)),
+            if let Err(error) = pool
+                .crew
+                .spawn(spawn, name, Box::new(move || run_worker(shared)))
+            {
+                return Err((error, pool));
             }
         }
         Ok(pool)
@@ -81,25 +142,11 @@ impl Pool {
     /// Waits until every worker has stopped or `deadline` passes. Returns how many workers
     /// were still running (blocked in a handler) at the deadline; those are left detached.
     pub fn join(self, deadline: Instant) -> usize {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.exited.recv_timeout(left) {
-                Ok(()) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {
-                    return self.workers.iter().filter(|w| !w.is_finished()).count();
-                }
-            }
-        }
-        for worker in self.workers {
-            // A worker never panics (handler panics are caught), so join cannot fail.
-            let _ = worker.join();
-        }
-        0
+        self.crew.join(deadline)
     }
 }
 
-fn run_worker<H: Handler>(shared: WorkerShared<H>, _exit_guard: Sender<()>) {
+fn run_worker<H: Handler>(shared: WorkerShared<H>) {
     if shared.batch_scheduling {
         crate::sys::prefer_batch_scheduling();
     }
@@ -133,7 +180,11 @@ fn run_worker<H: Handler>(shared: WorkerShared<H>, _exit_guard: Sender<()>) {
 
 /// Accounts for what came back for a connection that is gone: its requests are dropped
 /// (counted, and logged: only a shutdown past its deadline gets here), its session closed.
-fn leftover<H: Handler>(handler: &H, left: Leftovers<H::Session>, counters: &Counters) {
+pub(crate) fn leftover<H: Handler + ?Sized>(
+    handler: &H,
+    left: Leftovers<H::Session>,
+    counters: &Counters,
+) {
     Counters::add(&counters.replies_dropped, left.answered as u64);
     Counters::add(&counters.skipped, left.skipped as u64);
     if let Some((session, ctx)) = left.session {

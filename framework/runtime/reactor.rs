@@ -1,7 +1,7 @@
 //! A reactor: one thread with a mio `Poll` that owns a set of connections. It reads, decodes,
 //! dispatches to the pool, and writes the replies that come back through its [`Mailbox`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +14,10 @@ use crate::conn::{ConnKey, Connection, Dispatch, Done, Env, Limits, Step, Work};
 use crate::handler::CloseReason;
 use crate::push::{Posted, PushSink};
 use crate::runtime::acceptor::AcceptGate;
-use crate::runtime::dispatch::{DynHandler, Inline, ToPool};
+use crate::runtime::adaptive::LocalRule;
+use crate::runtime::dispatch::{DynHandler, Inline, LocalBatches, ToPool};
 use crate::runtime::mailbox::{Inbound, Mailbox, WakeFlag};
+use crate::runtime::seat::{Seat, TAKE_OVER_AFTER};
 use crate::runtime::timers::Timers;
 use crate::runtime::token::EventKey;
 use crate::stats::Counters;
@@ -27,6 +29,10 @@ const WAKER: Token = Token(usize::MAX);
 /// How long a reactor waits before retrying connections whose request the full job queue
 /// refused, when no reply of its own is due to wake it earlier.
 const STALL_RETRY: Duration = Duration::from_millis(5);
+
+/// How many times one turn runs the batches its own runs led to (the next batch of a
+/// connection whose session came home), before it polls again.
+const LOCAL_ROUNDS: usize = 4;
 
 /// An open connection and what the reactor keeps about it.
 struct Entry<C: Codec, S> {
@@ -95,6 +101,10 @@ pub(crate) struct Reactor<C: Codec, S> {
     replied: Vec<ConnKey>,
     /// Close hooks waiting for room in the job queue.
     closing: Vec<Work<C::Request, C::Response, S>>,
+    /// Batches this reactor runs itself at the end of its turn (adaptive inline).
+    local: LocalBatches<C, S>,
+    /// Whether the handler has proven fast enough to run batches here.
+    rule: LocalRule,
     /// Connections closed while their session was out (opening, or with a batch): why, for
     /// the close hook when the session comes back.
     orphans: HashMap<ConnKey, CloseReason>,
@@ -102,7 +112,10 @@ pub(crate) struct Reactor<C: Codec, S> {
     jobs: Sender<Work<C::Request, C::Response, S>>,
     handler: Arc<DynHandler<C, S>>,
     inline: bool,
-    /// This reactor's own mailbox, for its connections' pushers.
+    /// This reactor's own mailbox: for a thread that ran a batch and found the reactor
+    /// taken over, to answer through.
+    mailbox: Mailbox<C::Response, S>,
+    /// The same, for its connections' pushers.
     sink: Arc<dyn PushSink<C::Response>>,
     scheduler: Arc<Scheduler>,
     push_limit: usize,
@@ -134,6 +147,8 @@ pub(crate) struct ReactorParts<C: Codec, S> {
     /// Concurrent mode: the session each request gets.
     pub concurrent: Option<fn() -> S>,
     pub slow_handler: Duration,
+    /// Adaptive inline: the time a request may take for batches to run here.
+    pub adaptive_inline: Option<Duration>,
     pub counters: Arc<Counters>,
     pub gate: Arc<AcceptGate>,
     pub limits: Limits,
@@ -165,12 +180,19 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
             stalled: Vec::new(),
             replied: Vec::new(),
             closing: Vec::new(),
+            local: VecDeque::new(),
+            rule: LocalRule::new(if parts.inline {
+                None
+            } else {
+                parts.adaptive_inline
+            }),
             orphans: HashMap::new(),
             codec: parts.codec,
             jobs: parts.jobs,
             hooks_here: parts.inline || !parts.handler.hooks_block(),
             handler: parts.handler,
             inline: parts.inline,
+            mailbox: mailbox.clone(),
             sink: Arc::new(mailbox.clone()),
             scheduler: parts.scheduler,
             push_limit: parts.push_limit,
@@ -188,80 +210,136 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
         Ok((reactor, mailbox))
     }
 
-    /// Runs until shutdown has closed every connection (or its deadline passed).
-    pub fn run(mut self) {
+    /// Runs on the thread it was started on until shutdown has closed every connection (or
+    /// its deadline passed), handing itself over through `seat` when a batch it runs takes
+    /// too long (see `runtime::seat`).
+    pub fn run(self, seat: &Seat<Self>) {
+        Self::drive_from(Box::new(self), seat);
+    }
+
+    /// The standby thread: waits for the reactor to be handed over, then runs it on.
+    pub fn stand_by(seat: &Seat<Self>) {
+        while let Some(mut reactor) = seat.stand_by() {
+            // The batch that kept its thread was not fast after all.
+            reactor.now = Instant::now();
+            reactor.rule.overran(reactor.now);
+            Counters::add(&reactor.counters.inline_overruns, 1);
+            // The batches its thread had not started yet go to the pool now, not after
+            // the slow one.
+            reactor.hand_local_to_pool();
+            log::debug!(
+                "reactor {}: a batch ran past {TAKE_OVER_AFTER:?}; a standby thread runs the reactor on",
+                reactor.index
+            );
+            Self::drive_from(reactor, seat);
+        }
+    }
+
+    /// The reactor's loop, on whichever thread holds it. Returns when the loop has ended,
+    /// or when this thread ran a batch and found its reactor taken over, and the loop then
+    /// ended while it stood by.
+    fn drive_from(mut reactor: Box<Self>, seat: &Seat<Self>) {
         let mut events = Events::with_capacity(1024);
+        let mut hands = Hands::new(&reactor);
         loop {
-            let mut timeout = self.poll_timeout();
-            if timeout != Some(Duration::ZERO) {
-                // About to sleep: from now on a reply must wake us.
-                self.wake_flag.about_to_sleep();
-                // What this drain brings (a connection, a reply) is stamped with the time
-                // it arrives, not with the start of the turn that went before: a connection
-                // accepted now had its clocks start up to a turn early, and a 600 ms
-                // handshake timeout fired at 597 ms.
-                self.now = Instant::now();
-                if self.drain_inbox() {
-                    timeout = Some(Duration::ZERO);
-                }
+            if !reactor.turn(&mut events) {
+                break;
             }
-            let polled = self.poll.poll(&mut events, timeout);
-            // Awake: replies are picked up below without a wake-up each.
-            self.wake_flag.awake();
-            self.now = Instant::now();
-            if let Err(e) = polled {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    log::error!("reactor {}: poll failed: {e}", self.index);
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                continue;
-            }
-            for event in &events {
-                if event.token() == WAKER {
-                    continue;
-                }
-                let Some(key) = self.key_for(EventKey::from_token(event.token())) else {
-                    continue;
+            let mut round = 0;
+            while !reactor.local.is_empty() && round < LOCAL_ROUNDS {
+                round += 1;
+                reactor = match hands.run_local(reactor, seat) {
+                    Some(reactor) => reactor,
+                    None => match seat.stand_by() {
+                        Some(taken) => {
+                            // Handed back to this thread, after another took it over.
+                            hands = Hands::new(&taken);
+                            taken
+                        }
+                        None => return,
+                    },
                 };
-                let readable = event.is_readable();
-                // An error is reported by the next read or write; make sure one happens.
-                let read_closed = event.is_read_closed() || event.is_error();
-                let writable = event.is_writable() || event.is_write_closed() || event.is_error();
-                self.with_conn(key, |conn, env| {
-                    conn.on_event(readable, read_closed, writable);
-                    conn.drive(env)
-                });
-            }
-            self.drain_inbox();
-            let mut revisit = std::mem::take(&mut self.revisit);
-            for key in revisit.drain(..) {
-                if let Some(entry) = live_entry(&mut self.slots, key) {
-                    entry.revisit_listed = false;
-                }
-                self.with_conn(key, |conn, env| conn.drive(env));
-            }
-            give_back(&mut self.revisit, revisit);
-            self.retry_stalled();
-            self.fire_timers();
-            self.queue_closes();
-            if let Some(deadline) = self.draining {
-                let sessions_out = !self.orphans.is_empty() || !self.closing.is_empty();
-                if self.live == 0 && !sessions_out {
-                    break;
-                }
-                if self.now >= deadline {
-                    self.force_close_all();
-                    // Sessions still out are closed by the worker that holds them when it
-                    // finds this reactor gone. One that a worker posts between this last
-                    // drain and the inbox being dropped is lost without its close hook: a
-                    // gap only past the shutdown deadline.
-                    self.drain_inbox();
-                    self.finish_closes();
-                    break;
-                }
             }
         }
-        log::debug!("reactor {} stopped", self.index);
+        log::debug!("reactor {} stopped", reactor.index);
+        drop(reactor);
+        seat.finish();
+    }
+
+    /// One turn of the loop: poll, handle events, replies, revisits, stalls, timers, closes.
+    /// Returns `false` when the reactor is done.
+    fn turn(&mut self, events: &mut Events) -> bool {
+        let mut timeout = self.poll_timeout();
+        if timeout != Some(Duration::ZERO) {
+            // About to sleep: from now on a reply must wake us.
+            self.wake_flag.about_to_sleep();
+            // What this drain brings (a connection, a reply) is stamped with the time
+            // it arrives, not with the start of the turn that went before: a connection
+            // accepted now had its clocks start up to a turn early, and a 600 ms
+            // handshake timeout fired at 597 ms.
+            self.now = Instant::now();
+            if self.drain_inbox() {
+                timeout = Some(Duration::ZERO);
+            }
+        }
+        let polled = self.poll.poll(events, timeout);
+        // Awake: replies are picked up below without a wake-up each.
+        self.wake_flag.awake();
+        self.now = Instant::now();
+        if let Err(e) = polled {
+            if e.kind() != io::ErrorKind::Interrupted {
+                log::error!("reactor {}: poll failed: {e}", self.index);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            return true;
+        }
+        for event in &*events {
+            if event.token() == WAKER {
+                continue;
+            }
+            let Some(key) = self.key_for(EventKey::from_token(event.token())) else {
+                continue;
+            };
+            let readable = event.is_readable();
+            // An error is reported by the next read or write; make sure one happens.
+            let read_closed = event.is_read_closed() || event.is_error();
+            let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+            self.with_conn(key, |conn, env| {
+                conn.on_event(readable, read_closed, writable);
+                conn.drive(env)
+            });
+        }
+        self.drain_inbox();
+        let mut revisit = std::mem::take(&mut self.revisit);
+        for key in revisit.drain(..) {
+            if let Some(entry) = live_entry(&mut self.slots, key) {
+                entry.revisit_listed = false;
+            }
+            self.with_conn(key, |conn, env| conn.drive(env));
+        }
+        give_back(&mut self.revisit, revisit);
+        self.retry_stalled();
+        self.fire_timers();
+        self.queue_closes();
+        if let Some(deadline) = self.draining {
+            let sessions_out =
+                !self.orphans.is_empty() || !self.closing.is_empty() || !self.local.is_empty();
+            if self.live == 0 && !sessions_out {
+                return false;
+            }
+            if self.now >= deadline {
+                self.force_close_all();
+                self.abandon_local();
+                // Sessions still out are closed by the worker that holds them when it
+                // finds this reactor gone. One that a worker posts between this last
+                // drain and the inbox being dropped is lost without its close hook: a
+                // gap only past the shutdown deadline.
+                self.drain_inbox();
+                self.finish_closes();
+                return false;
+            }
+        }
+        true
     }
 
     /// The connection an event is for, if it is still open.
@@ -276,7 +354,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.revisit.is_empty() {
+        if !self.revisit.is_empty() || !self.local.is_empty() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -305,12 +383,54 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
                 Inbound::Shutdown { deadline } => self.begin_shutdown(deadline),
             }
         }
+        self.drive_replied();
+        any
+    }
+
+    /// Drives once each connection that got something back since the last time.
+    fn drive_replied(&mut self) {
         let mut replied = std::mem::take(&mut self.replied);
         for key in replied.drain(..) {
             self.with_conn(key, |conn, env| conn.drive(env));
         }
         give_back(&mut self.replied, replied);
-        any
+    }
+
+    /// Offers the batches kept for this thread to the pool; those the full queue refuses
+    /// stay, to run here.
+    fn hand_local_to_pool(&mut self) {
+        for _ in 0..self.local.len() {
+            let Some(work) = self.local.pop_front() else {
+                break;
+            };
+            if let Err(e) = self.jobs.try_send(work) {
+                self.local.push_back(e.into_inner());
+            }
+        }
+    }
+
+    /// The shutdown deadline passed with batches kept for this thread not run: their
+    /// requests are dropped (counted), and each session goes to the close hook.
+    fn abandon_local(&mut self) {
+        for work in std::mem::take(&mut self.local) {
+            let requests = work.requests();
+            Counters::add(&self.counters.replies_dropped, requests as u64);
+            if let Work::Batch {
+                key,
+                ctx,
+                session,
+                fresh: false,
+                ..
+            } = work
+            {
+                let reason = self.orphans.remove(&key).unwrap_or(CloseReason::Shutdown);
+                self.closing.push(Work::Close {
+                    ctx,
+                    session,
+                    reason,
+                });
+            }
+        }
     }
 
     fn apply_done(&mut self, done: Done<C::Response, S>) {
@@ -392,9 +512,11 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
             counters: &self.counters,
             slow_handler: self.slow_handler,
         };
+        let runs_here = !self.inline && self.rule.runs_here(self.now);
         let mut to_pool = ToPool {
             jobs: &self.jobs,
             hooks_here: self.hooks_here.then_some(inline),
+            local: runs_here.then_some(&mut self.local),
         };
         let mut inline = inline;
         let dispatch: &mut dyn Dispatch<C::Request, C::Response, S> = if self.inline {
@@ -449,3 +571,7 @@ impl<C: Codec, S: Send + 'static> Reactor<C, S> {
 // the reactor's private state.
 #[path = "lifecycle.rs"]
 mod lifecycle;
+
+#[path = "local.rs"]
+mod local;
+use local::Hands;

@@ -166,6 +166,8 @@ fn a_full_job_queue_pauses_reading_but_the_reactor_keeps_serving() {
     let server = Builder::bind("127.0.0.1:0")
         .workers(1)
         .job_queue_capacity(1)
+        // The job queue is what this test is about: every batch goes to the pool.
+        .adaptive_inline(None)
         .read_buffer(READ_BUFFER)
         .idle_timeout(None)
         .thread_name("bp-queue")

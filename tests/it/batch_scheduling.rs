@@ -1,11 +1,14 @@
-//! `Builder::batch_scheduling`: on Linux the reactor and worker threads run under
-//! SCHED_BATCH by default, and under the normal policy when it is turned off. The acceptor
-//! and the caller's threads are never touched.
+//! `Builder::batch_scheduling`: on Linux the reactor and worker threads (and each reactor's
+//! standby, which may run the reactor on) run under SCHED_BATCH by default, and under the
+//! normal policy when it is turned off. The acceptor, the watchdog and the caller's threads
+//! are never touched.
 #![cfg(target_os = "linux")]
 
 use crate::common;
 
 use reactor_pool::{Builder, RawCodec};
+
+use std::time::{Duration, Instant};
 
 use crate::common::{connect, echo, round_trip};
 
@@ -48,9 +51,15 @@ fn policy_of(stat: &str) -> u32 {
 const SCHED_OTHER: u32 = 0;
 const SCHED_BATCH: u32 = 3;
 
-/// Starts a server with one reactor and one worker and makes a round trip, which proves
-/// both threads are past the point where they pick their policy.
-fn policies_after_round_trip(prefix: &str, builder: Builder) -> Vec<(String, u32)> {
+/// Starts a server with one reactor and one worker, makes a round trip, and reads the
+/// policies of its threads until they are `want` (a thread picks its policy when it starts
+/// running, and the round trip may not involve the worker: a reactor runs a fast handler
+/// itself) or 30 s have passed; returns what it read last.
+fn policies_after_round_trip(
+    prefix: &str,
+    builder: Builder,
+    want: &[(&str, u32)],
+) -> Vec<(String, u32)> {
     let server = builder
         .reactors(1)
         .workers(1)
@@ -59,7 +68,13 @@ fn policies_after_round_trip(prefix: &str, builder: Builder) -> Vec<(String, u32
         .expect("start the server");
     let mut client = connect(server.local_addr().tcp().unwrap());
     round_trip(&mut client, b"policy?", b"policy?");
-    let found = policies(prefix);
+    let want: Vec<(String, u32)> = want.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut found = policies(prefix);
+    while found != want && Instant::now() < deadline {
+        std::thread::yield_now();
+        found = policies(prefix);
+    }
     drop(client);
     server.shutdown();
     found
@@ -68,15 +83,15 @@ fn policies_after_round_trip(prefix: &str, builder: Builder) -> Vec<(String, u32
 #[test]
 fn reactor_and_worker_threads_run_under_sched_batch_by_default() {
     common::init_logging();
-    let found = policies_after_round_trip("bs1", Builder::bind("127.0.0.1:0"));
-    assert_eq!(
-        found,
-        vec![
-            ("bs1-acceptor".to_owned(), SCHED_OTHER),
-            ("bs1-reactor-0".to_owned(), SCHED_BATCH),
-            ("bs1-worker-0".to_owned(), SCHED_BATCH),
-        ]
-    );
+    let want = [
+        ("bs1-acceptor", SCHED_OTHER),
+        ("bs1-reactor-0", SCHED_BATCH),
+        ("bs1-standby-0", SCHED_BATCH),
+        ("bs1-watchdog", SCHED_OTHER),
+        ("bs1-worker-0", SCHED_BATCH),
+    ];
+    let found = policies_after_round_trip("bs1", Builder::bind("127.0.0.1:0"), &want);
+    assert_eq!(found, want.map(|(n, p)| (n.to_owned(), p)));
     assert_eq!(
         policy_of(&std::fs::read_to_string("/proc/thread-self/stat").expect("own stat")),
         SCHED_OTHER,
@@ -87,14 +102,17 @@ fn reactor_and_worker_threads_run_under_sched_batch_by_default() {
 #[test]
 fn batch_scheduling_off_leaves_the_normal_policy() {
     common::init_logging();
-    let found =
-        policies_after_round_trip("bs0", Builder::bind("127.0.0.1:0").batch_scheduling(false));
-    assert_eq!(
-        found,
-        vec![
-            ("bs0-acceptor".to_owned(), SCHED_OTHER),
-            ("bs0-reactor-0".to_owned(), SCHED_OTHER),
-            ("bs0-worker-0".to_owned(), SCHED_OTHER),
-        ]
+    let want = [
+        ("bs0-acceptor", SCHED_OTHER),
+        ("bs0-reactor-0", SCHED_OTHER),
+        ("bs0-standby-0", SCHED_OTHER),
+        ("bs0-watchdog", SCHED_OTHER),
+        ("bs0-worker-0", SCHED_OTHER),
+    ];
+    let found = policies_after_round_trip(
+        "bs0",
+        Builder::bind("127.0.0.1:0").batch_scheduling(false),
+        &want,
     );
+    assert_eq!(found, want.map(|(n, p)| (n.to_owned(), p)));
 }

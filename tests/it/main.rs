@@ -38,6 +38,7 @@ mod http_hello;
 #[path = "../../examples/kv_server.rs"]
 mod kv_server;
 
+mod adaptive_inline;
 mod backpressure;
 mod bad_input;
 mod batch_scheduling;

@@ -13,7 +13,8 @@ use reactor_pool::{handler_fn, Builder, Context, LineCodec};
 use crate::common::{connect, read_to_eof, send, threads_named, wait_for_stats, wait_until};
 
 /// Unique to this test: thread names are `{PREFIX}-worker-N`, `{PREFIX}-reactor-N`,
-/// `{PREFIX}-acceptor` (15 bytes at most, Linux's limit).
+/// `{PREFIX}-standby-N`, `{PREFIX}-watchdog`, `{PREFIX}-acceptor` (15 bytes at most,
+/// Linux's limit).
 const PREFIX: &str = "sdn9";
 const WORKERS: usize = 8;
 const REACTORS: usize = 2;
@@ -42,7 +43,7 @@ fn shutdown_answers_requests_in_flight_then_closes_and_joins_every_thread() {
     let addr = server.local_addr().tcp().unwrap();
     let prefix = format!("{PREFIX}-");
     // A new thread names itself when it starts running: wait for all of them to show up.
-    let expected_threads = WORKERS + REACTORS + 1;
+    let expected_threads = WORKERS + 2 * REACTORS + 2;
     wait_until("the server's threads to be named", || {
         (threads_named(&prefix).len() == expected_threads).then_some(())
     });

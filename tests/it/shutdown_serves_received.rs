@@ -32,6 +32,9 @@ fn a_graceful_shutdown_serves_every_request_it_has_received() {
         .workers(1)
         .reactors(1)
         .job_queue_capacity(1)
+        // Requests waiting for room in the job queue are what this test is about: every
+        // batch goes to the pool.
+        .adaptive_inline(None)
         .thread_name("ssr")
         .start(
             LineCodec::new(),

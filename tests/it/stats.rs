@@ -24,6 +24,9 @@ fn holding_server(name: &str, workers: usize) -> (ServerHandle, Sender<()>, Rece
     let (entered_tx, entered) = unbounded();
     let server = Builder::bind("127.0.0.1:0")
         .workers(workers)
+        // The job queue and the workers are what these tests are about: every batch goes
+        // to the pool.
+        .adaptive_inline(None)
         .thread_name(name)
         .start(
             LineCodec::new(),
@@ -322,6 +325,8 @@ fn in_flight_returns_to_zero_when_a_connection_ends_with_a_request_waiting_for_t
     let server = Builder::bind("127.0.0.1:0")
         .workers(2)
         .job_queue_capacity(1)
+        // A full job queue is what this test is about: every batch goes to the pool.
+        .adaptive_inline(None)
         .thread_name("st-stall")
         .start(
             ReportingLines {
