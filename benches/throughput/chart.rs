@@ -17,7 +17,11 @@ const COLORS: [RGBColor; 4] = [
 /// Draws the sweep's points (echo, 64 B, depth 1) as `path`. Returns false, drawing
 /// nothing, when the run had no sweep scenario.
 pub fn draw(path: &Path, outcomes: &[Outcome]) -> Result<bool, String> {
-    let sweep: Vec<&Outcome> = outcomes.iter().filter(|o| o.scenario.in_sweep()).collect();
+    // A baseline server's line would share a colour with another: it is in the tables only.
+    let sweep: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.scenario.in_sweep() && !crate::baseline::is_base(&o.server))
+        .collect();
     if sweep.is_empty() {
         return Ok(false);
     }

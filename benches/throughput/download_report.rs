@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::downloads::{DownloadOutcome, DOWNLOADS, FILES_URL_PREFIX, FILE_NAME};
 use crate::ServerPair;
 
-const HEADERS: [&str; 12] = [
+const HEADERS: [&str; 13] = [
     "scenario",
     "server",
     "MB/s",
@@ -16,6 +16,7 @@ const HEADERS: [&str; 12] = [
     "peak RSS MiB",
     "per process MiB",
     "ctx sw/download",
+    "wakes/download",
     "srv CPU s",
     "bg CPU s",
     "vs nginx (paired)",
@@ -64,6 +65,7 @@ fn rows(outcomes: &[DownloadOutcome]) -> Vec<Vec<String>> {
                 mib(peak),
                 per_process,
                 format!("{:.0}", m.ctx_per_download),
+                format!("{:.0}", m.wakes_per_download),
                 format!("{:.2}", m.server_cpu_s),
                 format!("{:.2}", m.background_cpu_s),
                 ratio,
@@ -134,8 +136,9 @@ pub fn markdown(
              highest over the rounds, summed over nginx's processes (shared pages count in \
              each); **per process**: nginx's master + workers in the median round.\n\
              - **ctx sw/download**: the server's voluntary + involuntary context switches \
-             during the downloads (its live threads), per download; **srv CPU s**, **bg CPU \
-             s**: as in the first table; **vs nginx (paired)**: median MB/s over nginx's \
+             during the downloads (its live threads), per download; **wakes/download**: the \
+             voluntary ones only (a thread blocked and had to be woken); **srv CPU s**, **bg \
+             CPU s**: as in the first table; **vs nginx (paired)**: median MB/s over nginx's \
              (the median of the per-round ratios).\n",
         md,
     );

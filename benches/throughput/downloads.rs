@@ -73,8 +73,8 @@ impl DownloadScenario {
 
 impl crate::ServerPair for DownloadScenario {
     /// (ours, the reference).
-    fn servers(&self) -> [&'static str; 2] {
-        ["http_hello", "nginx"]
+    fn servers(&self) -> Vec<&'static str> {
+        vec!["http_hello", "nginx"]
     }
 
     fn label(&self, server: &str) -> String {
@@ -108,8 +108,11 @@ pub struct DownloadRun {
     pub peak_rss_kib: u64,
     /// Each process's peak resident set (nginx: master first, then the workers).
     pub process_rss_kib: Vec<u64>,
-    /// The server's context switches during the downloads, per download.
+    /// The server's context switches (voluntary + nonvoluntary) during the downloads, per
+    /// download.
     pub ctx_per_download: f64,
+    /// The voluntary ones only (a thread blocked and was woken), per download.
+    pub wakes_per_download: f64,
     /// The server's CPU time during the downloads.
     pub server_cpu_s: f64,
     /// The curls' CPU time (and the bench's, waiting for them).
@@ -461,6 +464,7 @@ fn run_one(
             Err(e) => failures.push(e),
         }
     }
+    let switches = after.server_switches.since(before.server_switches);
     let run = DownloadRun {
         round: 0,
         wall_s,
@@ -469,8 +473,8 @@ fn run_one(
         failures,
         peak_rss_kib: process_rss_kib.iter().sum(),
         process_rss_kib,
-        ctx_per_download: after.server_ctx.saturating_sub(before.server_ctx) as f64
-            / scenario.downloads as f64,
+        ctx_per_download: switches.total() as f64 / scenario.downloads as f64,
+        wakes_per_download: switches.voluntary as f64 / scenario.downloads as f64,
         server_cpu_s: after.server_cpu - before.server_cpu,
         client_cpu_s: after.client_cpu - before.client_cpu,
         background_cpu_s: before.background_s(&after),

@@ -38,8 +38,8 @@ pub struct FanoutScenario {
 
 impl crate::ServerPair for FanoutScenario {
     /// (ours, the reference).
-    fn servers(&self) -> [&'static str; 2] {
-        ["kv_server", "redis-server"]
+    fn servers(&self) -> Vec<&'static str> {
+        vec!["kv_server", "redis-server"]
     }
 
     fn label(&self, server: &str) -> String {
@@ -79,8 +79,11 @@ pub struct FanoutRun {
     pub lost: u64,
     pub errors: Vec<String>,
     pub server_cpu_s: f64,
-    /// The server's context switches in the measured window, per delivery.
+    /// The server's context switches (voluntary + nonvoluntary) in the measured window, per
+    /// delivery.
     pub ctx_per_delivery: f64,
+    /// The voluntary ones only (a thread blocked and was woken), per delivery.
+    pub wakes_per_delivery: f64,
     pub peak_rss_kib: u64,
     pub client_cpu_s: f64,
     pub background_cpu_s: f64,
@@ -262,6 +265,7 @@ fn run_one(
     let r = result.map_err(|e| e.to_string())?;
     let secs = r.measured_s.max(1e-9);
     let q = |quantile: f64| r.latency_us.value_at_quantile(quantile);
+    let switches = after.server_switches.since(before.server_switches);
     Ok(FanoutRun {
         round: 0,
         subscribe_s: r.subscribe_s,
@@ -277,15 +281,15 @@ fn run_one(
         lost: r.lost,
         errors: r.errors,
         server_cpu_s: after.server_cpu - before.server_cpu,
-        ctx_per_delivery: after.server_ctx.saturating_sub(before.server_ctx) as f64
-            / (r.delivered_in_window.max(1)) as f64,
+        ctx_per_delivery: switches.total() as f64 / r.delivered_in_window.max(1) as f64,
+        wakes_per_delivery: switches.voluntary as f64 / r.delivered_in_window.max(1) as f64,
         peak_rss_kib,
         client_cpu_s: after.client_cpu - before.client_cpu,
         background_cpu_s: before.background_s(&after),
     })
 }
 
-const HEADERS: [&str; 14] = [
+const HEADERS: [&str; 16] = [
     "scenario",
     "server",
     "deliveries/s",
@@ -296,6 +300,8 @@ const HEADERS: [&str; 14] = [
     "p99 min-max",
     "lost",
     "srv CPU s",
+    "cs/delivery",
+    "wakes/delivery",
     "bg CPU s",
     "peak RSS MiB",
     "vs redis (paired)",
@@ -329,6 +335,8 @@ fn rows(outcomes: &[FanoutOutcome]) -> Vec<Vec<String>> {
                 spread(&|r| r.p99_us as f64),
                 format!("{lost} of {}", published * o.scenario.subscribers as u64),
                 format!("{:.2}", m.server_cpu_s),
+                format!("{:.2}", m.ctx_per_delivery),
+                format!("{:.2}", m.wakes_per_delivery),
                 format!("{:.2}", m.background_cpu_s),
                 format!(
                     "{:.1}",
@@ -403,6 +411,11 @@ pub fn markdown(
              (**p99 min-max**: its spread).\n\
              - **lost**: (message, subscriber) pairs never received, over all rounds; every \
              subscriber checks its messages arrive in order without a gap.\n\
+             - **cs/delivery**: the server's voluntary + nonvoluntary context switches in the \
+             measured window (every thread of its process, sampled at the window's start and \
+             end; a thread that exits in between loses its count) per delivery; \
+             **wakes/delivery**: the voluntary ones only (a thread blocked and had to be \
+             woken).\n\
              - **vs redis (paired)**: median deliveries/s over redis-server's (the median of the \
              per-round ratios), higher is better; **p99 vs redis**: median p99 over \
              redis-server's, lower is better.\n",

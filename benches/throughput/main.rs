@@ -7,6 +7,9 @@
 //! cargo bench --bench throughput -- --filter "c100 " --runs 1 --duration 2
 //! cargo bench --bench throughput -- --list     # the scenario / server pairs
 //! cargo bench --bench throughput --features tls -- --filter "tls"   # the TLS scenarios
+//! # A/B against an older build (built with --all-features --examples --benches):
+//! cargo bench --bench throughput --all-features -- --quick \
+//!     --baseline-bench OLD/release/deps/throughput-HASH --baseline-examples OLD/release/examples
 //! ```
 //!
 //! Output: a table on stdout, a progress line per run on stderr, and `report.json`,
@@ -53,12 +56,30 @@
 //! counted once, 10^6 bytes); latency is from queuing a request to its last echoed byte.
 //! With `--runs N` the run with the median req/s is reported (all runs are in the JSON).
 //! "bg CPU s" is what the rest of the machine used meanwhile: on a shared machine, read
-//! the figures next to it.
+//! the figures next to it. "cs/req" is the server's context switches (voluntary +
+//! nonvoluntary, summed over /proc/PID/task/*/status of every thread of every process of the
+//! server) from the window's start to its end, over the requests of the window; "wakes/req"
+//! counts the voluntary ones only (a thread blocked and had to be woken). Both are sampled
+//! where the server's CPU time is, right after it; a thread that exits within the window
+//! takes its count with it. The protocol tables have them too (the window there is the load
+//! tool's run), the downloads per download, the fan-out per delivery.
+//!
+//! **A/B** (`baseline.rs`): `--baseline-bench PATH` (another build of this bench binary)
+//! adds `reactor-pool@base`, `rp-inline@base` and `rp-concurrent@base` to every plain echo
+//! scenario, PATH started with the same hidden `--serve ...` arguments as this bench's own
+//! children; `--baseline-examples DIR` (another build's `target/release/examples`) adds
+//! `echo_server@base` there (in quick mode too, with echo_server) and `kv_server@base` and
+//! `http_hello@base` to the resp and http scenarios. A baseline server runs right after its
+//! counterpart in each round, the two swapping places every other round; its ratios to
+//! tokio, redis-server and nginx are reported like any server's, and its counterpart's row
+//! has `vs base` (new / old req/s, the median of the per-round ratios). Each server's binary
+//! is checked against /proc/PID/exe, and a baseline server's progress line shows it.
+//! The blocking, hold, TLS, download and fan-out scenarios have no baseline server.
 //!
 //! **Protocols** (`protocols.rs`, scenarios `resp c50 P1`, `resp c50 P16`, `http c100`,
-//! `http c1000`): `examples/kv_server.rs` against redis-server under redis-benchmark, and
-//! `examples/http_hello.rs` against nginx under wrk, one run per server, in tables of their
-//! own. Quick mode runs a small form of them (`-n 2000` / `-n 20000`, `http c100` for 1 s);
+//! `http c1000`): `examples/kv_server.rs` against redis-server under redis-benchmark (once per
+//! test, so each test has its own window for cs/req), and `examples/http_hello.rs` against
+//! nginx under wrk, one run per server, in tables of their own (`proto_report.rs`). Quick mode runs a small form of them (`-n 2000` / `-n 20000`, `http c100` for 1 s);
 //! a tool or peer that is not installed is skipped with a `skipped: X not installed` line.
 //!
 //! **Downloads** (`downloads.rs`, `download 20x200MB`, with `--features tls` also `download tls
@@ -80,19 +101,25 @@
 //! with rustls' client in their mio loops. Quick mode runs both, 1 s each. Handshake
 //! connections bind to all 64 source addresses, since each leaves a socket in TIME_WAIT.
 
+mod baseline;
 mod chart;
 mod client;
 mod download_report;
 mod downloads;
+mod echo;
 mod fanout;
 mod load;
 mod loadgen;
+mod options;
+mod peers;
 mod procfs;
+mod proto_report;
 mod protocols;
 mod pubsub;
 mod report;
 mod rounds;
 mod runner;
+mod scenario;
 mod schedule;
 mod servers;
 mod tables;
@@ -104,8 +131,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use loadgen::LoadConfig;
-use report::{Outcome, Report, Scenario, Settings};
+use options::{parse_options, reject_leftovers, Options, HELP};
+use report::{Report, Scenario, Settings};
 use servers::{Kind, ServeArgs};
 
 /// Workers (reactor-pool) and blocking threads (tokio) in the blocking workload.
@@ -123,52 +150,6 @@ const HOLD_QUICK: (usize, u64, f64) = (2_000, 250, 1.0);
 const HOLD_LARGE: (usize, usize, u64, f64) = (1_000, 32 * 1024, 1000, 3.0);
 /// The most connections thread-per-conn holds (one thread each) in a hold scenario.
 const THREADS_HOLD_MAX: usize = 5_000;
-
-const HELP: &str = "\
-throughput: reactor-pool vs thread-per-connection vs tokio, echo over loopback
-
-USAGE: cargo bench --bench throughput -- [OPTIONS]
-
-OPTIONS:
-  --quick               smoke run: small matrix, 1 s per run, 1 run (under a minute)
-  --duration SECS       measured seconds per run [quick 1, full 5]; the hold scenario
-                        measures at least 10 s in full mode (2.5 think times in quick)
-  --warmup SECS         warm-up seconds per run [quick 0.3, full 1]
-  --runs N              runs per scenario and server; the median is reported [quick 1, full 3]
-  --filter TEXT         only scenario/server pairs whose \"SCENARIO / SERVER\" contains TEXT;
-                        several alternatives separated by '|'
-                        (protocol scenarios: \"resp c50 P1\", \"resp c50 P16\", \"http c100\",
-                        \"http c1000\", \"download 20x200MB\", \"fanout 1x1000\"; servers
-                        kv_server, redis-server, http_hello, nginx;
-                        with --features tls: \"tls echo c100 64B d1\", \"tls handshakes c100\",
-                        \"download tls 20x200MB\",
-                        servers reactor-pool, tokio-rustls)
-  --threads N           server thread budget: tokio worker threads, reactor-pool echo
-                        workers unless --workers, nginx worker processes [2]
-  --reactors N          reactor-pool reactor threads [--threads]
-  --workers N           reactor-pool worker threads in the echo and protocol scenarios
-                        [--threads]
-  --client-threads N    load generator threads [2]
-  --stack-kib N         stack of each thread-per-connection thread [64]
-  --list                print the scenarios and exit
-  -h, --help            this text
-";
-
-/// Options of the bench (parent) mode.
-#[derive(Debug, Clone)]
-struct Options {
-    quick: bool,
-    duration: Duration,
-    warmup: Duration,
-    runs: usize,
-    filter: Option<String>,
-    threads: usize,
-    reactors: usize,
-    workers: usize,
-    client_threads: usize,
-    stack_kib: usize,
-    list: bool,
-}
 
 fn main() -> ExitCode {
     let mut args = pico_args::Arguments::from_env();
@@ -198,9 +179,10 @@ pub fn raise_fd_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
 }
 
-/// A scenario run against a pair of servers, ours and the reference (redis-server, nginx).
+/// A scenario run against a pair of servers, ours and the reference (redis-server, nginx),
+/// and in the protocol scenarios our baseline's (`--baseline-examples`) between them.
 pub trait ServerPair {
-    fn servers(&self) -> [&'static str; 2];
+    fn servers(&self) -> Vec<&'static str>;
     fn label(&self, server: &str) -> String;
 }
 
@@ -233,58 +215,6 @@ fn matches_filter(label: &str, filter: &str) -> bool {
     filter
         .split('|')
         .any(|alternative| label.contains(alternative))
-}
-
-fn reject_leftovers(args: pico_args::Arguments) -> Result<(), String> {
-    let rest = args.finish();
-    if rest.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("unexpected arguments {rest:?}; see --help"))
-    }
-}
-
-fn secs(value: f64, name: &str) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(value).map_err(|_| format!("{name}: {value} is not a duration"))
-}
-
-fn parse_options(mut args: pico_args::Arguments) -> Result<Options, String> {
-    let e = |e: pico_args::Error| e.to_string();
-    let quick = args.contains("--quick");
-    let duration: Option<f64> = args.opt_value_from_str("--duration").map_err(e)?;
-    let warmup: Option<f64> = args.opt_value_from_str("--warmup").map_err(e)?;
-    let runs: Option<usize> = args.opt_value_from_str("--runs").map_err(e)?;
-    let filter: Option<String> = args.opt_value_from_str("--filter").map_err(e)?;
-    let threads: usize = args
-        .opt_value_from_str("--threads")
-        .map_err(e)?
-        .unwrap_or(2);
-    // The budget is I/O threads: tokio's workers do its socket I/O, reactor-pool's reactors do.
-    let reactors: usize = args
-        .opt_value_from_str("--reactors")
-        .map_err(e)?
-        .unwrap_or(threads);
-    let workers: Option<usize> = args.opt_value_from_str("--workers").map_err(e)?;
-    let client_threads = args.opt_value_from_str("--client-threads").map_err(e)?;
-    let stack_kib = args.opt_value_from_str("--stack-kib").map_err(e)?;
-    let list = args.contains("--list");
-    reject_leftovers(args)?;
-    Ok(Options {
-        quick,
-        duration: secs(
-            duration.unwrap_or(if quick { 1.0 } else { 5.0 }),
-            "--duration",
-        )?,
-        warmup: secs(warmup.unwrap_or(if quick { 0.3 } else { 1.0 }), "--warmup")?,
-        runs: runs.unwrap_or(if quick { 1 } else { 3 }).max(1),
-        filter,
-        threads: threads.max(1),
-        reactors: reactors.max(1),
-        workers: workers.unwrap_or(threads).max(1),
-        client_threads: client_threads.unwrap_or(2usize).max(1),
-        stack_kib: stack_kib.unwrap_or(64usize).max(16),
-        list,
-    })
 }
 
 fn serve_mode(kind: &str, mut args: pico_args::Arguments) -> Result<(), String> {
@@ -355,103 +285,25 @@ fn plain_matrix(quick: bool) -> Vec<Scenario> {
     ]
 }
 
-/// Whether `kind` runs `scenario`.
-fn runs(scenario: &Scenario, kind: Kind) -> bool {
-    if scenario.tls {
-        // reactor-pool's default (pool) path against tokio-rustls.
-        return matches!(kind, Kind::ReactorPool | Kind::Tokio);
-    }
-    match kind {
-        Kind::Threads => !(scenario.is_hold() && scenario.connections > THREADS_HOLD_MAX),
-        // The example as the README starts it: plain echo (its defaults allow 10,000
-        // connections), in the full run.
-        Kind::EchoExample => {
-            scenario.sleep_us == 0 && !scenario.is_hold() && scenario.connections <= 10_000
-        }
-        // Inline mode is for handlers that never block, and is reported beside the pool
-        // path, not instead of it: the echo scenarios only.
-        Kind::ReactorPoolInline | Kind::ReactorPoolConcurrent => {
-            scenario.sleep_us == 0 && !scenario.is_hold()
-        }
-        _ => true,
-    }
-}
-
-/// The measured window of a run of `scenario`.
-fn duration(opts: &Options, scenario: &Scenario) -> Duration {
-    opts.duration
-        .max(Duration::from_secs_f64(scenario.min_duration_s))
-}
-
-/// The server's name in the labels and the report: tokio is tokio-rustls over TLS.
-fn server_name(scenario: &Scenario, kind: Kind) -> &'static str {
-    match kind {
-        Kind::Tokio => report::tokio_name(scenario),
-        _ => kind.name(),
-    }
-}
-
-fn label(scenario: &Scenario, kind: Kind) -> String {
-    format!("{} / {}", scenario.name, server_name(scenario, kind))
-}
-
-fn serve_args(opts: &Options, scenario: &Scenario, kind: Kind) -> ServeArgs {
-    let blocking = scenario.sleep_us > 0;
-    ServeArgs {
-        kind,
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        threads: opts.threads,
-        reactors: opts.reactors,
-        workers: if blocking {
-            scenario.blocking_workers
-        } else {
-            opts.workers
-        },
-        blocking: BLOCKING_WORKERS,
-        sleep: Duration::from_micros(scenario.sleep_us),
-        stack_kib: opts.stack_kib,
-        // A safety net only: the parent stops the child long before.
-        max_lifetime: duration(opts, scenario)
-            + opts.warmup
-            + Duration::from_millis(scenario.think_ms)
-            + Duration::from_secs(120),
-        tls: scenario.tls,
-    }
-}
-
 fn bench_mode(opts: &Options) -> Result<(), String> {
     let started = Instant::now();
     let fd_limit = raise_fd_limit();
-    let plan: Vec<(Scenario, Vec<Kind>)> = matrix(opts.quick)
-        .into_iter()
-        .map(|s| {
-            let kinds = Kind::ALL
-                .into_iter()
-                .filter(|&k| {
-                    runs(&s, k)
-                        // The smoke run does not build the example.
-                        && !(opts.quick && k == Kind::EchoExample)
-                        && opts
-                            .filter
-                            .as_ref()
-                            .is_none_or(|f| matches_filter(&label(&s, k), f))
-                })
-                .collect::<Vec<_>>();
-            (s, kinds)
-        })
-        .filter(|(_, kinds)| !kinds.is_empty())
-        .collect();
+    let plan = echo::plan(opts, matrix(opts.quick));
     let filter = opts.filter.as_deref();
     let proto_plan = select(
-        protocols::matrix(opts.quick, opts.duration.as_secs_f64().round() as u64),
+        protocols::matrix(
+            opts.quick,
+            opts.duration.as_secs_f64().round() as u64,
+            opts.baseline.examples.is_some(),
+        ),
         filter,
     );
     let download_plan = select(downloads::matrix(opts.quick), filter);
     let fanout_plan = select(fanout::matrix(opts.duration, opts.warmup), filter);
     if opts.list {
-        for (s, kinds) in &plan {
-            for &k in kinds {
-                println!("{}", label(s, k));
+        for (s, servers) in &plan {
+            for &server in servers {
+                println!("{}", echo::label(s, server));
             }
         }
         let pair_labels = labels(&proto_plan)
@@ -469,24 +321,34 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
     {
         return Err(format!("no scenario matches {:?}; see --list", opts.filter));
     }
-    // The example binaries this run starts, built once before the first run.
+    // The example binaries this run starts, built once before the first run, and those it
+    // starts from the baseline's directory.
     let mut examples: Vec<&str> = Vec::new();
-    if plan
-        .iter()
-        .any(|(_, kinds)| kinds.contains(&Kind::EchoExample))
-    {
+    let mut base_examples: Vec<&str> = Vec::new();
+    let (echo_example, echo_example_base) = echo::examples(&plan);
+    if echo_example {
         examples.push("echo_server");
+    }
+    if echo_example_base {
+        base_examples.push("echo_server");
     }
     let servers = proto_plan
         .iter()
         .flat_map(|(_, servers)| servers)
         .chain(download_plan.iter().flat_map(|(_, servers)| servers))
         .chain(fanout_plan.iter().flat_map(|(_, servers)| servers));
-    for server in servers {
-        if protocols::is_example(server) && !examples.contains(server) {
-            examples.push(server);
+    for &server in servers {
+        let (name, list) = if baseline::is_base(server) {
+            (baseline::current(server), &mut base_examples)
+        } else {
+            (server, &mut examples)
+        };
+        if protocols::is_example(name) && !list.contains(&name) {
+            list.push(name);
         }
     }
+    opts.baseline
+        .check_examples(base_examples.iter().copied())?;
     if !examples.is_empty() {
         runner::build_examples(&examples).map_err(|e| e.to_string())?;
     }
@@ -495,20 +357,7 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
         + (download_plan.iter().map(|(_, s)| s.len()).sum::<usize>()
             + fanout_plan.iter().map(|(_, s)| s.len()).sum::<usize>())
             * opts.runs;
-    for (s, _) in &plan {
-        let threads = label(s, Kind::Threads);
-        if s.is_hold()
-            && !runs(s, Kind::Threads)
-            && opts
-                .filter
-                .as_ref()
-                .is_none_or(|f| matches_filter(&threads, f))
-        {
-            eprintln!(
-                "note: skipping {threads}: over {THREADS_HOLD_MAX} connections (one thread each)"
-            );
-        }
-    }
+    echo::note_skipped(opts, &plan);
     eprintln!(
         "throughput: {} mode, {total} runs of {:?} (+{:?} warm-up) and {proto_total} protocol \
          runs, fd limit {fd_limit}",
@@ -516,107 +365,19 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
         opts.duration,
         opts.warmup
     );
-    #[cfg(feature = "tls")]
-    let client_tls = if plan.iter().any(|(s, _)| s.tls) {
-        Some(tls::client_config().map_err(|e| format!("TLS client configuration: {e}"))?)
-    } else {
-        None
-    };
-    let mut outcomes = Vec::new();
-    let mut done = 0;
-    for (scenario, kinds) in &plan {
-        if scenario.connections as u64 + 64 > fd_limit {
-            eprintln!(
-                "warning: {} connections exceed the fd limit {fd_limit}; expect connect errors",
-                scenario.connections
-            );
-        }
-        let mut runs: Vec<(Vec<runner::RunMetrics>, Vec<String>)> =
-            vec![(Vec::new(), Vec::new()); kinds.len()];
-        // Runs of different servers alternate, so a noisy moment does not hit one server only.
-        for run in 0..opts.runs {
-            for (i, &kind) in kinds.iter().enumerate() {
-                done += 1;
-                let t = Instant::now();
-                let load = LoadConfig {
-                    target: SocketAddr::from(([127, 0, 0, 1], 0)),
-                    connections: scenario.connections,
-                    message_size: scenario.message_size,
-                    depth: scenario.depth,
-                    think: Duration::from_millis(scenario.think_ms),
-                    warmup: opts.warmup,
-                    duration: duration(opts, scenario),
-                    threads: opts.client_threads,
-                    #[cfg(feature = "tls")]
-                    tls: client_tls.as_ref().filter(|_| scenario.tls).cloned(),
-                    reconnect: scenario.reconnect,
-                };
-                let prefix = format!(
-                    "[{done:>3}/{total}] {:<40} run {}/{}",
-                    label(scenario, kind),
-                    run + 1,
-                    opts.runs
-                );
-                match runner::run_once(&serve_args(opts, scenario, kind), &load) {
-                    Ok(m) => {
-                        let hold = if scenario.is_hold() {
-                            format!(
-                                "  conns {} served {} (connect {:.2} s)  RSS {:.1} MiB, {:.2} KiB/conn",
-                                m.connections,
-                                m.served,
-                                m.connect_s,
-                                m.server_peak_rss_kib as f64 / 1024.0,
-                                m.rss_per_conn_kib
-                            )
-                        } else {
-                            String::new()
-                        };
-                        let unit = if scenario.reconnect {
-                            "handshakes/s"
-                        } else {
-                            "req/s"
-                        };
-                        eprintln!(
-                            "{prefix}: {:>8.0} {unit}  p99 {:>6} us  errors {}  CPU s: srv {:.2} cli {:.2} bg {:.2}{hold}  ({:.1} s)",
-                            m.req_per_s,
-                            m.p99_us,
-                            m.errors,
-                            m.server_cpu_s,
-                            m.client_cpu_s,
-                            m.background_cpu_s,
-                            t.elapsed().as_secs_f64()
-                        );
-                        if m.listen_overflows > 0 {
-                            eprintln!(
-                                "{prefix}: warning: {} listen queue overflows on this machine during the run",
-                                m.listen_overflows
-                            );
-                        }
-                        runs[i].0.push(m);
-                    }
-                    Err(e) => {
-                        eprintln!("{prefix}: FAILED: {e}");
-                        runs[i].1.push(e.to_string());
-                    }
-                }
-            }
-        }
-        for (&kind, (metrics, failed)) in kinds.iter().zip(runs) {
-            outcomes.push(Outcome::new(
-                scenario,
-                server_name(scenario, kind),
-                metrics,
-                failed,
-            ));
-        }
+    for line in opts.baseline.describe() {
+        eprintln!("{line}");
     }
+    let mut outcomes = echo::run_all(opts, &plan, fd_limit, total)?;
     report::set_tokio_ratios(&mut outcomes);
+    baseline::set_base_ratios(&mut outcomes);
     let dir = target_dir().join("bench");
     let proto_settings = |name: &str| protocols::ProtoSettings {
         reactors: opts.reactors,
         workers: opts.workers,
         threads: opts.threads,
         dir: dir.join(name),
+        baseline_examples: opts.baseline.examples.clone(),
     };
     let (protocol_runs, protocols_skipped) =
         protocols::run_all(&proto_plan, &proto_settings("protocols"));
@@ -642,6 +403,16 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
             blocking_workers: BLOCKING_WORKERS,
             thread_stack_kib: opts.stack_kib,
             filter: opts.filter.clone(),
+            baseline_bench: opts
+                .baseline
+                .bench
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            baseline_examples: opts
+                .baseline
+                .examples
+                .as_ref()
+                .map(|p| p.display().to_string()),
         },
         generated_unix_s: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -658,7 +429,7 @@ fn bench_mode(opts: &Options) -> Result<(), String> {
     print!("{}", report::table(&report.outcomes));
     print!(
         "{}",
-        protocols::text(&report.protocols, &report.protocols_skipped)
+        proto_report::text(&report.protocols, &report.protocols_skipped)
     );
     print!(
         "{}",

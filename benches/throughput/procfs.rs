@@ -1,8 +1,11 @@
-//! What the download and fan-out scenarios read from /proc about a server: its processes
-//! (nginx: the master and its workers), their peak resident sets, CPU time and context
-//! switches, and the CPU time of this process's reaped children (the curl clients).
+//! What the scenarios read from /proc about a server: its processes (nginx: the master and
+//! its workers), their peak resident sets, CPU time and context switches (every scenario's
+//! `cs/req` and `wakes/req`), and the CPU time of this process's reaped children (the curl
+//! clients).
 
 use std::fs;
+
+use serde::Serialize;
 
 use crate::runner::{self, cpu_seconds, status_field};
 
@@ -39,19 +42,79 @@ pub fn cpu_s(pid: u32) -> f64 {
     cpu_seconds(&format!("/proc/{pid}/stat")).unwrap_or(0.0)
 }
 
-/// Voluntary + involuntary context switches of a process's live threads so far (the sum
-/// over /proc/PID/task/*/status: /proc/PID/status counts the main thread only).
-pub fn ctx_switches(pid: u32) -> u64 {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("status")).ok())
-        .map(|status| {
-            status_field(&status, "voluntary_ctxt_switches:").unwrap_or(0)
-                + status_field(&status, "nonvoluntary_ctxt_switches:").unwrap_or(0)
+/// Context switches of a server's threads, as /proc/PID/task/TID/status counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Switches {
+    /// `voluntary_ctxt_switches`: a thread blocked (in epoll_wait, a futex, a read...) and
+    /// gave up its CPU, to be woken later: a wake-up.
+    pub voluntary: u64,
+    /// `nonvoluntary_ctxt_switches`: the scheduler took the CPU from a runnable thread.
+    pub nonvoluntary: u64,
+}
+
+impl Switches {
+    /// The sum over every live thread of every process of `pids` (a thread that has
+    /// exited no longer counts: its switches are gone from /proc).
+    pub fn of(pids: &[u32]) -> Switches {
+        pids.iter().fold(Switches::default(), |sum, &pid| {
+            let one = Switches::of_process(pid);
+            Switches {
+                voluntary: sum.voluntary + one.voluntary,
+                nonvoluntary: sum.nonvoluntary + one.nonvoluntary,
+            }
         })
-        .sum()
+    }
+
+    /// The sum over /proc/PID/task/*/status: /proc/PID/status counts the main thread only.
+    fn of_process(pid: u32) -> Switches {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Switches::default();
+        };
+        tasks
+            .filter_map(|t| fs::read_to_string(t.ok()?.path().join("status")).ok())
+            .fold(Switches::default(), |sum, status| Switches {
+                voluntary: sum.voluntary
+                    + status_field(&status, "voluntary_ctxt_switches:").unwrap_or(0),
+                nonvoluntary: sum.nonvoluntary
+                    + status_field(&status, "nonvoluntary_ctxt_switches:").unwrap_or(0),
+            })
+    }
+
+    /// Voluntary + nonvoluntary.
+    pub fn total(self) -> u64 {
+        self.voluntary + self.nonvoluntary
+    }
+
+    /// The switches from `earlier` to `self` (none where a thread's exit made a count fall).
+    pub fn since(self, earlier: Switches) -> Switches {
+        Switches {
+            voluntary: self.voluntary.saturating_sub(earlier.voluntary),
+            nonvoluntary: self.nonvoluntary.saturating_sub(earlier.nonvoluntary),
+        }
+    }
+
+    /// (context switches, wake-ups) per request, `requests` of them; `None` without any.
+    pub fn per_request(self, requests: u64) -> Option<PerRequest> {
+        (requests > 0).then(|| PerRequest {
+            cs: self.total() as f64 / requests as f64,
+            wakes: self.voluntary as f64 / requests as f64,
+        })
+    }
+}
+
+/// A window's context switches per request (`cs/req`: voluntary + nonvoluntary) and
+/// wake-ups per request (`wakes/req`: the voluntary ones).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PerRequest {
+    pub cs: f64,
+    pub wakes: f64,
+}
+
+/// A `cs/req` or `wakes/req` cell: 2 decimals, `-` when nothing was measured.
+pub fn per_request_cells(p: Option<PerRequest>) -> [String; 2] {
+    p.map_or(["-".into(), "-".into()], |p| {
+        [format!("{:.2}", p.cs), format!("{:.2}", p.wakes)]
+    })
 }
 
 /// utime + stime of this process's children that have been waited for, in seconds.
@@ -71,7 +134,7 @@ pub fn reaped_children_cpu_s() -> f64 {
 pub struct Sample {
     /// CPU seconds of the server's processes.
     pub server_cpu: f64,
-    pub server_ctx: u64,
+    pub server_switches: Switches,
     /// CPU seconds of this process and its reaped children (the clients).
     pub client_cpu: f64,
     /// The machine's busy + stolen CPU seconds.
@@ -91,7 +154,7 @@ impl Sample {
     pub fn take(pids: &[u32]) -> Sample {
         Sample {
             server_cpu: pids.iter().map(|&p| cpu_s(p)).sum(),
-            server_ctx: pids.iter().map(|&p| ctx_switches(p)).sum(),
+            server_switches: Switches::of(pids),
             client_cpu: cpu_seconds("/proc/self/stat").unwrap_or(0.0) + reaped_children_cpu_s(),
             machine: machine_cpu(),
         }

@@ -8,161 +8,12 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::baseline;
+use crate::procfs::per_request_cells;
 use crate::protocols::ProtoRun;
 use crate::runner::RunMetrics;
+pub use crate::scenario::Scenario;
 pub use crate::tables::{markdown_table, text_table, Settings};
-
-/// One workload.
-#[derive(Debug, Clone, Serialize)]
-pub struct Scenario {
-    pub name: String,
-    pub connections: usize,
-    pub message_size: usize,
-    /// Requests outstanding per connection.
-    pub depth: usize,
-    /// Handler sleep per request (the blocking workload), microseconds; 0 for plain echo.
-    pub sleep_us: u64,
-    /// Threads allowed to block in the handler (reactor-pool workers, tokio's blocking
-    /// threads) in the blocking workload; 0 for plain echo.
-    pub blocking_workers: usize,
-    /// Pause between a reply and the connection's next request, milliseconds; 0 for a
-    /// closed loop. Non-zero in the hold scenario.
-    pub think_ms: u64,
-    /// The measured window is at least this long whatever `--duration` says (the hold
-    /// scenario: every connection pings at least twice).
-    pub min_duration_s: f64,
-    /// Over TLS (feature `tls`): the servers are reactor-pool with `Builder::tls` and
-    /// tokio-rustls; the handshake is once per connection unless `reconnect`.
-    #[serde(skip_serializing_if = "is_false")]
-    pub tls: bool,
-    /// Each connection sends one request, and once its echo is in closes (after TLS's
-    /// close_notify) and a new connection takes its place: req/s counts connections, each
-    /// with its handshake (the `tls handshakes` scenario). Latency is from the start of the
-    /// connect to the echo.
-    #[serde(skip_serializing_if = "is_false")]
-    pub reconnect: bool,
-}
-
-fn is_false(b: &bool) -> bool {
-    !b
-}
-
-impl Scenario {
-    pub fn echo(connections: usize, message_size: usize, depth: usize) -> Scenario {
-        Scenario {
-            name: format!("echo c{connections} {} d{depth}", size_label(message_size)),
-            connections,
-            message_size,
-            depth,
-            sleep_us: 0,
-            blocking_workers: 0,
-            think_ms: 0,
-            min_duration_s: 0.0,
-            tls: false,
-            reconnect: false,
-        }
-    }
-
-    pub fn blocking(connections: usize, sleep_us: u64, workers: usize) -> Scenario {
-        Scenario {
-            name: format!("blocking c{connections} 64B d1 sleep{}ms", sleep_us / 1000),
-            connections,
-            message_size: 64,
-            depth: 1,
-            sleep_us,
-            blocking_workers: workers,
-            think_ms: 0,
-            min_duration_s: 0.0,
-            tls: false,
-            reconnect: false,
-        }
-    }
-
-    /// Many mostly idle connections: each sends a 64 B ping, waits for its echo, thinks
-    /// `think_ms`, and so on, for at least `duration_s` (and at least 2.5 think times, so
-    /// every connection pings at least twice in the window).
-    pub fn hold(connections: usize, think_ms: u64, duration_s: f64) -> Scenario {
-        Scenario::hold_sized(connections, 64, think_ms, duration_s)
-    }
-
-    /// [`Scenario::hold`] with `message_size`-byte pings: what an idle connection keeps
-    /// after large exchanges (the settled RSS columns).
-    pub fn hold_sized(
-        connections: usize,
-        message_size: usize,
-        think_ms: u64,
-        duration_s: f64,
-    ) -> Scenario {
-        let think = if think_ms % 1000 == 0 {
-            format!("{}s", think_ms / 1000)
-        } else {
-            format!("{think_ms}ms")
-        };
-        Scenario {
-            name: format!(
-                "hold c{connections} {} think{think}",
-                size_label(message_size)
-            ),
-            connections,
-            message_size,
-            depth: 1,
-            sleep_us: 0,
-            blocking_workers: 0,
-            think_ms,
-            min_duration_s: duration_s.max(2.5 * think_ms as f64 / 1000.0),
-            tls: false,
-            reconnect: false,
-        }
-    }
-
-    /// [`Scenario::echo`] over TLS: one handshake per connection, then echoes.
-    #[cfg(feature = "tls")]
-    pub fn tls_echo(connections: usize, message_size: usize, depth: usize) -> Scenario {
-        let echo = Scenario::echo(connections, message_size, depth);
-        Scenario {
-            name: format!("tls {}", echo.name),
-            tls: true,
-            ..echo
-        }
-    }
-
-    /// Connections with a full TLS handshake, one 64 B echo and close_notify each, over and
-    /// over, `connections` at a time.
-    #[cfg(feature = "tls")]
-    pub fn tls_handshakes(connections: usize) -> Scenario {
-        Scenario {
-            name: format!("tls handshakes c{connections}"),
-            reconnect: true,
-            ..Scenario::tls_echo(connections, 64, 1)
-        }
-    }
-
-    pub fn is_hold(&self) -> bool {
-        self.think_ms > 0
-    }
-
-    /// `workers / sleep`: what a pool of that many threads each sleeping per request allows.
-    pub fn ideal_req_per_s(&self) -> Option<f64> {
-        (self.sleep_us > 0).then(|| self.blocking_workers as f64 * 1e6 / self.sleep_us as f64)
-    }
-
-    /// Whether this scenario is a point of the connection sweep drawn in the chart.
-    pub fn in_sweep(&self) -> bool {
-        self.sleep_us == 0
-            && self.think_ms == 0
-            && self.message_size == 64
-            && self.depth == 1
-            && !self.tls
-    }
-}
-
-pub fn size_label(bytes: usize) -> String {
-    if bytes >= 1024 && bytes % 1024 == 0 {
-        format!("{}KiB", bytes / 1024)
-    } else {
-        format!("{bytes}B")
-    }
-}
 
 /// One server in one scenario, over all its runs.
 #[derive(Debug, Clone, Serialize)]
@@ -185,6 +36,9 @@ pub struct Outcome {
     pub vs_tokio_paired: Option<f64>,
     /// Median req/s over the scenario's ideal (blocking workload only).
     pub of_ideal: Option<f64>,
+    /// The median over rounds of this server's req/s over its baseline's (`SERVER@base`)
+    /// in the same round; `None` without a baseline.
+    pub vs_base: Option<f64>,
 }
 
 impl Outcome {
@@ -214,6 +68,7 @@ impl Outcome {
             vs_tokio: None,
             vs_tokio_paired: None,
             of_ideal,
+            vs_base: None,
         }
     }
 }
@@ -229,35 +84,22 @@ pub fn tokio_name(scenario: &Scenario) -> &'static str {
 
 /// Fills in each outcome's ratios to tokio's (tokio-rustls's) in the same scenario.
 pub fn set_tokio_ratios(outcomes: &mut [Outcome]) {
-    let tokio: Vec<(String, f64, Vec<f64>)> = outcomes
+    let ratios: Vec<(Option<f64>, Option<f64>)> = outcomes
         .iter()
-        .filter(|o| o.server == tokio_name(&o.scenario))
         .map(|o| {
-            let runs = o.runs.iter().map(|r| r.req_per_s).collect();
-            (o.scenario.name.clone(), o.median.req_per_s, runs)
+            let tokio = outcomes.iter().find(|t| {
+                t.scenario.name == o.scenario.name && t.server == tokio_name(&t.scenario)
+            });
+            tokio.map_or((None, None), |t| {
+                let median =
+                    Some(o.median.req_per_s / t.median.req_per_s).filter(|r| r.is_finite());
+                (median, baseline::paired_ratio(o, t))
+            })
         })
         .collect();
-    for outcome in outcomes.iter_mut() {
-        let Some((_, median, runs)) = tokio
-            .iter()
-            .find(|(name, _, _)| *name == outcome.scenario.name)
-        else {
-            continue;
-        };
-        outcome.vs_tokio = Some(outcome.median.req_per_s / median).filter(|r| r.is_finite());
-        let mut paired: Vec<f64> = outcome
-            .runs
-            .iter()
-            .zip(runs)
-            .filter(|(_, &theirs)| theirs > 0.0)
-            .map(|(ours, &theirs)| ours.req_per_s / theirs)
-            .collect();
-        paired.sort_by(f64::total_cmp);
-        outcome.vs_tokio_paired = match paired.len() {
-            0 => None,
-            n if n % 2 == 1 => Some(paired[n / 2]),
-            n => Some((paired[n / 2 - 1] + paired[n / 2]) / 2.0),
-        };
+    for (outcome, (median, paired)) in outcomes.iter_mut().zip(ratios) {
+        outcome.vs_tokio = median;
+        outcome.vs_tokio_paired = paired;
     }
 }
 
@@ -289,7 +131,8 @@ pub struct Report {
     pub fanout_skipped: Vec<String>,
 }
 
-const HEADERS: [&str; 17] = [
+/// The columns of the closed-loop table (`vs base` only when a baseline ran).
+const HEADERS: [&str; 20] = [
     "scenario",
     "server",
     "req/s",
@@ -300,6 +143,8 @@ const HEADERS: [&str; 17] = [
     "errors",
     "srv CPU s",
     "srv us/req",
+    "cs/req",
+    "wakes/req",
     "cli CPU s",
     "bg CPU s",
     "srv RSS MiB",
@@ -307,10 +152,11 @@ const HEADERS: [&str; 17] = [
     "vs tokio",
     "paired",
     "of ideal",
+    "vs base",
 ];
 
 /// The columns of the hold scenarios' table.
-const HOLD_HEADERS: [&str; 19] = [
+const HOLD_HEADERS: [&str; 21] = [
     "scenario",
     "server",
     "conns",
@@ -322,6 +168,8 @@ const HOLD_HEADERS: [&str; 19] = [
     "p999 us",
     "errors",
     "srv CPU s",
+    "cs/req",
+    "wakes/req",
     "bg CPU s",
     "idle RSS MiB",
     "peak RSS MiB",
@@ -350,6 +198,7 @@ fn errors(o: &Outcome) -> String {
 
 fn row(o: &Outcome) -> Vec<String> {
     let m = &o.median;
+    let [cs, wakes] = per_request_cells(m.per_request);
     vec![
         o.scenario.name.clone(),
         o.server.clone(),
@@ -361,6 +210,8 @@ fn row(o: &Outcome) -> Vec<String> {
         errors(o),
         format!("{:.2}", m.server_cpu_s),
         cpu_us_per_request(m),
+        cs,
+        wakes,
         format!("{:.2}", m.client_cpu_s),
         format!("{:.2}", m.background_cpu_s),
         mib(m.server_peak_rss_kib),
@@ -368,11 +219,13 @@ fn row(o: &Outcome) -> Vec<String> {
         ratio(o.vs_tokio),
         ratio(o.vs_tokio_paired),
         ratio(o.of_ideal),
+        ratio(o.vs_base),
     ]
 }
 
 fn hold_row(o: &Outcome) -> Vec<String> {
     let m = &o.median;
+    let [cs, wakes] = per_request_cells(m.per_request);
     vec![
         o.scenario.name.clone(),
         o.server.clone(),
@@ -385,6 +238,8 @@ fn hold_row(o: &Outcome) -> Vec<String> {
         m.p999_us.to_string(),
         errors(o),
         format!("{:.2}", m.server_cpu_s),
+        cs,
+        wakes,
         format!("{:.2}", m.background_cpu_s),
         mib(m.server_idle_rss_kib),
         mib(m.server_peak_rss_kib),
@@ -397,7 +252,7 @@ fn hold_row(o: &Outcome) -> Vec<String> {
 }
 
 /// The columns of the reconnecting (TLS handshake) scenarios' table.
-const HANDSHAKE_HEADERS: [&str; 15] = [
+const HANDSHAKE_HEADERS: [&str; 17] = [
     "scenario",
     "server",
     "handshakes/s",
@@ -407,6 +262,8 @@ const HANDSHAKE_HEADERS: [&str; 15] = [
     "errors",
     "srv CPU s",
     "srv us/hs",
+    "cs/hs",
+    "wakes/hs",
     "cli CPU s",
     "bg CPU s",
     "srv RSS MiB",
@@ -416,22 +273,28 @@ const HANDSHAKE_HEADERS: [&str; 15] = [
 ];
 
 fn handshake_row(o: &Outcome) -> Vec<String> {
-    // The echo row without its MB/s and "of ideal" columns.
+    // The echo row without its MB/s, "of ideal" and "vs base" columns.
     let mut cells = row(o);
     cells.remove(3);
-    cells.pop();
+    cells.truncate(HANDSHAKE_HEADERS.len());
     cells
 }
 
-type Table = (&'static [&'static str], Vec<Vec<String>>);
+type Table = (Vec<&'static str>, Vec<Vec<String>>);
 
-/// The closed-loop outcomes (main table), the hold ones and the reconnecting ones, with
-/// their rows.
+/// The closed-loop outcomes (main table; `vs base` only when a baseline ran), the hold
+/// ones and the reconnecting ones, with their rows.
 fn tables(outcomes: &[Outcome]) -> [Table; 3] {
+    let with_base = outcomes.iter().any(|o| baseline::is_base(&o.server));
+    let width = HEADERS.len() - usize::from(!with_base);
     let main = outcomes
         .iter()
         .filter(|o| !o.scenario.is_hold() && !o.scenario.reconnect)
-        .map(row);
+        .map(|o| {
+            let mut cells = row(o);
+            cells.truncate(width);
+            cells
+        });
     let hold = outcomes
         .iter()
         .filter(|o| o.scenario.is_hold())
@@ -441,9 +304,9 @@ fn tables(outcomes: &[Outcome]) -> [Table; 3] {
         .filter(|o| o.scenario.reconnect)
         .map(handshake_row);
     [
-        (&HEADERS, main.collect()),
-        (&HOLD_HEADERS, hold.collect()),
-        (&HANDSHAKE_HEADERS, handshakes.collect()),
+        (HEADERS[..width].to_vec(), main.collect()),
+        (HOLD_HEADERS.to_vec(), hold.collect()),
+        (HANDSHAKE_HEADERS.to_vec(), handshakes.collect()),
     ]
 }
 
@@ -458,7 +321,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
         if !out.is_empty() {
             out.push('\n');
         }
-        text_table(headers, &rows, &mut out);
+        text_table(&headers, &rows, &mut out);
     }
     out
 }
@@ -489,10 +352,22 @@ pub fn markdown(report: &Report) -> String {
     if let Some(filter) = &s.filter {
         let _ = writeln!(md, "Scenarios filtered by `{filter}`.\n");
     }
+    if let Some(bench) = &s.baseline_bench {
+        let _ = writeln!(
+            md,
+            "Baseline bench (`@base` reactor-pool servers): `{bench}`.\n"
+        );
+    }
+    if let Some(dir) = &s.baseline_examples {
+        let _ = writeln!(
+            md,
+            "Baseline examples (`@base` example servers): `{dir}`.\n"
+        );
+    }
     let [(headers, rows), (hold_headers, hold_rows), (hs_headers, hs_rows)] =
         tables(&report.outcomes);
     if !rows.is_empty() {
-        markdown_table(headers, &rows, &mut md);
+        markdown_table(&headers, &rows, &mut md);
         md.push_str(
             "\n- **req/s**: requests whose whole echo came back, byte for byte correct, during \
              the measured window, per second. A request is one message of the scenario's size.\n\
@@ -511,6 +386,13 @@ pub fn markdown(report: &Report) -> String {
              **srv thr**: its threads; **cli CPU s**: the load generator's CPU time; **bg CPU \
              s**: CPU time the machine spent on anything else in that window (other processes, \
              hypervisor steal): the noise.\n\
+             - **cs/req**: the server's context switches during the measured window, voluntary \
+             + nonvoluntary, summed over every thread of its process (/proc/PID/task/*/status, \
+             sampled at the window's start and end, right after its CPU time), divided by the \
+             requests of the window; **wakes/req**: the voluntary ones only, the times a server \
+             thread blocked (epoll_wait, a futex, a read) and had to be woken. A thread that \
+             exits during the window takes its count with it (it is missing from the end's \
+             sum); one that starts during it counts from zero.\n\
              - **vs tokio**: median req/s over tokio's in the same scenario; **paired**: the \
              median over rounds of this server's req/s over tokio's in the same round (runs of \
              a round are back to back, so a slow stretch of the machine cancels out); **of \
@@ -518,6 +400,16 @@ pub fn markdown(report: &Report) -> String {
              `workers / sleep` (the blocking workload; the thread-per-connection server is not \
              bound by it: every connection has its own sleeping thread).\n",
         );
+        if report.outcomes.iter().any(|o| baseline::is_base(&o.server)) {
+            md.push_str(
+                "- **SERVER@base**: the same server from the baseline build (`--baseline-bench`: \
+                 another build of this bench started with the same `--serve` arguments; \
+                 `--baseline-examples`: another build's echo_server), in the same rounds; it \
+                 swaps places with its counterpart every other round. **vs base**: the median \
+                 over rounds of this server's req/s over its baseline's in the same round \
+                 (new / old).\n",
+            );
+        }
         if report.outcomes.iter().any(|o| o.scenario.tls) {
             md.push_str(
                 "- **tls** scenarios: reactor-pool with `Builder::tls` against tokio-rustls \
@@ -546,12 +438,13 @@ pub fn markdown(report: &Report) -> String {
              connection pings at least twice in it).\n",
             windows.join(" / ")
         );
-        markdown_table(hold_headers, &hold_rows, &mut md);
+        markdown_table(&hold_headers, &hold_rows, &mut md);
         md.push_str(
             "\n- **conns**: connections established; **served**: connections that had at \
              least one correct echo in the measured window (a connection with none counts as \
              an error); **connect s**: from the start of the load until every connection was \
-             established (or had failed).\n\
+             established (or had failed); **cs/req**, **wakes/req**: as in the first table, \
+             per ping.\n\
              - **idle RSS MiB**: the server's resident set (VmRSS) right after it started, with \
              no connection; **peak RSS MiB**: its peak (VmHWM) over the run; **RSS/conn KiB**: \
              (peak - idle) / conns: the user-space memory one connection costs the server \
@@ -569,16 +462,17 @@ pub fn markdown(report: &Report) -> String {
              close_notify and closes; a new connection takes its place at once, so as many \
              connections as the scenario says are always in flight.\n\n",
         );
-        markdown_table(hs_headers, &hs_rows, &mut md);
+        markdown_table(&hs_headers, &hs_rows, &mut md);
         md.push_str(
             "\n- **handshakes/s**: connections per second that completed all of it (connect, \
              handshake, a correct echo) in the measured window; **p50/p99/p999**: from the \
              start of the connect to the echo's last byte, in microseconds; **srv us/hs**: \
-             server CPU time per connection; **vs tokio**, **paired**: against \
+             server CPU time per connection; **cs/hs**, **wakes/hs**: the server's context \
+             switches and wake-ups per connection, as cs/req and wakes/req in the first table; **vs tokio**, **paired**: against \
              tokio-rustls, as in the first table.\n",
         );
     }
-    crate::protocols::markdown(&report.protocols, &report.protocols_skipped, s, &mut md);
+    crate::proto_report::markdown(&report.protocols, &report.protocols_skipped, s, &mut md);
     crate::download_report::markdown(&report.downloads, &report.downloads_skipped, s, &mut md);
     crate::fanout::markdown(&report.fanout, &report.fanout_skipped, s, &mut md);
     if !report.outcomes.is_empty() {

@@ -1,9 +1,10 @@
 //! One measured run: start a server in its own process, drive load at it, read the server's
-//! CPU time and peak memory from /proc, stop it.
+//! CPU time, context switches and peak memory from /proc, stop it.
 
 use std::fs;
 use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::loadgen::{self, ErrorCounts, Event, LoadConfig};
+use crate::procfs::{PerRequest, Switches};
 use crate::servers::ServeArgs;
 
 /// How long a child may take to print its address.
@@ -27,6 +29,10 @@ const USER_HZ: f64 = 100.0;
 /// Everything one run measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunMetrics {
+    /// The round this run was part of (0-based): runs of one round are back to back.
+    pub round: usize,
+    /// The binary the server process ran (/proc/PID/exe).
+    pub server_exe: String,
     pub requests: u64,
     pub measured_s: f64,
     pub req_per_s: f64,
@@ -52,6 +58,12 @@ pub struct RunMetrics {
     pub listen_overflows: u64,
     /// utime + stime of the server process during the measured window.
     pub server_cpu_s: f64,
+    /// Context switches of the server's threads during the measured window (the live ones
+    /// at its end: a thread that exits in the window takes its count with it).
+    pub server_switches: Switches,
+    /// `server_switches` per request: all of them (`cs/req`) and the voluntary ones, when a
+    /// thread blocked and had to be woken (`wakes/req`); `None` with no request.
+    pub per_request: Option<PerRequest>,
     /// The server process's peak resident set (VmHWM) at the end of the run.
     pub server_peak_rss_kib: u64,
     /// The server process's resident set (VmRSS) right after it started, with no connection.
@@ -82,29 +94,42 @@ pub struct ServerProcess {
     /// Held open: the child exits when it reads EOF here.
     stdin: Option<ChildStdin>,
     pub addr: SocketAddr,
+    /// The binary it runs, as /proc/PID/exe names it (checked to be the one started).
+    pub exe: PathBuf,
+}
+
+/// The binary a server of the echo scenarios runs.
+#[derive(Debug, Clone)]
+pub enum Program {
+    /// A build of this bench (this one, or `--baseline-bench`), started with `--serve ...`.
+    Bench(PathBuf),
+    /// An example binary started as the README does (echo_server).
+    Example(PathBuf),
 }
 
 impl ServerProcess {
-    /// Re-executes this bench binary in server mode and waits for its address.
-    pub fn spawn(args: &ServeArgs) -> io::Result<ServerProcess> {
-        if args.kind == crate::servers::Kind::EchoExample {
-            return ServerProcess::spawn_echo_example();
+    /// Starts `program`: a bench build in server mode (`args`), or the echo_server example
+    /// as the README does, but on a free port; waits for its address.
+    pub fn spawn(args: &ServeArgs, program: &Program) -> io::Result<ServerProcess> {
+        match program {
+            Program::Bench(exe) => ServerProcess::spawn_with(exe, args.to_args()),
+            Program::Example(path) => ServerProcess::spawn_example_at(path, &[]),
         }
-        ServerProcess::spawn_with(args.to_args())
     }
 
-    /// Starts target/<profile>/examples/echo_server as the README does, but on a free port.
-    pub fn spawn_echo_example() -> io::Result<ServerProcess> {
-        ServerProcess::spawn_example("echo_server", &[])
-    }
-
-    /// Starts the example binary target/<profile>/examples/`name` with `args`, on a free
-    /// port (`--addr 127.0.0.1:0`), and takes its address from its "listening on" log line
-    /// (after a `scheme://`, if any). Its log (info unless `RUST_LOG` says otherwise, as a
-    /// terminal would show it) is read and discarded.
+    /// Starts the example binary target/<profile>/examples/`name` with `args`: see
+    /// [`ServerProcess::spawn_example_at`].
     pub fn spawn_example(name: &str, args: &[String]) -> io::Result<ServerProcess> {
-        let path = example_path(name)?;
-        let mut child = Command::new(&path)
+        ServerProcess::spawn_example_at(&example_path(name)?, args)
+    }
+
+    /// Starts the example binary `path` with `args`, on a free port (`--addr
+    /// 127.0.0.1:0`), and takes its address from its "listening on" log line (after a
+    /// `scheme://`, if any). Its log (info unless `RUST_LOG` says otherwise, as a terminal
+    /// would show it) is read and discarded.
+    pub fn spawn_example_at(path: &Path, args: &[String]) -> io::Result<ServerProcess> {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let mut child = Command::new(path)
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
             .env_remove("RUST_LOG")
@@ -135,19 +160,32 @@ impl ServerProcess {
             Err(_) => return Err(fail_spawn(child, format!("{name} printed no address"))),
         };
         match word.parse() {
-            Ok(addr) => Ok(ServerProcess {
-                child,
-                stdin: None,
-                addr,
-            }),
+            Ok(addr) => ServerProcess::checked(child, None, addr, path),
             Err(_) => Err(fail_spawn(child, format!("bad address {word:?}"))),
         }
     }
 
-    /// Re-executes this bench binary with `args` (a `--serve ...` command line) and waits
-    /// for the address the child prints first.
-    pub fn spawn_with(args: Vec<String>) -> io::Result<ServerProcess> {
-        let exe = std::env::current_exe()?;
+    /// The process, once /proc/PID/exe shows it runs `path`.
+    fn checked(
+        child: Child,
+        stdin: Option<ChildStdin>,
+        addr: SocketAddr,
+        path: &Path,
+    ) -> io::Result<ServerProcess> {
+        match crate::baseline::check_exe(child.id(), path) {
+            Ok(exe) => Ok(ServerProcess {
+                child,
+                stdin,
+                addr,
+                exe,
+            }),
+            Err(e) => Err(fail_spawn(child, e)),
+        }
+    }
+
+    /// Executes `exe` (this bench binary, or another build of it) with `args` (a `--serve
+    /// ...` command line) and waits for the address the child prints first.
+    pub fn spawn_with(exe: &Path, args: Vec<String>) -> io::Result<ServerProcess> {
         let mut child = Command::new(exe)
             .args(args)
             .stdin(Stdio::piped())
@@ -174,9 +212,14 @@ impl ServerProcess {
         };
         let addr: SocketAddr = match line.trim().parse() {
             Ok(addr) => addr,
-            Err(_) => return Err(fail_spawn(child, format!("bad first line {line:?}"))),
+            // An empty line: it exited, e.g. another build that does not take these
+            // arguments (its reason is on stderr, above).
+            Err(_) => {
+                let why = format!("{} printed {line:?}, not an address", exe.display());
+                return Err(fail_spawn(child, why));
+            }
         };
-        Ok(ServerProcess { child, stdin, addr })
+        ServerProcess::checked(child, stdin, addr, exe)
     }
 
     pub fn pid(&self) -> u32 {
@@ -317,17 +360,24 @@ struct CpuSample {
     client: f64,
     machine_busy: f64,
     machine_steal: f64,
+    /// Taken after the CPU times, at either end of the window: reading thousands of
+    /// threads' status (thread-per-conn) takes a while, so it starts and ends a little
+    /// later, by about as much.
+    server_switches: Switches,
 }
 
 impl CpuSample {
     fn take(server: &ServerProcess) -> CpuSample {
         let (machine_busy, machine_steal) = machine_cpu();
-        CpuSample {
+        let mut sample = CpuSample {
             server: server.cpu_seconds(),
             client: cpu_seconds("/proc/self/stat").unwrap_or(f64::NAN),
             machine_busy,
             machine_steal,
-        }
+            server_switches: Switches::default(),
+        };
+        sample.server_switches = Switches::of(&[server.pid()]);
+        sample
     }
 }
 
@@ -355,10 +405,11 @@ pub fn status_field(status: &str, name: &str) -> Option<u64> {
     line[name.len()..].split_whitespace().next()?.parse().ok()
 }
 
-/// Runs `load` against a fresh server started with `serve`.
-pub fn run_once(serve: &ServeArgs, load: &LoadConfig) -> io::Result<RunMetrics> {
+/// Runs `load` against a fresh server: `program` started with `serve`.
+pub fn run_once(serve: &ServeArgs, program: &Program, load: &LoadConfig) -> io::Result<RunMetrics> {
     let overflows_before = listen_overflows();
-    let server = ServerProcess::spawn(serve)?;
+    let server = ServerProcess::spawn(serve, program)?;
+    let server_exe = server.exe.display().to_string();
     thread::sleep(IDLE_SETTLE);
     let idle_rss = server.rss_kib();
     let load = LoadConfig {
@@ -404,7 +455,10 @@ pub fn run_once(serve: &ServeArgs, load: &LoadConfig) -> io::Result<RunMetrics> 
         }
     };
     let (rss_per_conn_kib, settled_rss_per_conn_kib) = (per_conn(peak_rss), per_conn(settled_rss));
+    let server_switches = cpu_end.server_switches.since(cpu_start.server_switches);
     Ok(RunMetrics {
+        round: 0,
+        server_exe,
         requests: result.completed,
         measured_s: secs,
         req_per_s,
@@ -425,6 +479,8 @@ pub fn run_once(serve: &ServeArgs, load: &LoadConfig) -> io::Result<RunMetrics> 
         },
         listen_overflows: listen_overflows().saturating_sub(overflows_before),
         server_cpu_s: cpu_end.server - cpu_start.server,
+        server_switches,
+        per_request: server_switches.per_request(result.completed),
         server_peak_rss_kib: peak_rss,
         server_idle_rss_kib: idle_rss,
         rss_per_conn_kib,

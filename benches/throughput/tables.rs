@@ -22,9 +22,23 @@ pub struct Settings {
     pub blocking_workers: usize,
     pub thread_stack_kib: usize,
     pub filter: Option<String>,
+    /// `--baseline-bench`: the other build of this bench serving the `@base` echo servers.
+    pub baseline_bench: Option<String>,
+    /// `--baseline-examples`: the other build's examples (`echo_server@base`...).
+    pub baseline_examples: Option<String>,
 }
 
 pub fn text_table(headers: &[&str], rows: &[Vec<String>], out: &mut String) {
+    text_table_with(headers, rows, 2, out);
+}
+
+/// [`text_table`] with its first `text_columns` columns left-aligned (2 there).
+pub fn text_table_with(
+    headers: &[&str],
+    rows: &[Vec<String>],
+    text_columns: usize,
+    out: &mut String,
+) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
@@ -35,7 +49,7 @@ pub fn text_table(headers: &[&str], rows: &[Vec<String>], out: &mut String) {
         for (i, (cell, &w)) in cells.iter().zip(&widths).enumerate() {
             let sep = if i == 0 { "" } else { "  " };
             // Text columns left-aligned, numbers right-aligned.
-            if i < 2 {
+            if i < text_columns {
                 let _ = write!(out, "{sep}{cell:<w$}");
             } else {
                 let _ = write!(out, "{sep}{cell:>w$}");
@@ -54,9 +68,19 @@ pub fn text_table(headers: &[&str], rows: &[Vec<String>], out: &mut String) {
 }
 
 pub fn markdown_table(headers: &[&str], rows: &[Vec<String>], md: &mut String) {
+    markdown_table_with(headers, rows, 2, md);
+}
+
+/// [`markdown_table`] with its first `text_columns` columns left-aligned (2 there).
+pub fn markdown_table_with(
+    headers: &[&str],
+    rows: &[Vec<String>],
+    text_columns: usize,
+    md: &mut String,
+) {
     let _ = writeln!(md, "| {} |", headers.join(" | "));
     let align: String = (0..headers.len())
-        .map(|i| if i < 2 { "---|" } else { "---:|" })
+        .map(|i| if i < text_columns { "---|" } else { "---:|" })
         .collect();
     let _ = writeln!(md, "|{align}");
     for r in rows {
