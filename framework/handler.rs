@@ -249,6 +249,10 @@ pub enum CloseReason {
 ///    each request's replies leave for the socket as soon as its call returns, so a slow
 ///    request delays only the replies behind it. A call that closes the connection
 ///    ([`Replies::close`]) or panics is a barrier: the requests after it are not run.
+///    While calls prove fast, the reactor that read a batch runs it itself instead of a
+///    worker, with the same order, session and barriers
+///    ([`Builder::adaptive_inline`](crate::Builder::adaptive_inline)); a call that then
+///    blocks has the reactor taken over by its standby thread within a millisecond or two.
 /// 3. [`close`](Handler::close) runs exactly once when the connection ends, whatever the
 ///    reason (see [`CloseReason`]), on a worker thread, after the last call has returned.
 ///

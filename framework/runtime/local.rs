@@ -49,32 +49,31 @@ impl<C: Codec, S: Send + 'static> Hands<C, S> {
         seat.leave(reactor);
         // One batch at a time from the parked reactor's list: if the reactor is taken over,
         // the batches not yet started are the new holder's, to hand to the pool at once.
+        // One clock read per batch: a batch's end is the next one's start.
+        let mut clock = Instant::now();
         while let Some(work) = seat.with_parked(|reactor| reactor.local.pop_front()) {
             let requests = work.requests();
-            let started = Instant::now();
             let (handler, counters, mailbox) = (&*self.handler, &*self.counters, &self.mailbox);
             run_work(handler, work, counters, self.slow_handler, &mut |done| {
                 // Applied to the parked reactor as it comes, so an answer does not wait for
                 // the calls behind it in its batch, whoever holds the reactor by then.
                 let mut done = Some(done);
-                seat.with_parked(|reactor| {
-                    reactor.now = Instant::now();
-                    done.take().map(|done| reactor.apply_done(done))
-                });
-                let Some(done) = done else {
-                    return;
-                };
-                // Taken over: the answer goes through the mailbox, as a worker's does.
-                post::<C, S>(mailbox, handler, counters, done);
+                seat.with_parked(|reactor| done.take().map(|done| reactor.apply_done(done)));
+                if let Some(done) = done {
+                    // Taken over: the answer goes through the mailbox, as a worker's does.
+                    post::<C, S>(mailbox, handler, counters, done);
+                }
             });
-            self.timings.push((requests, started.elapsed()));
+            let now = Instant::now();
+            self.timings.push((requests, now - clock));
+            clock = now;
             Counters::add(&self.counters.batches_inline, 1);
         }
         let Some(mut reactor) = seat.come_back() else {
             self.timings.clear();
             return None;
         };
-        reactor.now = Instant::now();
+        reactor.now = clock;
         for (requests, took) in self.timings.drain(..) {
             if reactor.rule.ran(requests, took, reactor.now) {
                 Counters::add(&self.counters.inline_overruns, 1);
