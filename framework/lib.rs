@@ -45,7 +45,9 @@
 //! reactor registers it and drives it (`Connection::drive`): it reads into its scratch
 //! buffer, decodes with your [`Codec`] ([`Codec::decode`], after [`Codec::skip`]; then
 //! [`Codec::holds_decoding`] and [`Codec::closes_after`]), and hands the requests that
-//! arrived together, with the connection's session, to the job queue as one batch; a worker
+//! arrived together, with the connection's session, to the job queue as one batch (or,
+//! while the handler has proven fast, runs the batch itself at the end of its turn:
+//! [`Builder::adaptive_inline`]); a worker
 //! runs [`Handler::call`] for each in order and posts each one's [`Replies`] to the
 //! reactor's mailbox as soon as the call returns, waking the reactor only if it sleeps; the
 //! reactor puts them in request order, encodes them ([`Codec::encode`]) and writes them.

@@ -168,7 +168,9 @@ impl Builder {
     /// Reactor threads that own the sockets. Default: one per available core
     /// (`std::thread::available_parallelism`), so socket work uses every core when there
     /// are many connections; with few, the idle ones only sleep. Connections are spread over
-    /// them round-robin.
+    /// them round-robin. With [`adaptive_inline`](Builder::adaptive_inline) each reactor
+    /// also has a standby thread, asleep until it takes the reactor over, and the server one
+    /// watchdog thread.
     pub fn reactors(mut self, n: usize) -> Self {
         self.reactors = n;
         self
