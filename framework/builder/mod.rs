@@ -80,7 +80,8 @@ pub struct Builder {
 pub enum Mode {
     /// On the worker pool; one connection's requests run one after another in arrival
     /// order, with its session `&mut`, a pipelined burst as one batch. The handler may
-    /// block. The default.
+    /// block. While it proves fast, a reactor runs the batches itself
+    /// ([`Builder::adaptive_inline`]), in the same order. The default.
     #[default]
     Pool,
     /// On the worker pool; one connection's pipelined requests may run at the same time on
@@ -89,7 +90,9 @@ pub enum Mode {
     /// `InvalidInput`), since there is no session to share. The open and close hooks still
     /// run once per connection; the close hook may run before the connection's last calls
     /// have returned (they never see its session), and a close a handler asks for cannot
-    /// stop the connection's requests already running beside it.
+    /// stop the connection's requests already running beside it. While the handler proves
+    /// fast, a reactor runs the requests itself, one after another
+    /// ([`Builder::adaptive_inline`]).
     Concurrent,
     /// On the reactor thread that read the request; no worker thread is started
     /// ([`Builder::workers`] is ignored). It saves the two thread hand-offs per request, so
